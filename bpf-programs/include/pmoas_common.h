@@ -1,0 +1,132 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Helpers shared by every pmoas eBPF program: the cgroup id that owns a
+ * socket, log2 histograms, lost-event accounting and address classification.
+ *
+ * Everything here is `static __always_inline`: each collector's object gets
+ * its own copy and its own maps, so collectors load and fail independently.
+ */
+#ifndef PMOAS_COMMON_H
+#define PMOAS_COMMON_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+#include "pmoas_types.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+#ifndef E2BIG
+#define E2BIG 7
+#endif
+#ifndef IPPROTO_TCP
+#define IPPROTO_TCP 6
+#endif
+
+/* Map that counts what the programs of one object could not record.
+ * Index = PMOAS_LOST_* reason; user space exports it as
+ * pmoas_ebpf_events_lost_total{collector,reason}. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PMOAS_LOST_REASONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost_events SEC(".maps");
+
+static __always_inline void pmoas_count_lost(__u32 reason)
+{
+	__u64 *slot = bpf_map_lookup_elem(&lost_events, &reason);
+
+	if (slot)
+		__sync_fetch_and_add(slot, 1);
+}
+
+/*
+ * The cgroup v2 id of the cgroup that created a full socket. Accepted
+ * sockets inherit the listener's cgroup (sk_clone_lock copies sk_cgrp_data),
+ * so this names the owning container even when the event runs in softirq on
+ * behalf of some other task.
+ */
+static __always_inline __u64 pmoas_sock_cgroup_id(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+}
+
+/* floor(log2(v)) for v > 0, 0 for v == 0; branch-free, no loops. */
+static __always_inline __u32 pmoas_log2(__u64 v)
+{
+	__u32 r = 0, shift;
+
+	shift = (v > 0xFFFFFFFFULL) << 5; v >>= shift; r |= shift;
+	shift = (v > 0xFFFF) << 4; v >>= shift; r |= shift;
+	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	r |= (v >> 1);
+	return r;
+}
+
+/* Adds one nanosecond sample to a log2 histogram held in a map value. */
+static __always_inline void pmoas_hist_add(struct pmoas_log2_hist *h, __u64 ns)
+{
+	__u32 slot = pmoas_log2(ns);
+
+	if (slot >= PMOAS_HIST_SLOTS)
+		slot = PMOAS_HIST_SLOTS - 1;
+	__sync_fetch_and_add(&h->slots[slot], 1);
+	__sync_fetch_and_add(&h->sum_ns, ns);
+	__sync_fetch_and_add(&h->count, 1);
+}
+
+/*
+ * Looks a key up in an aggregation map, inserting a zeroed value first when
+ * it is missing. A full map is counted as PMOAS_LOST_AGGREGATION_MAP_FULL.
+ */
+static __always_inline void *pmoas_lookup_or_init(void *map, const void *key,
+						  const void *zero)
+{
+	void *val = bpf_map_lookup_elem(map, key);
+
+	if (val)
+		return val;
+	/* -EEXIST means another CPU inserted it first: fine. */
+	bpf_map_update_elem(map, key, zero, BPF_NOEXIST);
+	val = bpf_map_lookup_elem(map, key);
+	if (!val)
+		pmoas_count_lost(PMOAS_LOST_AGGREGATION_MAP_FULL);
+	return val;
+}
+
+/* Addresses are kept as 16 bytes; IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d)
+ * so that a v4 client and a dual-stack v6 server agree on one key. */
+static __always_inline void pmoas_addr_from_v4(__u8 out[16], __be32 v4)
+{
+	__builtin_memset(out, 0, 10);
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(&out[12], &v4, 4);
+}
+
+static __always_inline bool pmoas_addr_is_loopback(const __u8 a[16])
+{
+	int i;
+	bool zero10 = true;
+
+	for (i = 0; i < 10; i++)
+		zero10 &= a[i] == 0;
+	if (!zero10)
+		return false;
+	/* ::ffff:127.0.0.0/8 */
+	if (a[10] == 0xff && a[11] == 0xff)
+		return a[12] == 127;
+	/* ::1 */
+	return a[10] == 0 && a[11] == 0 && a[12] == 0 && a[13] == 0 &&
+	       a[14] == 0 && a[15] == 1;
+}
+
+#endif /* PMOAS_COMMON_H */

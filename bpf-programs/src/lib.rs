@@ -1,0 +1,15 @@
+//! The kernel side of pmoas: eBPF programs written in C with CO-RE
+//! (`src/*.bpf.c`, shared headers in `include/`), compiled by `build.rs` with
+//! clang and embedded here as ELF objects that Aya loads.
+//!
+//! | collector | C source            | object          |
+//! |-----------|---------------------|-----------------|
+//! | socket    | `src/socket.bpf.c`  | [`SOCKET`]      |
+//!
+//! [`types`] mirrors the structs of `include/pmoas_types.h` that cross the
+//! kernel/user boundary.
+
+pub mod types;
+
+/// The socket collector's programs and maps (`src/socket.bpf.c`).
+pub static SOCKET: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socket.bpf.o"));

@@ -1,0 +1,556 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * socket collector, kernel side: TCP connect/accept/close per container and
+ * per peer, aggregated in per-CPU maps keyed by cgroup id.
+ *
+ * Attribution: every count goes to the cgroup that owns the socket
+ * (sk->sk_cgrp_data), never to the task that happens to run the hook, so
+ * events raised in softirq (SYN-ACK, RST, retransmit timers) land on the
+ * right container.
+ *
+ * Peers on the same node: when a client reaches ESTABLISHED it leaves its
+ * endpoint in socket_pending; the server's child socket, established a moment
+ * later, finds it there and both ends learn each other's cgroup. A client
+ * whose destination is not an address of this node is counted at once as
+ * `remote`. See docs/socket.md for what cannot be seen this way.
+ */
+#include "pmoas_common.h"
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* TCP_* states come from vmlinux.h (include/net/tcp_states.h): user-visible
+ * ABI, the same numbers on every kernel. */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PMOAS_SOCKET_CONN_MAP_SIZE);
+	__type(key, __u64);
+	__type(value, struct pmoas_conn_info);
+} socket_conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PMOAS_SOCKET_PENDING_MAP_SIZE);
+	__type(key, struct pmoas_endpoint_key);
+	__type(value, __u64); /* the client's struct sock address */
+} socket_pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PMOAS_LOCAL_ADDR_MAP_SIZE);
+	__type(key, __u8[16]);
+	__type(value, __u8);
+} local_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, PMOAS_SOCKET_COUNTER_MAP_SIZE);
+	__type(key, struct pmoas_socket_key);
+	__type(value, struct pmoas_socket_counters);
+} socket_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, PMOAS_SOCKET_HIST_MAP_SIZE);
+	__type(key, struct pmoas_socket_key);
+	__type(value, struct pmoas_log2_hist);
+} socket_histograms SEC(".maps");
+
+/* Zero values for pmoas_lookup_or_init; too large for the 512-byte stack
+ * together with everything else, so they live in .rodata. */
+static const struct pmoas_socket_counters zero_counters;
+static const struct pmoas_log2_hist zero_hist;
+
+struct tuple {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport; /* host order */
+	__u16 dport; /* host order */
+};
+
+static __always_inline bool is_tcp(const struct sock *sk)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family != AF_INET && family != AF_INET6)
+		return false;
+	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP;
+}
+
+static __always_inline void read_tuple(const struct sock *sk, struct tuple *t)
+{
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET) {
+		pmoas_addr_from_v4(t->saddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		pmoas_addr_from_v4(t->daddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	} else {
+		BPF_CORE_READ_INTO(&t->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&t->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+	t->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	t->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
+static __always_inline __u64 sock_netns(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+/* The client endpoint key, as the server end will build it. */
+static __always_inline void endpoint_key(struct pmoas_endpoint_key *k, const struct sock *sk,
+					 const __u8 addr[16], __u16 port)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	__builtin_memcpy(k->addr, addr, 16);
+	k->port = port;
+	if (pmoas_addr_is_loopback(addr))
+		k->netns = sock_netns(sk);
+}
+
+/* Peer class of an address when the peer's socket is not known. */
+static __always_inline __u8 classify_addr(const __u8 addr[16])
+{
+	if (pmoas_addr_is_loopback(addr))
+		return PMOAS_PEER_SAME_NETNS;
+	if (bpf_map_lookup_elem(&local_addrs, addr))
+		return PMOAS_PEER_NODE;
+	return PMOAS_PEER_REMOTE;
+}
+
+/* Every established socket tells us one address of this node. */
+static __always_inline void learn_local_addr(const __u8 addr[16])
+{
+	__u8 one = 1;
+
+	if (pmoas_addr_is_loopback(addr) || bpf_map_lookup_elem(&local_addrs, addr))
+		return;
+	if (bpf_map_update_elem(&local_addrs, addr, &one, BPF_NOEXIST) == -E2BIG)
+		pmoas_count_lost(PMOAS_LOST_LOCAL_ADDR_MAP_FULL);
+}
+
+static __always_inline struct pmoas_socket_counters *
+counters_for(__u64 cgroup_id, __u8 peer_class, __u64 peer_cgroup_id)
+{
+	struct pmoas_socket_key key = {
+		.cgroup_id = cgroup_id,
+		.peer_cgroup_id = peer_cgroup_id,
+		.peer_class = peer_class,
+	};
+
+	return pmoas_lookup_or_init(&socket_counters, &key, &zero_counters);
+}
+
+static __always_inline void hist_add(__u64 cgroup_id, __u8 peer_class, __u64 peer_cgroup_id,
+				     __u8 kind, __u64 ns)
+{
+	struct pmoas_socket_key key = {
+		.cgroup_id = cgroup_id,
+		.peer_cgroup_id = peer_cgroup_id,
+		.peer_class = peer_class,
+		.hist_kind = kind,
+	};
+	struct pmoas_log2_hist *h = pmoas_lookup_or_init(&socket_histograms, &key, &zero_hist);
+
+	if (h)
+		pmoas_hist_add(h, ns);
+}
+
+/* Counts an active open with its peer, once: the client's own close and the
+ * server's ESTABLISHED may race on two CPUs to do it. */
+static __always_inline void count_connect(struct pmoas_conn_info *c, __u8 peer_class,
+					  __u64 peer_cgroup_id)
+{
+	struct pmoas_socket_counters *cnt;
+
+	if (__sync_fetch_and_or(&c->flags, PMOAS_CONN_COUNTED) & PMOAS_CONN_COUNTED)
+		return;
+	c->peer_class = peer_class;
+	c->peer_cgroup_id = peer_cgroup_id;
+	cnt = counters_for(c->cgroup_id, peer_class, peer_cgroup_id);
+	if (cnt)
+		__sync_fetch_and_add(&cnt->connects, 1);
+	if (c->syn_sent_ns)
+		hist_add(c->cgroup_id, peer_class, peer_cgroup_id, PMOAS_HIST_CONNECT,
+			 c->established_ns - c->syn_sent_ns);
+}
+
+/* CLOSE -> SYN_SENT, in connect(): the one moment we are sure to be in the
+ * context of the socket's owner. */
+static __always_inline void on_syn_sent(const struct sock *sk, __u64 now)
+{
+	__u64 key = (__u64)sk;
+	struct pmoas_conn_info c = {
+		.cgroup_id = pmoas_sock_cgroup_id(sk),
+		.syn_sent_ns = now,
+		.flags = PMOAS_CONN_ACTIVE,
+	};
+
+	if (bpf_map_update_elem(&socket_conns, &key, &c, BPF_ANY) == -E2BIG)
+		pmoas_count_lost(PMOAS_LOST_CONNECTION_MAP_FULL);
+}
+
+/* SYN_SENT -> ESTABLISHED: the SYN-ACK arrived (softirq). */
+static __always_inline void on_active_established(const struct sock *sk, __u64 now)
+{
+	__u64 key = (__u64)sk;
+	struct pmoas_conn_info *c = bpf_map_lookup_elem(&socket_conns, &key);
+	struct pmoas_endpoint_key ek;
+	struct tuple t;
+	__u8 peer_class;
+
+	if (!c) {
+		/* SYN sent before we attached, or the map was full. */
+		struct pmoas_conn_info fresh = {
+			.cgroup_id = pmoas_sock_cgroup_id(sk),
+			.flags = PMOAS_CONN_ACTIVE,
+		};
+
+		if (bpf_map_update_elem(&socket_conns, &key, &fresh, BPF_ANY) == -E2BIG) {
+			pmoas_count_lost(PMOAS_LOST_CONNECTION_MAP_FULL);
+			return;
+		}
+		c = bpf_map_lookup_elem(&socket_conns, &key);
+		if (!c)
+			return;
+	}
+	c->established_ns = now;
+	__sync_fetch_and_or(&c->flags, PMOAS_CONN_ESTABLISHED);
+
+	read_tuple(sk, &t);
+	learn_local_addr(t.saddr);
+
+	/* Leave our endpoint for the server end, even when we count the
+	 * connect as remote now: an iptables REDIRECT may still land it on a
+	 * local listener, which then learns its peer from us. */
+	endpoint_key(&ek, sk, t.saddr, t.sport);
+	if (bpf_map_update_elem(&socket_pending, &ek, &key, BPF_ANY) == -E2BIG)
+		pmoas_count_lost(PMOAS_LOST_PENDING_MAP_FULL);
+
+	peer_class = classify_addr(t.daddr);
+	if (peer_class == PMOAS_PEER_REMOTE)
+		count_connect(c, PMOAS_PEER_REMOTE, 0);
+	/* else: the server end (or our own close) counts it. */
+}
+
+/* SYN_RECV -> ESTABLISHED on an accepted child socket. */
+static __always_inline void on_passive_established(const struct sock *sk, __u64 now)
+{
+	__u64 key = (__u64)sk;
+	__u64 cgroup_id = pmoas_sock_cgroup_id(sk);
+	struct pmoas_socket_counters *cnt;
+	struct pmoas_endpoint_key ek;
+	struct pmoas_conn_info c = {};
+	__u64 *client_sk;
+	struct tuple t;
+
+	read_tuple(sk, &t);
+	learn_local_addr(t.saddr);
+
+	c.cgroup_id = cgroup_id;
+	c.established_ns = now;
+	c.flags = PMOAS_CONN_ESTABLISHED | PMOAS_CONN_COUNTED;
+	c.peer_class = classify_addr(t.daddr);
+
+	endpoint_key(&ek, sk, t.daddr, t.dport);
+	client_sk = bpf_map_lookup_elem(&socket_pending, &ek);
+	if (client_sk) {
+		__u64 client_key = *client_sk;
+		struct pmoas_conn_info *client = bpf_map_lookup_elem(&socket_conns, &client_key);
+
+		if (client) {
+			c.peer_class = PMOAS_PEER_CGROUP;
+			c.peer_cgroup_id = client->cgroup_id;
+			count_connect(client, PMOAS_PEER_CGROUP, cgroup_id);
+		}
+		bpf_map_delete_elem(&socket_pending, &ek);
+	}
+
+	if (bpf_map_update_elem(&socket_conns, &key, &c, BPF_ANY) == -E2BIG)
+		pmoas_count_lost(PMOAS_LOST_CONNECTION_MAP_FULL);
+
+	cnt = counters_for(cgroup_id, c.peer_class, c.peer_cgroup_id);
+	if (cnt)
+		__sync_fetch_and_add(&cnt->accepts, 1);
+}
+
+/* SYN_SENT -> CLOSE: refused, reset or timed out before ESTABLISHED. */
+static __always_inline void on_connect_failed(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct pmoas_conn_info *c = bpf_map_lookup_elem(&socket_conns, &key);
+	struct pmoas_socket_counters *cnt;
+	__u64 cgroup_id;
+	struct tuple t;
+
+	cgroup_id = c ? c->cgroup_id : pmoas_sock_cgroup_id(sk);
+	read_tuple(sk, &t);
+	cnt = counters_for(cgroup_id, classify_addr(t.daddr), 0);
+	if (cnt)
+		__sync_fetch_and_add(&cnt->connect_failures, 1);
+	if (c)
+		bpf_map_delete_elem(&socket_conns, &key);
+}
+
+/*
+ * Payload bytes of a closing connection. The kernel's bytes_acked and
+ * bytes_received (RFC 4898) also count the one sequence number of a FIN, and
+ * bytes_acked that of our SYN when we connected; take them out so that N
+ * bytes written read as N.
+ *  - our SYN: counted by tcp_ack() in SYN_SENT, so on every active open
+ *    (an accepted child starts with its SYN-ACK already acknowledged);
+ *  - our FIN was acknowledged if we reached FIN_WAIT2, or closed from
+ *    CLOSING or LAST_ACK other than by a RST;
+ *  - the peer's FIN was received if tcp_fin() set SOCK_DONE (tcp_done(),
+ *    which raises this CLOSE, has not touched the flags yet).
+ */
+static __always_inline void closing_bytes(const struct sock *sk, const struct pmoas_conn_info *c,
+					  int oldstate, __u64 *sent, __u64 *received)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	unsigned long sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	bool fin_acked = (c->flags & PMOAS_CONN_FIN_ACKED) ||
+			 ((oldstate == TCP_CLOSING || oldstate == TCP_LAST_ACK) &&
+			  !(c->flags & PMOAS_CONN_RESET));
+	bool fin_received = sk_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE));
+
+	*sent = BPF_CORE_READ(tp, bytes_acked);
+	*received = BPF_CORE_READ(tp, bytes_received);
+	if ((c->flags & PMOAS_CONN_ACTIVE) && *sent)
+		*sent -= 1;
+	if (fin_acked && *sent)
+		*sent -= 1;
+	if (fin_received && *received)
+		*received -= 1;
+}
+
+/* Any state -> CLOSE after ESTABLISHED: bytes and lifetime. */
+static __always_inline void on_closed(const struct sock *sk, __u64 now, int oldstate)
+{
+	__u64 key = (__u64)sk;
+	struct pmoas_conn_info *c = bpf_map_lookup_elem(&socket_conns, &key);
+	struct pmoas_socket_counters *cnt;
+	__u64 sent, received;
+	bool active;
+
+	if (!c)
+		return;
+	if (!(c->flags & PMOAS_CONN_ESTABLISHED))
+		goto out;
+
+	active = c->flags & PMOAS_CONN_ACTIVE;
+	if (active) {
+		struct pmoas_endpoint_key ek;
+		struct tuple t;
+
+		read_tuple(sk, &t);
+		/* Never matched by a server end on this node. */
+		count_connect(c, classify_addr(t.daddr), 0);
+		endpoint_key(&ek, sk, t.saddr, t.sport);
+		bpf_map_delete_elem(&socket_pending, &ek);
+	}
+
+	cnt = counters_for(c->cgroup_id, c->peer_class, c->peer_cgroup_id);
+	if (cnt) {
+		closing_bytes(sk, c, oldstate, &sent, &received);
+		__sync_fetch_and_add(&cnt->sent_bytes, sent);
+		__sync_fetch_and_add(&cnt->received_bytes, received);
+	}
+	hist_add(c->cgroup_id, c->peer_class, c->peer_cgroup_id,
+		 active ? PMOAS_HIST_LIFETIME_OUTBOUND : PMOAS_HIST_LIFETIME_INBOUND,
+		 now - c->established_ns);
+out:
+	bpf_map_delete_elem(&socket_conns, &key);
+}
+
+/* Hook: sock:inet_sock_set_state, every TCP state change of every socket. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(socket_state_change, const struct sock *sk, const int oldstate, const int newstate)
+{
+	__u64 now;
+
+	if (!is_tcp(sk))
+		return 0;
+	now = bpf_ktime_get_ns();
+
+	switch (newstate) {
+	case TCP_SYN_SENT:
+		on_syn_sent(sk, now);
+		break;
+	case TCP_ESTABLISHED:
+		if (oldstate == TCP_SYN_SENT) {
+			on_active_established(sk, now);
+		} else if (oldstate == TCP_SYN_RECV) {
+			__u64 key = (__u64)sk;
+			struct pmoas_conn_info *c = bpf_map_lookup_elem(&socket_conns, &key);
+
+			/* Simultaneous open: SYN_SENT -> SYN_RECV -> ESTABLISHED. */
+			if (c && (c->flags & PMOAS_CONN_ACTIVE))
+				on_active_established(sk, now);
+			else
+				on_passive_established(sk, now);
+		}
+		break;
+	case TCP_FIN_WAIT2: {
+		__u64 key = (__u64)sk;
+		struct pmoas_conn_info *c = bpf_map_lookup_elem(&socket_conns, &key);
+
+		if (c)
+			__sync_fetch_and_or(&c->flags, PMOAS_CONN_FIN_ACKED);
+		break;
+	}
+	case TCP_CLOSE:
+		if (oldstate == TCP_SYN_SENT)
+			on_connect_failed(sk);
+		else
+			on_closed(sk, now, oldstate);
+		break;
+	}
+	return 0;
+}
+
+/* accept()/accept4() returned fd: find its socket in the task's file table
+ * and close the accept-queue wait that started at ESTABLISHED. */
+static __always_inline int on_accept_exit(long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct pmoas_conn_info *c;
+	struct file **fds, *file;
+	struct socket *sock;
+	struct sock *sk;
+	__u64 key, now;
+
+	if (fd < 0)
+		return 0;
+	if (fd >= BPF_CORE_READ(task, files, fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(task, files, fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return 0;
+	sock = BPF_CORE_READ(file, private_data);
+	if (!sock)
+		return 0;
+	sk = BPF_CORE_READ(sock, sk);
+	key = (__u64)sk;
+	c = bpf_map_lookup_elem(&socket_conns, &key);
+	if (!c || (c->flags & PMOAS_CONN_ACTIVE))
+		return 0;
+	if (__sync_fetch_and_or(&c->flags, PMOAS_CONN_ACCEPTED) & PMOAS_CONN_ACCEPTED)
+		return 0;
+	now = bpf_ktime_get_ns();
+	hist_add(c->cgroup_id, PMOAS_PEER_NONE, 0, PMOAS_HIST_ACCEPT_WAIT,
+		 now - c->established_ns);
+	return 0;
+}
+
+/* Hook: syscalls:sys_exit_accept4 (nginx, Envoy, most servers). */
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int socket_accept4_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_accept_exit(ctx->ret);
+}
+
+/* Hook: syscalls:sys_exit_accept (older servers). */
+SEC("tracepoint/syscalls/sys_exit_accept")
+int socket_accept_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_accept_exit(ctx->ret);
+}
+
+/* The cgroup of whatever socket-like thing a reset or retransmit names:
+ * request sockets stand for their listener; time-wait sockets have no
+ * cgroup (0: the node itself). */
+static __always_inline __u64 any_sock_cgroup_id(const struct sock *sk)
+{
+	__u8 state;
+
+	if (!sk)
+		return 0;
+	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state == TCP_TIME_WAIT)
+		return 0;
+	if (state == TCP_NEW_SYN_RECV) {
+		const struct request_sock *req = (const struct request_sock *)sk;
+
+		return pmoas_sock_cgroup_id(BPF_CORE_READ(req, __req_common.skc_listener));
+	}
+	return pmoas_sock_cgroup_id(sk);
+}
+
+static __always_inline void count_retransmits(const struct sock *sk, __u64 segs)
+{
+	struct pmoas_socket_counters *cnt = counters_for(any_sock_cgroup_id(sk), PMOAS_PEER_NONE, 0);
+
+	if (cnt)
+		__sync_fetch_and_add(&cnt->retransmits, segs);
+}
+
+/* Segments in one retransmitted skb: TCP_SKB_CB(skb)->tcp_gso_segs, what
+ * the kernel adds to TcpRetransSegs. */
+static __always_inline __u64 skb_tcp_segs(const struct sk_buff *skb)
+{
+	__u64 off = bpf_core_field_offset(struct sk_buff, cb) +
+		    bpf_core_field_offset(struct tcp_skb_cb, tcp_gso_segs);
+	__u16 segs = 0;
+
+	bpf_probe_read_kernel(&segs, sizeof(segs), (const char *)skb + off);
+	return segs ? segs : 1;
+}
+
+/* Hook: tcp:tcp_retransmit_skb, kernels >= 6.13 (err argument): the
+ * tracepoint also fires for attempts that never went out (err != 0), which
+ * TcpRetransSegs does not count either. */
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(socket_retransmit, const struct sock *sk, const struct sk_buff *skb, int err)
+{
+	if (err)
+		return 0;
+	count_retransmits(sk, skb_tcp_segs(skb));
+	return 0;
+}
+
+/* Hook: tcp:tcp_retransmit_skb, older kernels (fires on success only).
+ * Loaded only when socket_retransmit cannot be. */
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(socket_retransmit_v1, const struct sock *sk, const struct sk_buff *skb)
+{
+	count_retransmits(sk, skb_tcp_segs(skb));
+	return 0;
+}
+
+/* Hook: tcp:tcp_retransmit_synack: a listener resent a SYN-ACK. */
+SEC("tp_btf/tcp_retransmit_synack")
+int BPF_PROG(socket_retransmit_synack, const struct sock *sk, const struct request_sock *req)
+{
+	count_retransmits(sk, 1);
+	return 0;
+}
+
+/* Hook: tcp:tcp_send_reset. sk is NULL for a reset sent on behalf of no
+ * socket (a closed port): counted for cgroup 0, the node. */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(socket_send_reset, const struct sock *sk, const struct sk_buff *skb)
+{
+	struct pmoas_socket_counters *cnt = counters_for(any_sock_cgroup_id(sk), PMOAS_PEER_NONE, 0);
+
+	if (cnt)
+		__sync_fetch_and_add(&cnt->resets_sent, 1);
+	return 0;
+}
+
+/* Hook: tcp:tcp_receive_reset: a full socket took a RST (tcp_reset()). */
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(socket_receive_reset, struct sock *sk)
+{
+	struct pmoas_socket_counters *cnt = counters_for(any_sock_cgroup_id(sk), PMOAS_PEER_NONE, 0);
+	__u64 key = (__u64)sk;
+	struct pmoas_conn_info *c;
+
+	if (cnt)
+		__sync_fetch_and_add(&cnt->resets_received, 1);
+	/* tcp_done() follows: tell on_closed() our FIN was not acknowledged. */
+	c = bpf_map_lookup_elem(&socket_conns, &key);
+	if (c)
+		__sync_fetch_and_or(&c->flags, PMOAS_CONN_RESET);
+	return 0;
+}

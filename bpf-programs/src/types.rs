@@ -1,0 +1,119 @@
+//! Rust mirrors of `include/pmoas_types.h`. Keep both in step: the size
+//! assertions here and the `_Static_assert`s there catch a layout that moved
+//! on one side only.
+
+#![allow(missing_docs)]
+
+use std::mem::size_of;
+
+/// Number of log2 slots of [`Log2Hist`] (`PMOAS_HIST_SLOTS`).
+pub const HIST_SLOTS: usize = 48;
+
+/// Default map sizes, as compiled into the objects.
+pub const SOCKET_CONN_MAP_SIZE: u32 = 65536;
+pub const SOCKET_PENDING_MAP_SIZE: u32 = 65536;
+pub const SOCKET_COUNTER_MAP_SIZE: u32 = 16384;
+pub const SOCKET_HIST_MAP_SIZE: u32 = 16384;
+pub const LOCAL_ADDR_MAP_SIZE: u32 = 4096;
+
+/// Reasons indexed in every object's `lost_events` per-CPU array, in order.
+/// The names are the `reason` label of `pmoas_ebpf_events_lost_total`.
+pub const LOST_REASONS: [&str; 5] = [
+    "aggregation_map_full",
+    "connection_map_full",
+    "pending_map_full",
+    "local_addr_map_full",
+    "ringbuf_full",
+];
+/// Size of the `lost_events` array (`PMOAS_LOST_REASONS`).
+pub const LOST_REASON_SLOTS: u32 = 8;
+
+pub const PEER_NONE: u8 = 0;
+pub const PEER_CGROUP: u8 = 1;
+pub const PEER_SAME_NETNS: u8 = 2;
+pub const PEER_NODE: u8 = 3;
+pub const PEER_REMOTE: u8 = 4;
+
+pub const HIST_CONNECT: u8 = 0;
+pub const HIST_ACCEPT_WAIT: u8 = 1;
+pub const HIST_LIFETIME_OUTBOUND: u8 = 2;
+pub const HIST_LIFETIME_INBOUND: u8 = 3;
+
+/// `struct pmoas_log2_hist`: slot i counts samples with floor(log2(ns)) == i.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Log2Hist {
+    pub slots: [u64; HIST_SLOTS],
+    pub sum_ns: u64,
+    pub count: u64,
+}
+
+impl Default for Log2Hist {
+    fn default() -> Self {
+        Self {
+            slots: [0; HIST_SLOTS],
+            sum_ns: 0,
+            count: 0,
+        }
+    }
+}
+
+impl Log2Hist {
+    /// Adds another histogram (another CPU's copy) into this one.
+    pub fn merge(&mut self, other: &Log2Hist) {
+        for (a, b) in self.slots.iter_mut().zip(other.slots.iter()) {
+            *a += b;
+        }
+        self.sum_ns += other.sum_ns;
+        self.count += other.count;
+    }
+}
+
+/// `struct pmoas_socket_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketKey {
+    pub cgroup_id: u64,
+    pub peer_cgroup_id: u64,
+    pub peer_class: u8,
+    pub hist_kind: u8,
+    pub pad: [u8; 6],
+}
+
+/// `struct pmoas_socket_counters`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketCounters {
+    pub connects: u64,
+    pub connect_failures: u64,
+    pub accepts: u64,
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+}
+
+impl SocketCounters {
+    /// Adds another set of counters (another CPU's copy) into this one.
+    pub fn merge(&mut self, o: &SocketCounters) {
+        self.connects += o.connects;
+        self.connect_failures += o.connect_failures;
+        self.accepts += o.accepts;
+        self.sent_bytes += o.sent_bytes;
+        self.received_bytes += o.received_bytes;
+        self.retransmits += o.retransmits;
+        self.resets_sent += o.resets_sent;
+        self.resets_received += o.resets_received;
+    }
+}
+
+const _: () = assert!(size_of::<Log2Hist>() == 400);
+const _: () = assert!(size_of::<SocketKey>() == 24);
+const _: () = assert!(size_of::<SocketCounters>() == 64);
+
+// SAFETY: plain-old-data, `repr(C)`, no padding the kernel could leave
+// uninitialised that Rust would read as anything but bytes.
+unsafe impl aya::Pod for Log2Hist {}
+unsafe impl aya::Pod for SocketKey {}
+unsafe impl aya::Pod for SocketCounters {}

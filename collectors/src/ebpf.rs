@@ -1,0 +1,410 @@
+//! Loading a collector's eBPF object and attaching its programs, each one
+//! optional: a program the kernel refuses is reported, not fatal.
+//!
+//! Also: what to tell the user when the host cannot run eBPF at all
+//! (privileges, BTF, tracefs), and the `lost_events` map every object has.
+
+use std::fmt;
+use std::fs;
+use std::path::Path;
+
+use aya::maps::{MapData, PerCpuArray};
+use aya::programs::{BtfTracePoint, ProgramError, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader};
+use pmoas_bpf::types::LOST_REASONS;
+
+use crate::metrics::{Desc, MetricSet};
+
+pub const PROGRAM_ATTACHED: Desc = Desc::gauge(
+    "pmoas_ebpf_program_attached",
+    "Whether an eBPF program of a collector is attached to its hook (1) or not (0).",
+);
+
+pub const EVENTS_LOST: Desc = Desc::counter(
+    "pmoas_ebpf_events_lost_total",
+    "Events the eBPF programs could not record (full maps, full ring buffers, unparsable data).",
+);
+
+/// Where a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// A classic tracepoint (`SEC("tracepoint/<category>/<name>")`); needs
+    /// tracefs for the event id.
+    TracePoint {
+        category: &'static str,
+        name: &'static str,
+    },
+    /// A BTF-typed raw tracepoint (`SEC("tp_btf/<name>")`).
+    BtfTracePoint { name: &'static str },
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Hook::TracePoint { category, name } => write!(f, "tracepoint/{category}/{name}"),
+            Hook::BtfTracePoint { name } => write!(f, "tp_btf/{name}"),
+        }
+    }
+}
+
+/// One program of an object.
+#[derive(Clone, Copy, Debug)]
+pub struct ProgramSpec {
+    /// The C function name.
+    pub program: &'static str,
+    pub hook: Hook,
+    /// Tried only when the named program could not attach (a variant for
+    /// older kernels).
+    pub fallback_for: Option<&'static str>,
+}
+
+/// What became of one program; exported as `pmoas_ebpf_program_attached`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramStatus {
+    pub collector: &'static str,
+    pub program: &'static str,
+    pub hook: String,
+    pub attached: bool,
+    /// Why it is not attached.
+    pub error: Option<String>,
+}
+
+impl ProgramStatus {
+    /// Adds `pmoas_ebpf_program_attached` for these programs.
+    pub fn export(statuses: &[ProgramStatus], out: &mut MetricSet) {
+        out.declare(&PROGRAM_ATTACHED);
+        for s in statuses {
+            out.gauge(
+                &PROGRAM_ATTACHED,
+                vec![
+                    ("collector", s.collector.to_string()),
+                    ("program", s.program.to_string()),
+                    ("hook", s.hook.clone()),
+                ],
+                if s.attached { 1.0 } else { 0.0 },
+            );
+        }
+    }
+}
+
+/// Why an object could not be loaded at all.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Preflight(String),
+    #[error("loading the {collector} eBPF object failed: {source}{hint}")]
+    Object {
+        collector: &'static str,
+        #[source]
+        source: aya::EbpfError,
+        hint: String,
+    },
+    #[error("none of the {collector} collector's eBPF programs could be attached: {details}")]
+    NothingAttached {
+        collector: &'static str,
+        details: String,
+    },
+}
+
+/// A loaded object with its attached programs; dropping it detaches them.
+pub struct LoadedObject {
+    pub ebpf: Ebpf,
+    pub programs: Vec<ProgramStatus>,
+}
+
+/// Loads `object`, resizes maps, and attaches every program it can.
+pub fn load(
+    collector: &'static str,
+    object: &[u8],
+    map_sizes: &[(&'static str, u32)],
+    specs: &[ProgramSpec],
+) -> Result<LoadedObject, LoadError> {
+    preflight()?;
+    let btf = Btf::from_sys_fs().map_err(|e| {
+        LoadError::Preflight(format!(
+            "reading the kernel's BTF from /sys/kernel/btf/vmlinux failed ({e}); pmoas needs a kernel built with \
+             CONFIG_DEBUG_INFO_BTF=y (Debian 12, Ubuntu 20.10+, RHEL 8.2+ kernels have it)"
+        ))
+    })?;
+    let mut loader = EbpfLoader::new();
+    loader.btf(Some(&btf));
+    for (map, size) in map_sizes {
+        loader.map_max_entries(map, *size);
+    }
+    let mut ebpf = loader.load(object).map_err(|source| {
+        let hint = privilege_hint(&source.to_string());
+        LoadError::Object {
+            collector,
+            source,
+            hint,
+        }
+    })?;
+
+    let mut statuses: Vec<ProgramStatus> = Vec::new();
+    for spec in specs {
+        if let Some(primary) = spec.fallback_for {
+            if statuses.iter().any(|s| s.program == primary && s.attached) {
+                continue;
+            }
+        }
+        let result = attach(&mut ebpf, spec, &btf);
+        if let Err(e) = &result {
+            tracing::warn!(collector, program = spec.program, hook = %spec.hook, error = %e, "eBPF program not attached");
+        } else {
+            tracing::debug!(collector, program = spec.program, hook = %spec.hook, "eBPF program attached");
+        }
+        statuses.push(ProgramStatus {
+            collector,
+            program: spec.program,
+            hook: spec.hook.to_string(),
+            attached: result.is_ok(),
+            error: result.err(),
+        });
+    }
+    // A primary that failed but whose fallback attached is not an error
+    // worth a 0 on dashboards: report only the variant in use.
+    let attached: Vec<&'static str> = statuses
+        .iter()
+        .filter(|s| s.attached)
+        .map(|s| s.program)
+        .collect();
+    statuses.retain(|s| {
+        s.attached
+            || !specs
+                .iter()
+                .any(|f| f.fallback_for == Some(s.program) && attached.contains(&f.program))
+    });
+
+    if !statuses.iter().any(|s| s.attached) {
+        let details = statuses
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} ({}): {}",
+                    s.program,
+                    s.hook,
+                    s.error.as_deref().unwrap_or("?")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(LoadError::NothingAttached { collector, details });
+    }
+    Ok(LoadedObject {
+        ebpf,
+        programs: statuses,
+    })
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<(), String> {
+    let program = ebpf.program_mut(spec.program).ok_or_else(|| {
+        format!(
+            "program {} is not in the object (build mismatch)",
+            spec.program
+        )
+    })?;
+    let result: Result<(), ProgramError> = match spec.hook {
+        Hook::TracePoint { category, name } => (|| {
+            let tp: &mut TracePoint = program.try_into()?;
+            tp.load()?;
+            tp.attach(category, name)?;
+            Ok(())
+        })(),
+        Hook::BtfTracePoint { name } => (|| {
+            let tp: &mut BtfTracePoint = program.try_into()?;
+            tp.load(name, btf)?;
+            tp.attach()?;
+            Ok(())
+        })(),
+    };
+    result.map_err(|e| describe_program_error(&e, spec))
+}
+
+/// A one-paragraph reason, with the verifier's last lines when it refused.
+fn describe_program_error(e: &ProgramError, spec: &ProgramSpec) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .rev()
+                .take(3)
+                .collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!(
+                "the kernel refused {} ({io_error}): {}{}",
+                spec.program,
+                tail.join(" | "),
+                privilege_hint(&io_error.to_string())
+            )
+        }
+        other => {
+            let mut msg = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                source = s.source();
+            }
+            if matches!(spec.hook, Hook::TracePoint { .. }) && msg.contains("No such file") {
+                msg.push_str(
+                    " (classic tracepoints need tracefs: `mount -t tracefs nodev /sys/kernel/tracing`, \
+                     and the kernel's syscall tracepoints, CONFIG_FTRACE_SYSCALLS)",
+                );
+            }
+            msg
+        }
+    }
+}
+
+fn privilege_hint(msg: &str) -> String {
+    if msg.contains("Operation not permitted") || msg.contains("Permission denied") {
+        format!("; {}", PRIVILEGE_ADVICE)
+    } else {
+        String::new()
+    }
+}
+
+const PRIVILEGE_ADVICE: &str = "loading eBPF needs root, or the capabilities CAP_BPF, CAP_PERFMON, \
+     CAP_NET_ADMIN, CAP_SYS_RESOURCE and CAP_DAC_READ_SEARCH (e.g. `setcap \
+     cap_bpf,cap_perfmon,cap_net_admin,cap_sys_resource,cap_dac_read_search+ep pmoas-exporter`; in \
+     Kubernetes: securityContext.privileged or those capabilities)";
+
+/// Capability bits (include/uapi/linux/capability.h).
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Effective capabilities of this process, from /proc/self/status.
+fn effective_caps() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Can this process load tracing programs at all?
+pub fn check_privileges() -> Result<(), String> {
+    let Some(caps) = effective_caps() else {
+        return Ok(());
+    };
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "this process lacks the privileges to load eBPF programs: {PRIVILEGE_ADVICE}"
+        ))
+    }
+}
+
+/// Does the kernel export its BTF?
+pub fn check_btf() -> Result<(), String> {
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Ok(())
+    } else {
+        Err("the kernel has no BTF (/sys/kernel/btf/vmlinux is missing); pmoas's CO-RE programs need a kernel \
+             built with CONFIG_DEBUG_INFO_BTF=y (Debian 12, Ubuntu 20.10+, RHEL 8.2+ kernels have it)"
+            .into())
+    }
+}
+
+fn preflight() -> Result<(), LoadError> {
+    check_privileges().map_err(LoadError::Preflight)?;
+    check_btf().map_err(LoadError::Preflight)?;
+    ensure_tracefs();
+    Ok(())
+}
+
+/// Classic tracepoints need tracefs for their event ids. Mounts it when it
+/// is missing and we may; otherwise the programs that need it report why.
+pub fn ensure_tracefs() {
+    let mounted = [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ]
+    .iter()
+    .any(|p| Path::new(p).is_dir());
+    if mounted || !Path::new("/sys/kernel/tracing").is_dir() {
+        return;
+    }
+    match nix_mount_tracefs() {
+        Ok(()) => {
+            tracing::info!("mounted tracefs at /sys/kernel/tracing (classic tracepoints need it)")
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "tracefs is not mounted and mounting it failed; classic tracepoint programs will not attach. \
+             Mount it: `mount -t tracefs nodev /sys/kernel/tracing`"
+        ),
+    }
+}
+
+fn nix_mount_tracefs() -> std::io::Result<()> {
+    let src = c"nodev";
+    let target = c"/sys/kernel/tracing";
+    let fstype = c"tracefs";
+    // SAFETY: valid NUL-terminated strings, no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Reads an object's `lost_events` map into `pmoas_ebpf_events_lost_total`.
+pub struct LostEvents {
+    map: PerCpuArray<MapData, u64>,
+    collector: &'static str,
+}
+
+impl LostEvents {
+    pub fn take(collector: &'static str, ebpf: &mut Ebpf) -> anyhow::Result<LostEvents> {
+        let map = ebpf
+            .take_map("lost_events")
+            .ok_or_else(|| anyhow::anyhow!("object has no lost_events map"))?;
+        Ok(LostEvents {
+            map: PerCpuArray::try_from(map)?,
+            collector,
+        })
+    }
+
+    /// Totals per reason, summed over CPUs.
+    pub fn totals(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        let mut out = Vec::with_capacity(LOST_REASONS.len());
+        for (i, reason) in LOST_REASONS.iter().enumerate() {
+            let per_cpu = self.map.get(&(i as u32), 0)?;
+            out.push((*reason, per_cpu.iter().sum()));
+        }
+        Ok(out)
+    }
+
+    pub fn export(&self, out: &mut MetricSet) -> anyhow::Result<()> {
+        for (reason, n) in self.totals()? {
+            out.counter(
+                &EVENTS_LOST,
+                vec![
+                    ("collector", self.collector.to_string()),
+                    ("reason", reason.to_string()),
+                ],
+                n as f64,
+            );
+        }
+        Ok(())
+    }
+}

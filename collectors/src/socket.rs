@@ -1,0 +1,683 @@
+//! socket collector, user side: TCP connects, accepts, handshake and
+//! accept-queue latency, connection lifetime, bytes, retransmits and resets,
+//! per container and per peer (`sidecar`, `app`, `pod`, `node`, `remote`).
+//!
+//! Kernel side: `bpf-programs/src/socket.bpf.c`. It aggregates everything
+//! in per-CPU maps keyed by (cgroup, peer cgroup, peer class); nothing goes
+//! through a ring buffer. At scrape time this module sums the CPUs, names the
+//! cgroups through discovery, and folds keys into series.
+//!
+//! Series of a workload that is gone are served for the discovery grace
+//! period, then removed from the kernel maps. Keys whose *peer* is gone are
+//! folded into a user-space carry under the labels they last had, so a
+//! series never goes backwards when a peer container is replaced.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
+use pmoas_bpf::types::{self as t, Log2Hist, SocketCounters, SocketKey};
+use pmoas_discovery::{Discovery, Lookup, Role, Workload, netns};
+use serde::{Deserialize, Serialize};
+
+use crate::ebpf::{self, Hook, LostEvents, ProgramSpec, ProgramStatus};
+use crate::histogram::Log2Buckets;
+use crate::metrics::{Desc, Labels, MetricSet};
+use crate::{BuildContext, BuildError, Collector, CollectorInfo};
+
+pub const INFO: CollectorInfo = CollectorInfo {
+    name: "socket",
+    help: "TCP connects/accepts between sidecar, app and the rest: handshake and accept-queue latency, \
+           lifetime, bytes, retransmits, resets (tracepoints)",
+    default_enabled: true,
+};
+
+pub const CONNECTS: Desc = Desc::counter(
+    "pmoas_tcp_connects_total",
+    "Active TCP opens that reached ESTABLISHED, by connecting workload and peer.",
+);
+pub const CONNECT_FAILURES: Desc = Desc::counter(
+    "pmoas_tcp_connect_failures_total",
+    "Active TCP opens that never reached ESTABLISHED (refused, reset, timed out).",
+);
+pub const ACCEPTS: Desc = Desc::counter(
+    "pmoas_tcp_accepts_total",
+    "Passive TCP opens that reached ESTABLISHED, counted for the listening workload, by peer.",
+);
+pub const CONNECT_DURATION: Desc = Desc::histogram(
+    "pmoas_tcp_connect_duration_seconds",
+    "TCP handshake time of active opens: SYN sent to ESTABLISHED.",
+);
+pub const ACCEPT_WAIT: Desc = Desc::histogram(
+    "pmoas_tcp_accept_wait_seconds",
+    "Time an established connection waited in the accept queue: ESTABLISHED to accept() returning it.",
+);
+pub const CONNECTION_DURATION: Desc = Desc::histogram(
+    "pmoas_tcp_connection_duration_seconds",
+    "Lifetime of closed TCP connections, ESTABLISHED to CLOSE; direction=outbound (we connected) or inbound (we accepted).",
+);
+pub const SENT_BYTES: Desc = Desc::counter(
+    "pmoas_tcp_sent_bytes_total",
+    "Payload bytes sent and acknowledged on TCP connections, counted when they close.",
+);
+pub const RECEIVED_BYTES: Desc = Desc::counter(
+    "pmoas_tcp_received_bytes_total",
+    "Payload bytes received on TCP connections, counted when they close.",
+);
+pub const RETRANSMITS: Desc = Desc::counter(
+    "pmoas_tcp_retransmits_total",
+    "Retransmitted TCP segments (data and SYN-ACK), as counted by the kernel's TcpRetransSegs.",
+);
+pub const RESETS: Desc = Desc::counter(
+    "pmoas_tcp_resets_total",
+    "TCP resets; direction=sent (we sent a RST) or received (a RST closed our socket).",
+);
+
+/// Settings of the socket collector (`[collector.socket]`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketConfig {
+    /// Run this collector (`true`), or not (`false`) whatever the defaults
+    /// and the collector list say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Open TCP connections tracked at once, node-wide (kernel map size).
+    /// Connections beyond it are still counted as opens and failures, but
+    /// their bytes and lifetime are lost and counted in
+    /// `pmoas_ebpf_events_lost_total{reason="connection_map_full"}`.
+    pub max_tracked_connections: u32,
+    /// (workload, peer) pairs with counters, and the same for histograms.
+    pub max_series: u32,
+    /// How often the addresses of the node and its pods are re-read, so a
+    /// connection to another pod of this node says `peer="node"`, not
+    /// `remote`.
+    #[serde(with = "humantime_serde")]
+    pub local_address_refresh: Duration,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        SocketConfig {
+            enabled: None,
+            max_tracked_connections: t::SOCKET_CONN_MAP_SIZE,
+            max_series: t::SOCKET_COUNTER_MAP_SIZE,
+            local_address_refresh: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The programs of socket.bpf.c, in attach order.
+pub const PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec {
+        program: "socket_state_change",
+        hook: Hook::BtfTracePoint {
+            name: "inet_sock_set_state",
+        },
+        fallback_for: None,
+    },
+    ProgramSpec {
+        program: "socket_accept4_exit",
+        hook: Hook::TracePoint {
+            category: "syscalls",
+            name: "sys_exit_accept4",
+        },
+        fallback_for: None,
+    },
+    ProgramSpec {
+        program: "socket_accept_exit",
+        hook: Hook::TracePoint {
+            category: "syscalls",
+            name: "sys_exit_accept",
+        },
+        fallback_for: None,
+    },
+    ProgramSpec {
+        program: "socket_retransmit",
+        hook: Hook::BtfTracePoint {
+            name: "tcp_retransmit_skb",
+        },
+        fallback_for: None,
+    },
+    ProgramSpec {
+        program: "socket_retransmit_v1",
+        hook: Hook::BtfTracePoint {
+            name: "tcp_retransmit_skb",
+        },
+        fallback_for: Some("socket_retransmit"),
+    },
+    ProgramSpec {
+        program: "socket_retransmit_synack",
+        hook: Hook::BtfTracePoint {
+            name: "tcp_retransmit_synack",
+        },
+        fallback_for: None,
+    },
+    ProgramSpec {
+        program: "socket_send_reset",
+        hook: Hook::BtfTracePoint {
+            name: "tcp_send_reset",
+        },
+        fallback_for: None,
+    },
+    ProgramSpec {
+        program: "socket_receive_reset",
+        hook: Hook::BtfTracePoint {
+            name: "tcp_receive_reset",
+        },
+        fallback_for: None,
+    },
+];
+
+/// The `peer` label: what is on the other end, relative to `own`.
+pub fn peer_label(own: &Workload, class: u8, peer: Option<&Workload>) -> &'static str {
+    match class {
+        t::PEER_CGROUP => match peer {
+            Some(p) if own.same_pod(p) => match p.role {
+                Role::Sidecar => "sidecar",
+                Role::App => "app",
+                Role::None => "pod",
+            },
+            _ => "node",
+        },
+        t::PEER_SAME_NETNS => {
+            if own.pod_uid.is_some() {
+                "pod"
+            } else {
+                "node"
+            }
+        }
+        t::PEER_NODE => "node",
+        t::PEER_REMOTE => "remote",
+        _ => "",
+    }
+}
+
+/// The workload labels of a series.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Series {
+    namespace: String,
+    pod: String,
+    container: String,
+    role: &'static str,
+    /// Empty for series without a peer (retransmits, resets, accept wait).
+    peer: &'static str,
+}
+
+impl Series {
+    fn new(w: &Workload, peer: &'static str) -> Series {
+        Series {
+            namespace: w.namespace.clone(),
+            pod: w.pod.clone(),
+            container: w.container.clone(),
+            role: w.role.as_label(),
+            peer,
+        }
+    }
+
+    fn labels(&self, with_peer: bool) -> Labels {
+        let mut l: Labels = vec![
+            ("namespace", self.namespace.clone()),
+            ("pod", self.pod.clone()),
+            ("container", self.container.clone()),
+            ("role", self.role.to_string()),
+        ];
+        if with_peer {
+            l.push(("peer", self.peer.to_string()));
+        }
+        l
+    }
+}
+
+/// What to do with a kernel key this scrape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// Serve it.
+    Keep,
+    /// Move its value into the carry and delete the key: its peer is gone.
+    Fold,
+    /// Delete the key: its own workload is gone past the grace period.
+    Drop,
+}
+
+type Triple = (u64, u64, u8);
+
+fn triple(k: &SocketKey) -> Triple {
+    (k.cgroup_id, k.peer_cgroup_id, k.peer_class)
+}
+
+/// Values that can be summed (per CPU, per series, into the carry).
+trait Mergeable: Clone + Default {
+    fn merge_from(&mut self, other: &Self);
+}
+
+impl Mergeable for SocketCounters {
+    fn merge_from(&mut self, other: &Self) {
+        self.merge(other)
+    }
+}
+
+impl Mergeable for Log2Hist {
+    fn merge_from(&mut self, other: &Self) {
+        self.merge(other)
+    }
+}
+
+/// A value kept in user space after its kernel key was deleted, with the
+/// cgroup whose series it belongs to (0: the node, never expires).
+struct Carried<V> {
+    owner: u64,
+    value: V,
+}
+
+struct Inner {
+    counters: PerCpuHashMap<MapData, SocketKey, SocketCounters>,
+    histograms: PerCpuHashMap<MapData, SocketKey, Log2Hist>,
+    local_addrs: BpfHashMap<MapData, [u8; 16], u8>,
+    lost: LostEvents,
+    /// The series each (cgroup, peer cgroup, class) last resolved to.
+    resolved: HashMap<Triple, Series>,
+    carry_counters: HashMap<Series, Carried<SocketCounters>>,
+    carry_hists: HashMap<(Series, u8), Carried<Log2Hist>>,
+    local_addrs_refreshed: Option<Instant>,
+    local_addrs_known: HashSet<[u8; 16]>,
+}
+
+pub struct SocketCollector {
+    // Field order: `inner` (the maps) drops before `ebpf` detaches programs.
+    inner: Mutex<Inner>,
+    _ebpf: Mutex<aya::Ebpf>,
+    programs: Vec<ProgramStatus>,
+    discovery: Arc<Discovery>,
+    config: SocketConfig,
+}
+
+impl SocketCollector {
+    pub fn new(ctx: &BuildContext) -> Result<SocketCollector, BuildError> {
+        let fail = |message: String, programs: Vec<ProgramStatus>| BuildError::Failed {
+            message,
+            programs,
+        };
+        ctx.discovery.cgroupfs().v2_root().map_err(|e| {
+            fail(
+                format!("the socket collector names workloads by cgroup v2 id: {e}"),
+                vec![],
+            )
+        })?;
+
+        let cfg = ctx.config.socket.clone();
+        let sizes = [
+            ("socket_conns", cfg.max_tracked_connections),
+            ("socket_pending", cfg.max_tracked_connections),
+            ("socket_counters", cfg.max_series),
+            ("socket_histograms", cfg.max_series),
+        ];
+        let loaded = ebpf::load(INFO.name, pmoas_bpf::SOCKET, &sizes, PROGRAMS)
+            .map_err(|e| fail(e.to_string(), vec![]))?;
+        let mut bpf = loaded.ebpf;
+        let programs = loaded.programs;
+        let take = |bpf: &mut aya::Ebpf, name: &str| {
+            bpf.take_map(name).ok_or_else(|| {
+                format!("map {name} missing from the socket object (build mismatch)")
+            })
+        };
+        let inner = (|| -> Result<Inner, String> {
+            Ok(Inner {
+                counters: PerCpuHashMap::try_from(take(&mut bpf, "socket_counters")?)
+                    .map_err(|e| e.to_string())?,
+                histograms: PerCpuHashMap::try_from(take(&mut bpf, "socket_histograms")?)
+                    .map_err(|e| e.to_string())?,
+                local_addrs: BpfHashMap::try_from(take(&mut bpf, "local_addrs")?)
+                    .map_err(|e| e.to_string())?,
+                lost: LostEvents::take(INFO.name, &mut bpf).map_err(|e| e.to_string())?,
+                resolved: HashMap::new(),
+                carry_counters: HashMap::new(),
+                carry_hists: HashMap::new(),
+                local_addrs_refreshed: None,
+                local_addrs_known: HashSet::new(),
+            })
+        })()
+        .map_err(|e| fail(e, programs.clone()))?;
+
+        let collector = SocketCollector {
+            inner: Mutex::new(inner),
+            _ebpf: Mutex::new(bpf),
+            programs,
+            discovery: ctx.discovery.clone(),
+            config: cfg,
+        };
+        // Seed the node's addresses before the first connection is judged.
+        collector.lock().refresh_local_addrs(&collector.discovery);
+        Ok(collector)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Collector for SocketCollector {
+    fn collect(&self, out: &mut MetricSet) -> anyhow::Result<()> {
+        let mut inner = self.lock();
+        if inner
+            .local_addrs_refreshed
+            .is_none_or(|t| t.elapsed() >= self.config.local_address_refresh)
+        {
+            inner.refresh_local_addrs(&self.discovery);
+        }
+        inner.lost.export(out)?;
+        inner.collect(&self.discovery, out)
+    }
+
+    fn programs(&self) -> Vec<ProgramStatus> {
+        self.programs.clone()
+    }
+}
+
+fn read_summed<V: aya::Pod + Mergeable>(
+    map: &PerCpuHashMap<MapData, SocketKey, V>,
+) -> anyhow::Result<Vec<(SocketKey, V)>> {
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let (key, per_cpu) = match item {
+            Ok(kv) => kv,
+            // A key deleted between get_next_key and lookup: skip it.
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut sum = V::default();
+        for v in per_cpu.iter() {
+            sum.merge_from(v);
+        }
+        out.push((key, sum));
+    }
+    Ok(out)
+}
+
+impl Inner {
+    fn refresh_local_addrs(&mut self, discovery: &Discovery) {
+        let procfs = discovery.procfs();
+        let mut pids: Vec<u32> = vec![1, std::process::id()];
+        pids.extend(discovery.pod_pids().into_iter().map(|(_, pid)| pid));
+        for pid in pids {
+            for ip in netns::local_addresses(procfs, pid) {
+                let a = netns::addr16(ip);
+                if ip.is_loopback() || self.local_addrs_known.contains(&a) {
+                    continue;
+                }
+                match self.local_addrs.insert(a, 1, 0) {
+                    Ok(()) => {
+                        self.local_addrs_known.insert(a);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%ip, error = %e, "cannot record a local address (map full?)")
+                    }
+                }
+            }
+        }
+        self.local_addrs_refreshed = Some(Instant::now());
+    }
+
+    /// Decides, once per scrape, the series and fate of every key.
+    fn resolve(
+        &mut self,
+        discovery: &Discovery,
+        triples: &HashSet<Triple>,
+    ) -> HashMap<Triple, (Series, Fate, u64)> {
+        let mut out = HashMap::with_capacity(triples.len());
+        for &tr in triples {
+            let (cgroup, peer_cgroup, class) = tr;
+            let own = discovery.lookup(cgroup);
+            let decided = match own.workload() {
+                Some(w) => {
+                    let peer = (class == t::PEER_CGROUP).then(|| discovery.lookup(peer_cgroup));
+                    match peer {
+                        Some(Lookup::Unknown) => {
+                            let series = self
+                                .resolved
+                                .remove(&tr)
+                                .unwrap_or_else(|| Series::new(w, peer_label(w, class, None)));
+                            (series, Fate::Fold, cgroup)
+                        }
+                        peer => {
+                            let series = Series::new(
+                                w,
+                                peer_label(
+                                    w,
+                                    class,
+                                    peer.as_ref().and_then(|p| p.workload()).map(|a| a.as_ref()),
+                                ),
+                            );
+                            self.resolved.insert(tr, series.clone());
+                            (series, Fate::Keep, cgroup)
+                        }
+                    }
+                }
+                None => match self.resolved.remove(&tr) {
+                    Some(series) => (series, Fate::Drop, cgroup),
+                    None => {
+                        // Gone before we ever named it: it counts for the node.
+                        let node = Workload::node();
+                        (
+                            Series::new(&node, peer_label(&node, class, None)),
+                            Fate::Fold,
+                            0,
+                        )
+                    }
+                },
+            };
+            out.insert(tr, decided);
+        }
+        out
+    }
+
+    fn collect(&mut self, discovery: &Discovery, out: &mut MetricSet) -> anyhow::Result<()> {
+        let counters = read_summed(&self.counters)?;
+        let hists = read_summed(&self.histograms)?;
+        let triples: HashSet<Triple> = counters
+            .iter()
+            .map(|(k, _)| triple(k))
+            .chain(hists.iter().map(|(k, _)| triple(k)))
+            .collect();
+        let fates = self.resolve(discovery, &triples);
+
+        let mut series_counters: HashMap<Series, SocketCounters> = HashMap::new();
+        for (key, value) in &counters {
+            let (series, fate, owner) = &fates[&triple(key)];
+            match fate {
+                Fate::Keep => series_counters
+                    .entry(series.clone())
+                    .or_default()
+                    .merge(value),
+                Fate::Fold => {
+                    self.carry_counters
+                        .entry(series.clone())
+                        .or_insert_with(|| Carried {
+                            owner: *owner,
+                            value: SocketCounters::default(),
+                        })
+                        .value
+                        .merge(value);
+                    let _ = self.counters.remove(key);
+                }
+                Fate::Drop => {
+                    let _ = self.counters.remove(key);
+                }
+            }
+        }
+        let mut series_hists: HashMap<(Series, u8), Log2Hist> = HashMap::new();
+        for (key, value) in &hists {
+            let (series, fate, owner) = &fates[&triple(key)];
+            let sk = (series.clone(), key.hist_kind);
+            match fate {
+                Fate::Keep => series_hists.entry(sk).or_default().merge(value),
+                Fate::Fold => {
+                    self.carry_hists
+                        .entry(sk)
+                        .or_insert_with(|| Carried {
+                            owner: *owner,
+                            value: Log2Hist::default(),
+                        })
+                        .value
+                        .merge(value);
+                    let _ = self.histograms.remove(key);
+                }
+                Fate::Drop => {
+                    let _ = self.histograms.remove(key);
+                }
+            }
+        }
+
+        // Carried values: served while their owner lives, forgotten after.
+        let expired = |owner: u64| owner != 0 && matches!(discovery.lookup(owner), Lookup::Unknown);
+        self.carry_counters.retain(|_, c| !expired(c.owner));
+        self.carry_hists.retain(|_, c| !expired(c.owner));
+        for (series, c) in &self.carry_counters {
+            series_counters
+                .entry(series.clone())
+                .or_default()
+                .merge(&c.value);
+        }
+        for (sk, c) in &self.carry_hists {
+            series_hists.entry(sk.clone()).or_default().merge(&c.value);
+        }
+
+        emit(out, &series_counters, &series_hists);
+        Ok(())
+    }
+}
+
+fn emit(
+    out: &mut MetricSet,
+    counters: &HashMap<Series, SocketCounters>,
+    hists: &HashMap<(Series, u8), Log2Hist>,
+) {
+    for d in [
+        &CONNECTS,
+        &CONNECT_FAILURES,
+        &ACCEPTS,
+        &CONNECT_DURATION,
+        &ACCEPT_WAIT,
+        &CONNECTION_DURATION,
+        &SENT_BYTES,
+        &RECEIVED_BYTES,
+        &RETRANSMITS,
+        &RESETS,
+    ] {
+        out.declare(d);
+    }
+    for (s, c) in counters {
+        if s.peer.is_empty() {
+            let labels = s.labels(false);
+            out.counter(&RETRANSMITS, labels.clone(), c.retransmits as f64);
+            let mut sent = labels.clone();
+            sent.push(("direction", "sent".into()));
+            out.counter(&RESETS, sent, c.resets_sent as f64);
+            let mut received = labels;
+            received.push(("direction", "received".into()));
+            out.counter(&RESETS, received, c.resets_received as f64);
+        } else {
+            let labels = s.labels(true);
+            out.counter(&CONNECTS, labels.clone(), c.connects as f64);
+            out.counter(&CONNECT_FAILURES, labels.clone(), c.connect_failures as f64);
+            out.counter(&ACCEPTS, labels.clone(), c.accepts as f64);
+            out.counter(&SENT_BYTES, labels.clone(), c.sent_bytes as f64);
+            out.counter(&RECEIVED_BYTES, labels, c.received_bytes as f64);
+        }
+    }
+    for ((s, kind), h) in hists {
+        match *kind {
+            t::HIST_CONNECT => out.histogram(
+                &CONNECT_DURATION,
+                s.labels(true),
+                Log2Buckets::HANDSHAKE.fold(h),
+            ),
+            t::HIST_ACCEPT_WAIT => out.histogram(
+                &ACCEPT_WAIT,
+                s.labels(false),
+                Log2Buckets::HANDSHAKE.fold(h),
+            ),
+            t::HIST_LIFETIME_OUTBOUND | t::HIST_LIFETIME_INBOUND => {
+                let mut labels = s.labels(true);
+                let dir = if *kind == t::HIST_LIFETIME_OUTBOUND {
+                    "outbound"
+                } else {
+                    "inbound"
+                };
+                labels.push(("direction", dir.into()));
+                out.histogram(&CONNECTION_DURATION, labels, Log2Buckets::LIFETIME.fold(h));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_container(pod: &str, container: &str, role: Role) -> Workload {
+        Workload {
+            namespace: String::new(),
+            pod: pod.into(),
+            container: container.into(),
+            role,
+            pod_uid: Some(pod.into()),
+        }
+    }
+
+    #[test]
+    fn peer_labels() {
+        let envoy = pod_container("p1", "envoy", Role::Sidecar);
+        let nginx = pod_container("p1", "nginx", Role::App);
+        let other = pod_container("p2", "x", Role::App);
+        let pod_level = Workload {
+            container: String::new(),
+            role: Role::None,
+            ..pod_container("p1", "", Role::None)
+        };
+        let host = Workload::node();
+
+        assert_eq!(peer_label(&envoy, t::PEER_CGROUP, Some(&nginx)), "app");
+        assert_eq!(peer_label(&nginx, t::PEER_CGROUP, Some(&envoy)), "sidecar");
+        assert_eq!(peer_label(&nginx, t::PEER_CGROUP, Some(&pod_level)), "pod");
+        assert_eq!(peer_label(&nginx, t::PEER_CGROUP, Some(&other)), "node");
+        assert_eq!(peer_label(&nginx, t::PEER_CGROUP, Some(&host)), "node");
+        assert_eq!(peer_label(&nginx, t::PEER_CGROUP, None), "node");
+        assert_eq!(
+            peer_label(&host, t::PEER_CGROUP, Some(&host)),
+            "node",
+            "host processes are never one pod"
+        );
+        assert_eq!(peer_label(&nginx, t::PEER_SAME_NETNS, None), "pod");
+        assert_eq!(peer_label(&host, t::PEER_SAME_NETNS, None), "node");
+        assert_eq!(peer_label(&nginx, t::PEER_NODE, None), "node");
+        assert_eq!(peer_label(&nginx, t::PEER_REMOTE, None), "remote");
+        assert_eq!(peer_label(&nginx, t::PEER_NONE, None), "");
+    }
+
+    #[test]
+    fn program_list_matches_the_object() {
+        // Every program named here exists in socket.bpf.o, and every
+        // program of the object is attached somewhere.
+        let obj = aya_obj_names(pmoas_bpf::SOCKET);
+        for spec in PROGRAMS {
+            assert!(
+                obj.contains(&spec.program.to_string()),
+                "{} not in socket.bpf.o ({obj:?})",
+                spec.program
+            );
+        }
+        for name in &obj {
+            assert!(
+                PROGRAMS.iter().any(|s| s.program == name),
+                "{name} is in socket.bpf.o but never attached"
+            );
+        }
+    }
+
+    fn aya_obj_names(data: &[u8]) -> Vec<String> {
+        let obj = aya_obj::Object::parse(data).expect("socket.bpf.o parses");
+        obj.programs.keys().cloned().collect()
+    }
+}

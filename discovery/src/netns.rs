@@ -1,0 +1,130 @@
+//! Addresses of a network namespace, read through /proc/<pid>/net of a
+//! process inside it (no setns needed): IPv4 from `fib_trie`'s local table,
+//! IPv6 from `if_inet6`.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+/// Local (host-scope `/32 host LOCAL`) IPv4 and all IPv6 addresses of the
+/// network namespace `pid` lives in. Loopback addresses included.
+pub fn local_addresses(procfs: &Path, pid: u32) -> Vec<IpAddr> {
+    let net = procfs.join(pid.to_string()).join("net");
+    let mut out: Vec<IpAddr> = fs::read_to_string(net.join("fib_trie"))
+        .map(|t| {
+            parse_fib_trie_local(&t)
+                .into_iter()
+                .map(IpAddr::V4)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Ok(t) = fs::read_to_string(net.join("if_inet6")) {
+        out.extend(parse_if_inet6(&t).into_iter().map(IpAddr::V6));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn parse_fib_trie_local(text: &str) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut last: Option<Ipv4Addr> = None;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if let Some(ip) = t.strip_prefix("|-- ") {
+            last = ip.trim().parse().ok();
+        } else if t.starts_with("/32 host LOCAL") {
+            if let Some(ip) = last {
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn parse_if_inet6(text: &str) -> Vec<Ipv6Addr> {
+    text.lines()
+        .filter_map(|l| {
+            let hex = l.split_whitespace().next()?;
+            if hex.len() != 32 {
+                return None;
+            }
+            let v = u128::from_str_radix(hex, 16).ok()?;
+            Some(Ipv6Addr::from(v))
+        })
+        .collect()
+}
+
+/// The 16-byte form the eBPF programs key addresses by: IPv6 as is, IPv4
+/// as IPv4-mapped IPv6.
+pub fn addr16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIB_TRIE: &str = "\
+Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 10.200.0.0/24 2 0 2
+        |-- 10.200.0.0
+           /24 link UNICAST
+        |-- 10.200.0.11
+           /32 host LOCAL
+Local:
+  +-- 0.0.0.0/0 3 0 5
+     +-- 10.200.0.0/24 2 0 2
+        |-- 10.200.0.11
+           /32 host LOCAL
+        |-- 10.200.0.255
+           /32 link BROADCAST
+     +-- 127.0.0.0/8 2 0 2
+        |-- 127.0.0.1
+           /32 host LOCAL
+";
+
+    #[test]
+    fn fib_trie_local_addresses() {
+        assert_eq!(
+            parse_fib_trie_local(FIB_TRIE),
+            vec![Ipv4Addr::new(10, 200, 0, 11), Ipv4Addr::new(127, 0, 0, 1)]
+        );
+    }
+
+    #[test]
+    fn if_inet6_addresses() {
+        let text = "00000000000000000000000000000001 01 80 10 80       lo\n\
+                    fe800000000000000000000000000001 02 40 20 80     eth0\n";
+        assert_eq!(
+            parse_if_inet6(text),
+            vec![Ipv6Addr::LOCALHOST, "fe80::1".parse::<Ipv6Addr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn addr16_maps_v4() {
+        assert_eq!(
+            addr16("10.0.0.1".parse().unwrap())[10..],
+            [0xff, 0xff, 10, 0, 0, 1]
+        );
+        assert_eq!(addr16("::1".parse().unwrap())[15], 1);
+    }
+
+    #[test]
+    fn own_namespace_has_loopback() {
+        let addrs = local_addresses(Path::new("/proc"), std::process::id());
+        assert!(
+            addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{addrs:?}"
+        );
+    }
+}

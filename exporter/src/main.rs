@@ -1,0 +1,207 @@
+//! `pmoas-exporter`: wiring. Reads the configuration, starts discovery and
+//! the enabled collectors, serves HTTP, and on SIGINT/SIGTERM detaches every
+//! eBPF program and exits 0.
+
+mod cli;
+mod server;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use pmoas_collectors::{BuildContext, Registry, ebpf};
+use pmoas_config::{Config, LogFormat, LogLevel};
+use pmoas_discovery::Discovery;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::{Invocation, RunArgs};
+
+fn main() -> ExitCode {
+    match cli::parse() {
+        Invocation::Version => {
+            println!("{}", cli::version_text());
+            ExitCode::SUCCESS
+        }
+        Invocation::Completion(shell) => {
+            clap_complete::generate(
+                shell,
+                &mut cli::command(),
+                "pmoas-exporter",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Invocation::Run(args) => run(*args),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("PMOAS_"))
+        .collect();
+    let config = match Config::load(args.config_file.as_deref(), &env, &args.overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pmoas-exporter: invalid configuration:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_only {
+        let names: Vec<&str> = config
+            .enabled_collectors()
+            .map(|c| c.iter().map(|i| i.name).collect())
+            .unwrap_or_default();
+        println!(
+            "# configuration OK; collectors: {}\n{}",
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            },
+            config.to_toml()
+        );
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.log.level, config.log.format);
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(serve_until_signal(config));
+    // Blocking collector calls still running get a moment; then everything
+    // that holds eBPF objects is dropped, which detaches the programs.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match outcome {
+        Ok(registry) => {
+            drop(registry);
+            tracing::info!("stopped; eBPF programs detached");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: LogLevel, format: LogFormat) {
+    let lvl = level.as_str();
+    // Aya's own chatter only when asked for debug output.
+    let aya = if matches!(level, LogLevel::Debug | LogLevel::Trace) {
+        lvl
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::new(format!("{lvl},aya={aya},aya_obj={aya}"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Runs until SIGINT or SIGTERM; returns the registry so the caller drops
+/// it (and detaches) after the runtime is gone.
+async fn serve_until_signal(config: Config) -> anyhow::Result<Arc<Registry>> {
+    let listen = config.listen_address()?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (--web.listen-address): {e}"))?;
+    let listen = listener.local_addr().unwrap_or(listen);
+
+    let discovery = Arc::new(
+        Discovery::new(&config.discovery)
+            .map_err(|e| anyhow::anyhow!("reading /proc/self/mountinfo failed: {e}"))?,
+    );
+    for problem in [
+        discovery.cgroupfs().v2_root().err().map(|e| e.to_string()),
+        ebpf::check_privileges().err(),
+        ebpf::check_btf().err(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        tracing::error!(
+            "{problem}; the collectors that need it will report failed, the exporter keeps serving"
+        );
+    }
+    discovery.rescan();
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn_rescans(
+        discovery.clone(),
+        config.discovery.rescan_interval,
+        stop.clone(),
+    );
+
+    let enabled = config.enabled_collectors()?;
+    if enabled.is_empty() {
+        tracing::warn!("no collector is enabled; serving the exporter's own metrics only");
+    }
+    let registry = Arc::new(Registry::new(&enabled));
+    registry.start_all(BuildContext {
+        discovery: discovery.clone(),
+        config: config.collector.clone(),
+    });
+
+    let state = Arc::new(server::AppState {
+        registry: registry.clone(),
+        discovery,
+        telemetry_path: config.web.telemetry_path.clone(),
+        scrape_timeout: config.scrape.timeout,
+        listen,
+    });
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(server::serve(listener, state, shutdown_rx));
+    tracing::info!(
+        %listen,
+        path = %config.web.telemetry_path,
+        collectors = %enabled.iter().map(|c| c.name).collect::<Vec<_>>().join(","),
+        version = %cli::version_text(),
+        "pmoas-exporter serving"
+    );
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    Ok(registry)
+}
+
+fn spawn_rescans(discovery: Arc<Discovery>, every: Duration, stop: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new()
+        .name("discovery".into())
+        .spawn(move || {
+            let tick = Duration::from_millis(100).min(every);
+            let mut waited = Duration::ZERO;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                waited += tick;
+                if waited >= every {
+                    waited = Duration::ZERO;
+                    discovery.rescan();
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the discovery thread; new containers are found at scrape time only");
+    }
+}
