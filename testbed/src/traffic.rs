@@ -1,0 +1,251 @@
+//! Traffic of known shape, for ground-truth tests: every connection's bytes,
+//! close and reset are decided here, and counted by the side that made them.
+//!
+//! The TCP exchange: the client writes `send` bytes and shuts its write side
+//! (FIN); the server reads to EOF, writes its `send` bytes and closes (or
+//! resets); the client reads to EOF. Both ends close gracefully, so every
+//! byte is acknowledged before the sockets reach CLOSE.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One GET with `Connection: close`; (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: pmoas-testbed\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                ErrorKind::InvalidData,
+                format!("not an HTTP response: {head:?}"),
+            )
+        })?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// What a client run did, as the client saw it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientReport {
+    pub connected: u64,
+    pub failed: u64,
+    pub resets: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// HTTP status -> count (http mode).
+    pub statuses: Vec<(u16, u64)>,
+}
+
+/// What a server run did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServerReport {
+    pub accepted: u64,
+    pub resets_sent: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// `count` exchanges with the server at `addr`.
+pub fn tcp_client(addr: SocketAddr, count: u64, send: usize) -> ClientReport {
+    let mut r = ClientReport::default();
+    let payload = vec![b'c'; send];
+    for _ in 0..count {
+        let mut s = match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
+            Ok(s) => s,
+            Err(_) => {
+                r.failed += 1;
+                continue;
+            }
+        };
+        r.connected += 1;
+        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+        if s.write_all(&payload).is_ok() {
+            r.bytes_sent += send as u64;
+        }
+        let _ = s.shutdown(Shutdown::Write);
+        let mut buf = [0u8; 65536];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => r.bytes_received += n as u64,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                    r.resets += 1;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    r
+}
+
+/// Serves `count` exchanges on `listener`: reads to EOF, answers `send`
+/// bytes, then closes, or resets (SO_LINGER 0) when `reset`.
+pub fn tcp_server(listener: TcpListener, count: u64, send: usize, reset: bool) -> ServerReport {
+    let mut r = ServerReport::default();
+    let payload = vec![b's'; send];
+    while r.accepted < count {
+        let Ok((mut s, _)) = listener.accept() else {
+            continue;
+        };
+        r.accepted += 1;
+        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+        let mut buf = [0u8; 65536];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => r.bytes_received += n as u64,
+            }
+        }
+        if reset {
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: valid socket fd and option struct.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as u32,
+                )
+            };
+            r.resets_sent += 1;
+        } else if s.write_all(&payload).is_ok() {
+            r.bytes_sent += send as u64;
+        }
+        drop(s);
+    }
+    r
+}
+
+/// `count` GETs of `path` with `Connection: close`, over `concurrency`
+/// threads.
+pub fn http_load(addr: SocketAddr, path: &str, count: u64, concurrency: u64) -> ClientReport {
+    let concurrency = concurrency.max(1);
+    let handles: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let path = path.to_string();
+            let n = count / concurrency + u64::from(i < count % concurrency);
+            std::thread::spawn(move || {
+                let mut r = ClientReport::default();
+                for _ in 0..n {
+                    match http_get(addr, &path) {
+                        Ok((status, _)) => {
+                            r.connected += 1;
+                            match r.statuses.iter_mut().find(|(s, _)| *s == status) {
+                                Some((_, c)) => *c += 1,
+                                None => r.statuses.push((status, 1)),
+                            }
+                        }
+                        Err(_) => r.failed += 1,
+                    }
+                }
+                r
+            })
+        })
+        .collect();
+    let mut total = ClientReport::default();
+    for h in handles {
+        let r = h.join().unwrap_or_default();
+        total.connected += r.connected;
+        total.failed += r.failed;
+        for (s, c) in r.statuses {
+            match total.statuses.iter_mut().find(|(t, _)| *t == s) {
+                Some((_, n)) => *n += c,
+                None => total.statuses.push((s, c)),
+            }
+        }
+    }
+    total.statuses.sort();
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exchange_of_known_sizes_over_loopback() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || tcp_server(l, 3, 700, false));
+        let c = tcp_client(addr, 3, 300);
+        let s = server.join().unwrap();
+        assert_eq!(
+            (c.connected, c.bytes_sent, c.bytes_received, c.resets),
+            (3, 900, 2100, 0)
+        );
+        assert_eq!((s.accepted, s.bytes_received, s.bytes_sent), (3, 900, 2100));
+    }
+
+    #[test]
+    fn resets_are_seen_by_the_client() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || tcp_server(l, 4, 0, true));
+        let c = tcp_client(addr, 4, 10);
+        let s = server.join().unwrap();
+        assert_eq!((c.connected, c.resets), (4, 4));
+        assert_eq!(s.resets_sent, 4);
+    }
+
+    #[test]
+    fn closed_port_fails() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let c = tcp_client(addr, 2, 1);
+        assert_eq!((c.connected, c.failed), (0, 2));
+    }
+
+    #[test]
+    fn dechunking() {
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
+    }
+}
