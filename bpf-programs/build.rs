@@ -44,19 +44,13 @@ fn main() {
     sources.sort();
 
     for source in &sources {
-        let stem = source
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .replace(".bpf.c", "");
+        let stem = source.file_name().unwrap().to_string_lossy().replace(".bpf.c", "");
         let object = out.join(format!("{stem}.bpf.o"));
         let mut cmd = Command::new(&clang);
-        cmd.args([
-            "-target", "bpf", "-O2", "-g", "-mcpu=v3", "-Wall", "-Werror",
-        ])
-        .arg(format!("-D__TARGET_ARCH_{arch}"))
-        .arg("-I")
-        .arg(&include);
+        cmd.args(["-target", "bpf", "-O2", "-g", "-mcpu=v3", "-Wall", "-Werror"])
+            .arg(format!("-D__TARGET_ARCH_{arch}"))
+            .arg("-I")
+            .arg(&include);
         if let Some(dir) = &extra_include {
             cmd.arg("-I").arg(dir);
         }
@@ -64,9 +58,7 @@ fn main() {
             cmd.args(flags.split_whitespace());
         }
         cmd.arg("-c").arg(source).arg("-o").arg(&object);
-        let output = cmd
-            .output()
-            .unwrap_or_else(|e| fail(&format!("running {clang}: {e}")));
+        let output = cmd.output().unwrap_or_else(|e| fail(&format!("running {clang}: {e}")));
         if !output.status.success() {
             fail(&format!(
                 "clang failed to compile {}:\n{}",
@@ -93,10 +85,7 @@ fn check_libbpf_headers(extra: Option<&str>) {
     if let Some(dir) = extra {
         dirs.insert(0, dir);
     }
-    if !dirs
-        .iter()
-        .any(|d| Path::new(d).join(LIBBPF_HEADER).exists())
-    {
+    if !dirs.iter().any(|d| Path::new(d).join(LIBBPF_HEADER).exists()) {
         fail(&format!(
             "libbpf's BPF headers ({LIBBPF_HEADER}) were not found in {dirs:?}.\n\
              Install them (Debian/Ubuntu: `apt-get install libbpf-dev`), or set BPF_INCLUDE to the directory that holds bpf/."
@@ -112,8 +101,5 @@ fn strip_dwarf(object: &Path) {
 
 fn fail(msg: &str) -> ! {
     eprintln!("\nerror: {msg}\n");
-    panic!(
-        "pmoas-bpf build failed: {}",
-        msg.lines().next().unwrap_or(msg)
-    );
+    panic!("pmoas-bpf build failed: {}", msg.lines().next().unwrap_or(msg));
 }

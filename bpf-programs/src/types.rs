@@ -18,13 +18,8 @@ pub const LOCAL_ADDR_MAP_SIZE: u32 = 4096;
 
 /// Reasons indexed in every object's `lost_events` per-CPU array, in order.
 /// The names are the `reason` label of `pmoas_ebpf_events_lost_total`.
-pub const LOST_REASONS: [&str; 5] = [
-    "aggregation_map_full",
-    "connection_map_full",
-    "pending_map_full",
-    "local_addr_map_full",
-    "ringbuf_full",
-];
+pub const LOST_REASONS: [&str; 5] =
+    ["aggregation_map_full", "connection_map_full", "pending_map_full", "local_addr_map_full", "ringbuf_full"];
 /// Size of the `lost_events` array (`PMOAS_LOST_REASONS`).
 pub const LOST_REASON_SLOTS: u32 = 8;
 
@@ -50,11 +45,7 @@ pub struct Log2Hist {
 
 impl Default for Log2Hist {
     fn default() -> Self {
-        Self {
-            slots: [0; HIST_SLOTS],
-            sum_ns: 0,
-            count: 0,
-        }
+        Self { slots: [0; HIST_SLOTS], sum_ns: 0, count: 0 }
     }
 }
 

@@ -30,10 +30,7 @@ pub const EVENTS_LOST: Desc = Desc::counter(
 pub enum Hook {
     /// A classic tracepoint (`SEC("tracepoint/<category>/<name>")`); needs
     /// tracefs for the event id.
-    TracePoint {
-        category: &'static str,
-        name: &'static str,
-    },
+    TracePoint { category: &'static str, name: &'static str },
     /// A BTF-typed raw tracepoint (`SEC("tp_btf/<name>")`).
     BtfTracePoint { name: &'static str },
 }
@@ -96,14 +93,27 @@ pub enum LoadError {
     Object {
         collector: &'static str,
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
         hint: String,
     },
     #[error("none of the {collector} collector's eBPF programs could be attached: {details}")]
-    NothingAttached {
-        collector: &'static str,
-        details: String,
-    },
+    NothingAttached { collector: &'static str, details: String, programs: Vec<ProgramStatus> },
+}
+
+/// Every (primary) program as not attached, for a collector that could not
+/// load its object at all: dashboards still see each program, at 0.
+pub fn unattached(collector: &'static str, specs: &[ProgramSpec], reason: &str) -> Vec<ProgramStatus> {
+    specs
+        .iter()
+        .filter(|s| s.fallback_for.is_none())
+        .map(|s| ProgramStatus {
+            collector,
+            program: s.program,
+            hook: s.hook.to_string(),
+            attached: false,
+            error: Some(reason.to_string()),
+        })
+        .collect()
 }
 
 /// A loaded object with its attached programs; dropping it detaches them.
@@ -133,19 +143,15 @@ pub fn load(
     }
     let mut ebpf = loader.load(object).map_err(|source| {
         let hint = privilege_hint(&source.to_string());
-        LoadError::Object {
-            collector,
-            source,
-            hint,
-        }
+        LoadError::Object { collector, source: Box::new(source), hint }
     })?;
 
     let mut statuses: Vec<ProgramStatus> = Vec::new();
     for spec in specs {
-        if let Some(primary) = spec.fallback_for {
-            if statuses.iter().any(|s| s.program == primary && s.attached) {
-                continue;
-            }
+        if let Some(primary) = spec.fallback_for
+            && statuses.iter().any(|s| s.program == primary && s.attached)
+        {
+            continue;
         }
         let result = attach(&mut ebpf, spec, &btf);
         if let Err(e) = &result {
@@ -163,46 +169,26 @@ pub fn load(
     }
     // A primary that failed but whose fallback attached is not an error
     // worth a 0 on dashboards: report only the variant in use.
-    let attached: Vec<&'static str> = statuses
-        .iter()
-        .filter(|s| s.attached)
-        .map(|s| s.program)
-        .collect();
+    let attached: Vec<&'static str> = statuses.iter().filter(|s| s.attached).map(|s| s.program).collect();
     statuses.retain(|s| {
-        s.attached
-            || !specs
-                .iter()
-                .any(|f| f.fallback_for == Some(s.program) && attached.contains(&f.program))
+        s.attached || !specs.iter().any(|f| f.fallback_for == Some(s.program) && attached.contains(&f.program))
     });
 
     if !statuses.iter().any(|s| s.attached) {
         let details = statuses
             .iter()
-            .map(|s| {
-                format!(
-                    "{} ({}): {}",
-                    s.program,
-                    s.hook,
-                    s.error.as_deref().unwrap_or("?")
-                )
-            })
+            .map(|s| format!("{} ({}): {}", s.program, s.hook, s.error.as_deref().unwrap_or("?")))
             .collect::<Vec<_>>()
             .join("; ");
-        return Err(LoadError::NothingAttached { collector, details });
+        return Err(LoadError::NothingAttached { collector, details, programs: statuses });
     }
-    Ok(LoadedObject {
-        ebpf,
-        programs: statuses,
-    })
+    Ok(LoadedObject { ebpf, programs: statuses })
 }
 
 fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<(), String> {
-    let program = ebpf.program_mut(spec.program).ok_or_else(|| {
-        format!(
-            "program {} is not in the object (build mismatch)",
-            spec.program
-        )
-    })?;
+    let program = ebpf
+        .program_mut(spec.program)
+        .ok_or_else(|| format!("program {} is not in the object (build mismatch)", spec.program))?;
     let result: Result<(), ProgramError> = match spec.hook {
         Hook::TracePoint { category, name } => (|| {
             let tp: &mut TracePoint = program.try_into()?;
@@ -223,17 +209,9 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<(), String> 
 /// A one-paragraph reason, with the verifier's last lines when it refused.
 fn describe_program_error(e: &ProgramError, spec: &ProgramSpec) -> String {
     match e {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
+        ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
-            let tail: Vec<&str> = log
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .rev()
-                .take(3)
-                .collect();
+            let tail: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).rev().take(3).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             format!(
                 "the kernel refused {} ({io_error}): {}{}",
@@ -282,10 +260,7 @@ const CAP_BPF: u32 = 39;
 /// Effective capabilities of this process, from /proc/self/status.
 fn effective_caps() -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))?
-        .trim();
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
@@ -298,9 +273,7 @@ pub fn check_privileges() -> Result<(), String> {
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         Ok(())
     } else {
-        Err(format!(
-            "this process lacks the privileges to load eBPF programs: {PRIVILEGE_ADVICE}"
-        ))
+        Err(format!("this process lacks the privileges to load eBPF programs: {PRIVILEGE_ADVICE}"))
     }
 }
 
@@ -325,12 +298,8 @@ fn preflight() -> Result<(), LoadError> {
 /// Classic tracepoints need tracefs for their event ids. Mounts it when it
 /// is missing and we may; otherwise the programs that need it report why.
 pub fn ensure_tracefs() {
-    let mounted = [
-        "/sys/kernel/tracing/events",
-        "/sys/kernel/debug/tracing/events",
-    ]
-    .iter()
-    .any(|p| Path::new(p).is_dir());
+    let mounted =
+        ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"].iter().any(|p| Path::new(p).is_dir());
     if mounted || !Path::new("/sys/kernel/tracing").is_dir() {
         return;
     }
@@ -351,20 +320,8 @@ fn nix_mount_tracefs() -> std::io::Result<()> {
     let target = c"/sys/kernel/tracing";
     let fstype = c"tracefs";
     // SAFETY: valid NUL-terminated strings, no data argument.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Reads an object's `lost_events` map into `pmoas_ebpf_events_lost_total`.
@@ -375,13 +332,8 @@ pub struct LostEvents {
 
 impl LostEvents {
     pub fn take(collector: &'static str, ebpf: &mut Ebpf) -> anyhow::Result<LostEvents> {
-        let map = ebpf
-            .take_map("lost_events")
-            .ok_or_else(|| anyhow::anyhow!("object has no lost_events map"))?;
-        Ok(LostEvents {
-            map: PerCpuArray::try_from(map)?,
-            collector,
-        })
+        let map = ebpf.take_map("lost_events").ok_or_else(|| anyhow::anyhow!("object has no lost_events map"))?;
+        Ok(LostEvents { map: PerCpuArray::try_from(map)?, collector })
     }
 
     /// Totals per reason, summed over CPUs.
@@ -398,10 +350,7 @@ impl LostEvents {
         for (reason, n) in self.totals()? {
             out.counter(
                 &EVENTS_LOST,
-                vec![
-                    ("collector", self.collector.to_string()),
-                    ("reason", reason.to_string()),
-                ],
+                vec![("collector", self.collector.to_string()), ("reason", reason.to_string())],
                 n as f64,
             );
         }

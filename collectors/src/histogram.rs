@@ -23,24 +23,13 @@ pub struct Log2Buckets {
 
 impl Log2Buckets {
     /// 4 us .. 17 s, x4: handshakes and queue waits, loopback to WAN.
-    pub const HANDSHAKE: Log2Buckets = Log2Buckets {
-        first: 12,
-        last: 34,
-        step: 2,
-    };
+    pub const HANDSHAKE: Log2Buckets = Log2Buckets { first: 12, last: 34, step: 2 };
     /// 1 ms .. 4.9 h, x4: connection lifetimes.
-    pub const LIFETIME: Log2Buckets = Log2Buckets {
-        first: 20,
-        last: 44,
-        step: 2,
-    };
+    pub const LIFETIME: Log2Buckets = Log2Buckets { first: 20, last: 44, step: 2 };
 
     /// The boundaries in seconds, ascending (without +Inf).
     pub fn bounds_seconds(&self) -> Vec<f64> {
-        (self.first..=self.last)
-            .step_by(self.step as usize)
-            .map(|k| (1u64 << k) as f64 / 1e9)
-            .collect()
+        (self.first..=self.last).step_by(self.step as usize).map(|k| (1u64 << k) as f64 / 1e9).collect()
     }
 
     /// Folds a kernel histogram into these buckets.
@@ -55,21 +44,13 @@ impl Log2Buckets {
         }
         let rest: u64 = h.slots[slot.min(HIST_SLOTS)..].iter().sum();
         buckets.push((f64::INFINITY, rest));
-        Histogram {
-            sum: h.sum_ns as f64 / 1e9,
-            count: h.count,
-            buckets,
-        }
+        Histogram { sum: h.sum_ns as f64 / 1e9, count: h.count, buckets }
     }
 }
 
 /// The slot the kernel puts a value in (pmoas_log2 + clamp), for tests.
 pub fn slot_of(ns: u64) -> usize {
-    if ns == 0 {
-        0
-    } else {
-        (63 - ns.leading_zeros() as usize).min(HIST_SLOTS - 1)
-    }
+    if ns == 0 { 0 } else { (63 - ns.leading_zeros() as usize).min(HIST_SLOTS - 1) }
 }
 
 #[cfg(test)]

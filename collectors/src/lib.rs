@@ -50,19 +50,12 @@ pub const CATALOG: &[CollectorInfo] = &[socket::INFO];
 
 /// The collectors enabled by default.
 pub fn default_collectors() -> Vec<&'static str> {
-    CATALOG
-        .iter()
-        .filter(|c| c.default_enabled)
-        .map(|c| c.name)
-        .collect()
+    CATALOG.iter().filter(|c| c.default_enabled).map(|c| c.name).collect()
 }
 
 /// Looks a name up in the catalog; the error lists the valid names.
 pub fn info(name: &str) -> Result<&'static CollectorInfo, UnknownCollector> {
-    CATALOG
-        .iter()
-        .find(|c| c.name == name)
-        .ok_or_else(|| UnknownCollector(name.to_string()))
+    CATALOG.iter().find(|c| c.name == name).ok_or_else(|| UnknownCollector(name.to_string()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,10 +104,7 @@ pub enum BuildError {
     #[error(transparent)]
     Unknown(#[from] UnknownCollector),
     #[error("{message}")]
-    Failed {
-        message: String,
-        programs: Vec<ProgramStatus>,
-    },
+    Failed { message: String, programs: Vec<ProgramStatus> },
 }
 
 impl BuildError {

@@ -32,25 +32,13 @@ pub struct Desc {
 
 impl Desc {
     pub const fn counter(name: &'static str, help: &'static str) -> Desc {
-        Desc {
-            name,
-            help,
-            kind: Kind::Counter,
-        }
+        Desc { name, help, kind: Kind::Counter }
     }
     pub const fn gauge(name: &'static str, help: &'static str) -> Desc {
-        Desc {
-            name,
-            help,
-            kind: Kind::Gauge,
-        }
+        Desc { name, help, kind: Kind::Gauge }
     }
     pub const fn histogram(name: &'static str, help: &'static str) -> Desc {
-        Desc {
-            name,
-            help,
-            kind: Kind::Histogram,
-        }
+        Desc { name, help, kind: Kind::Histogram }
     }
 }
 
@@ -115,10 +103,7 @@ impl MetricSet {
     }
 
     fn push(&mut self, desc: &Desc, labels: Labels, value: Value) {
-        let family = self.families.entry(desc.name).or_insert_with(|| Family {
-            desc: *desc,
-            samples: Vec::new(),
-        });
+        let family = self.families.entry(desc.name).or_insert_with(|| Family { desc: *desc, samples: Vec::new() });
         debug_assert_eq!(family.desc, *desc, "two descriptions of {}", desc.name);
         family.samples.push((labels, value));
     }
@@ -126,10 +111,7 @@ impl MetricSet {
     /// Makes a family appear even when it has no series yet (HELP/TYPE only
     /// in the text format).
     pub fn declare(&mut self, desc: &Desc) {
-        self.families.entry(desc.name).or_insert_with(|| Family {
-            desc: *desc,
-            samples: Vec::new(),
-        });
+        self.families.entry(desc.name).or_insert_with(|| Family { desc: *desc, samples: Vec::new() });
     }
 
     pub fn counter(&mut self, desc: &Desc, labels: Labels, value: f64) {
@@ -172,9 +154,7 @@ impl MetricSet {
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<&Value> {
         let fam = self.families.get(name)?;
         fam.samples.iter().find_map(|(l, v)| {
-            let matches = labels
-                .iter()
-                .all(|(k, want)| l.iter().any(|(lk, lv)| lk == k && lv == want));
+            let matches = labels.iter().all(|(k, want)| l.iter().any(|(lk, lv)| lk == k && lv == want));
             matches.then_some(v)
         })
     }
@@ -185,9 +165,7 @@ impl MetricSet {
         registry.register_collector(Box::new(Encodable(self.families.into_values().collect())));
         let mut out = String::new();
         let result = match format {
-            Format::PrometheusText => {
-                prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
-            }
+            Format::PrometheusText => prometheus_client::encoding::prometheus_text::encode(&mut out, &registry),
             Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),
         };
         // Writing into a String cannot fail; an Err here would be a bug in
@@ -207,13 +185,7 @@ impl prometheus_client::collector::Collector for Encodable {
         for fam in &self.0 {
             let (name, metric_type) = match fam.desc.kind {
                 // the encoders append `_total` themselves
-                Kind::Counter => (
-                    fam.desc
-                        .name
-                        .strip_suffix("_total")
-                        .unwrap_or(fam.desc.name),
-                    MetricType::Counter,
-                ),
+                Kind::Counter => (fam.desc.name.strip_suffix("_total").unwrap_or(fam.desc.name), MetricType::Counter),
                 Kind::Gauge => (fam.desc.name, MetricType::Gauge),
                 Kind::Histogram => (fam.desc.name, MetricType::Histogram),
             };
@@ -223,9 +195,7 @@ impl prometheus_client::collector::Collector for Encodable {
                 match value {
                     Value::Counter(v) => series.encode_counter::<NoLabelSet, f64, f64>(v, None)?,
                     Value::Gauge(v) => series.encode_gauge(v)?,
-                    Value::Histogram(h) => {
-                        series.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?
-                    }
+                    Value::Histogram(h) => series.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?,
                 }
             }
         }
@@ -248,11 +218,7 @@ mod tests {
         m.histogram(
             &LAT,
             vec![("peer", "app".into())],
-            Histogram {
-                sum: 0.5,
-                count: 3,
-                buckets: vec![(0.1, 1), (1.0, 2), (f64::INFINITY, 0)],
-            },
+            Histogram { sum: 0.5, count: 3, buckets: vec![(0.1, 1), (1.0, 2), (f64::INFINITY, 0)] },
         );
         m
     }
@@ -260,37 +226,19 @@ mod tests {
     #[test]
     fn prometheus_text_format() {
         let text = sample().encode(Format::PrometheusText);
-        assert!(
-            text.contains("# TYPE pmoas_test_requests_total counter\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("pmoas_test_requests_total{pod=\"a\\\"b\\\\c\\nd\"} 3"),
-            "{text}"
-        );
+        assert!(text.contains("# TYPE pmoas_test_requests_total counter\n"), "{text}");
+        assert!(text.contains("pmoas_test_requests_total{pod=\"a\\\"b\\\\c\\nd\"} 3"), "{text}");
         assert!(text.contains("pmoas_test_up 1"), "{text}");
-        assert!(
-            text.contains("pmoas_test_latency_seconds_bucket{peer=\"app\",le=\"1\"} 3"),
-            "{text}"
-        );
-        assert!(
-            text.contains("pmoas_test_latency_seconds_bucket{peer=\"app\",le=\"+Inf\"} 3"),
-            "{text}"
-        );
-        assert!(
-            text.contains("pmoas_test_latency_seconds_count{peer=\"app\"} 3"),
-            "{text}"
-        );
+        assert!(text.contains("pmoas_test_latency_seconds_bucket{peer=\"app\",le=\"1\"} 3"), "{text}");
+        assert!(text.contains("pmoas_test_latency_seconds_bucket{peer=\"app\",le=\"+Inf\"} 3"), "{text}");
+        assert!(text.contains("pmoas_test_latency_seconds_count{peer=\"app\"} 3"), "{text}");
         assert!(!text.contains("# EOF"));
     }
 
     #[test]
     fn openmetrics_format() {
         let text = sample().encode(Format::OpenMetrics);
-        assert!(
-            text.contains("# TYPE pmoas_test_requests counter\n"),
-            "{text}"
-        );
+        assert!(text.contains("# TYPE pmoas_test_requests counter\n"), "{text}");
         assert!(text.contains("pmoas_test_requests_total{pod="), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
@@ -298,10 +246,7 @@ mod tests {
     #[test]
     fn accept_header_negotiation() {
         assert_eq!(Format::from_accept(None), Format::PrometheusText);
-        assert_eq!(
-            Format::from_accept(Some("text/plain;version=0.0.4")),
-            Format::PrometheusText
-        );
+        assert_eq!(Format::from_accept(Some("text/plain;version=0.0.4")), Format::PrometheusText);
         let prom = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
         assert_eq!(Format::from_accept(Some(prom)), Format::OpenMetrics);
     }
@@ -313,10 +258,7 @@ mod tests {
         b.counter(&REQS, vec![("pod", "x".into())], 7.0);
         a.merge(b);
         assert_eq!(a.len(), 4);
-        assert_eq!(
-            a.get("pmoas_test_requests_total", &[("pod", "x")]),
-            Some(&Value::Counter(7.0))
-        );
+        assert_eq!(a.get("pmoas_test_requests_total", &[("pod", "x")]), Some(&Value::Counter(7.0)));
         assert_eq!(a.get("pmoas_test_requests_total", &[("pod", "nope")]), None);
     }
 }

@@ -20,10 +20,8 @@ pub const SCRAPE_SUCCESS: Desc = Desc::gauge(
     "pmoas_scrape_collector_success",
     "Whether a collector answered this scrape (1) or failed or timed out (0).",
 );
-pub const SCRAPE_DURATION: Desc = Desc::gauge(
-    "pmoas_scrape_collector_duration_seconds",
-    "Time a collector took to answer this scrape.",
-);
+pub const SCRAPE_DURATION: Desc =
+    Desc::gauge("pmoas_scrape_collector_duration_seconds", "Time a collector took to answer this scrape.");
 
 /// Where a collector is in its life.
 #[derive(Clone)]
@@ -75,11 +73,7 @@ impl ScrapeFilter {
 
     /// Like node_exporter: `collect[]` keeps only the named collectors,
     /// `exclude[]` drops them; not both, and only enabled collectors.
-    pub fn new(
-        collect: Vec<String>,
-        exclude: Vec<String>,
-        registry: &Registry,
-    ) -> Result<ScrapeFilter, String> {
+    pub fn new(collect: Vec<String>, exclude: Vec<String>, registry: &Registry) -> Result<ScrapeFilter, String> {
         if !collect.is_empty() && !exclude.is_empty() {
             return Err("collect[] and exclude[] cannot be used together".into());
         }
@@ -91,17 +85,11 @@ impl ScrapeFilter {
                 ));
             }
         }
-        Ok(ScrapeFilter {
-            include: (!collect.is_empty()).then_some(collect),
-            exclude,
-        })
+        Ok(ScrapeFilter { include: (!collect.is_empty()).then_some(collect), exclude })
     }
 
     fn selects(&self, name: &str) -> bool {
-        self.include
-            .as_ref()
-            .is_none_or(|inc| inc.iter().any(|n| n == name))
-            && !self.exclude.iter().any(|n| n == name)
+        self.include.as_ref().is_none_or(|inc| inc.iter().any(|n| n == name)) && !self.exclude.iter().any(|n| n == name)
     }
 }
 
@@ -126,15 +114,7 @@ impl Registry {
 
     /// Name, description and state of every enabled collector.
     pub fn states(&self) -> Vec<(&'static CollectorInfo, CollectorState)> {
-        self.slots
-            .iter()
-            .map(|s| {
-                (
-                    s.info,
-                    s.state.read().unwrap_or_else(|p| p.into_inner()).clone(),
-                )
-            })
-            .collect()
+        self.slots.iter().map(|s| (s.info, s.state.read().unwrap_or_else(|p| p.into_inner()).clone())).collect()
     }
 
     fn slot(&self, name: &str) -> Option<&Slot> {
@@ -149,9 +129,7 @@ impl Registry {
 
     /// Every enabled collector has finished starting (running or failed).
     pub fn ready(&self) -> bool {
-        self.states()
-            .iter()
-            .all(|(_, s)| !matches!(s, CollectorState::Starting))
+        self.states().iter().all(|(_, s)| !matches!(s, CollectorState::Starting))
     }
 
     /// Builds every collector on its own thread; returns at once. Each one
@@ -199,10 +177,7 @@ impl Registry {
                 CollectorState::Running(c) => {
                     ProgramStatus::export(&c.programs(), &mut out);
                     if slot.busy.swap(true, Ordering::AcqRel) {
-                        tracing::warn!(
-                            collector = name,
-                            "collector is still busy with an earlier scrape; skipped"
-                        );
+                        tracing::warn!(collector = name, "collector is still busy with an earlier scrape; skipped");
                         report(&mut out, name, false, Duration::ZERO);
                         continue;
                     }
@@ -241,11 +216,7 @@ impl Registry {
                     report(&mut out, name, false, started.elapsed());
                 }
                 Err(_) => {
-                    tracing::warn!(
-                        collector = name,
-                        ?timeout,
-                        "collector timed out; scrape answered without it"
-                    );
+                    tracing::warn!(collector = name, ?timeout, "collector timed out; scrape answered without it");
                     report(&mut out, name, false, started.elapsed());
                 }
             }
@@ -263,16 +234,8 @@ impl Drop for BusyGuard {
 }
 
 fn report(out: &mut MetricSet, name: &'static str, success: bool, took: Duration) {
-    out.gauge(
-        &SCRAPE_SUCCESS,
-        vec![("collector", name.to_string())],
-        if success { 1.0 } else { 0.0 },
-    );
-    out.gauge(
-        &SCRAPE_DURATION,
-        vec![("collector", name.to_string())],
-        took.as_secs_f64(),
-    );
+    out.gauge(&SCRAPE_SUCCESS, vec![("collector", name.to_string())], if success { 1.0 } else { 0.0 });
+    out.gauge(&SCRAPE_DURATION, vec![("collector", name.to_string())], took.as_secs_f64());
 }
 
 #[cfg(test)]
@@ -280,26 +243,10 @@ mod tests {
     use super::*;
     use crate::metrics::Value;
 
-    const GOOD: CollectorInfo = CollectorInfo {
-        name: "good",
-        help: "",
-        default_enabled: true,
-    };
-    const BAD: CollectorInfo = CollectorInfo {
-        name: "bad",
-        help: "",
-        default_enabled: true,
-    };
-    const SLOW: CollectorInfo = CollectorInfo {
-        name: "slow",
-        help: "",
-        default_enabled: true,
-    };
-    const PANICS: CollectorInfo = CollectorInfo {
-        name: "panics",
-        help: "",
-        default_enabled: true,
-    };
+    const GOOD: CollectorInfo = CollectorInfo { name: "good", help: "", default_enabled: true };
+    const BAD: CollectorInfo = CollectorInfo { name: "bad", help: "", default_enabled: true };
+    const SLOW: CollectorInfo = CollectorInfo { name: "slow", help: "", default_enabled: true };
+    const PANICS: CollectorInfo = CollectorInfo { name: "panics", help: "", default_enabled: true };
     const DESC: Desc = Desc::gauge("pmoas_test_value", "test");
 
     struct Fake {
@@ -325,19 +272,10 @@ mod tests {
 
     fn registry() -> Registry {
         let r = Registry::new(&[&GOOD, &BAD, &SLOW, &PANICS]);
-        r.set_state(
-            "good",
-            CollectorState::Running(Arc::new(Fake {
-                name: "good",
-                behaviour: || Ok(()),
-            })),
-        );
+        r.set_state("good", CollectorState::Running(Arc::new(Fake { name: "good", behaviour: || Ok(()) })));
         r.set_state(
             "bad",
-            CollectorState::Running(Arc::new(Fake {
-                name: "bad",
-                behaviour: || anyhow::bail!("broken"),
-            })),
+            CollectorState::Running(Arc::new(Fake { name: "bad", behaviour: || anyhow::bail!("broken") })),
         );
         r.set_state(
             "slow",
@@ -349,13 +287,7 @@ mod tests {
                 },
             })),
         );
-        r.set_state(
-            "panics",
-            CollectorState::Running(Arc::new(Fake {
-                name: "panics",
-                behaviour: || panic!("boom"),
-            })),
-        );
+        r.set_state("panics", CollectorState::Running(Arc::new(Fake { name: "panics", behaviour: || panic!("boom") })));
         r
     }
 
@@ -369,34 +301,23 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_failing_slow_or_panicking_collector_never_fails_the_scrape() {
         let r = registry();
-        let m = r
-            .scrape(&ScrapeFilter::all(), Duration::from_millis(300))
-            .await;
+        let m = r.scrape(&ScrapeFilter::all(), Duration::from_millis(300)).await;
         assert_eq!(success(&m, "good"), Some(1.0));
         assert_eq!(success(&m, "bad"), Some(0.0));
         assert_eq!(success(&m, "slow"), Some(0.0), "timed out");
         assert_eq!(success(&m, "panics"), Some(0.0));
         assert!(m.get("pmoas_test_value", &[("from", "good")]).is_some());
-        assert!(
-            m.get("pmoas_test_value", &[("from", "bad")]).is_some(),
-            "partial output of a failed collect is kept"
-        );
+        assert!(m.get("pmoas_test_value", &[("from", "bad")]).is_some(), "partial output of a failed collect is kept");
         assert!(m.get("pmoas_test_value", &[("from", "slow")]).is_none());
 
         // The slow one is still running: the next scrape skips it instead of
         // piling up threads.
-        let m = r
-            .scrape(&ScrapeFilter::all(), Duration::from_millis(100))
-            .await;
+        let m = r.scrape(&ScrapeFilter::all(), Duration::from_millis(100)).await;
         assert_eq!(success(&m, "slow"), Some(0.0));
         assert_eq!(success(&m, "good"), Some(1.0));
         tokio::time::sleep(Duration::from_millis(700)).await;
         let m = r.scrape(&ScrapeFilter::all(), Duration::from_secs(2)).await;
-        assert_eq!(
-            success(&m, "slow"),
-            Some(1.0),
-            "answers again once it returned"
-        );
+        assert_eq!(success(&m, "slow"), Some(1.0), "answers again once it returned");
     }
 
     #[tokio::test]
@@ -420,19 +341,10 @@ mod tests {
         assert_eq!(success(&m, "good"), Some(0.0));
         assert_eq!(success(&m, "bad"), Some(0.0));
         assert_eq!(
-            m.get(
-                "pmoas_ebpf_program_attached",
-                &[("collector", "bad"), ("program", "p")]
-            ),
+            m.get("pmoas_ebpf_program_attached", &[("collector", "bad"), ("program", "p")]),
             Some(&Value::Gauge(0.0))
         );
-        r.set_state(
-            "good",
-            CollectorState::Running(Arc::new(Fake {
-                name: "good",
-                behaviour: || Ok(()),
-            })),
-        );
+        r.set_state("good", CollectorState::Running(Arc::new(Fake { name: "good", behaviour: || Ok(()) })));
         assert!(r.ready());
     }
 
@@ -443,21 +355,13 @@ mod tests {
         let m = r.scrape(&only_good, Duration::from_secs(1)).await;
         assert_eq!(success(&m, "good"), Some(1.0));
         assert_eq!(success(&m, "bad"), None);
-        let no_bad = ScrapeFilter::new(
-            vec![],
-            vec!["bad".into(), "slow".into(), "panics".into()],
-            &r,
-        )
-        .unwrap();
+        let no_bad = ScrapeFilter::new(vec![], vec!["bad".into(), "slow".into(), "panics".into()], &r).unwrap();
         let m = r.scrape(&no_bad, Duration::from_secs(1)).await;
         assert_eq!(success(&m, "good"), Some(1.0));
         assert_eq!(success(&m, "bad"), None);
 
         let err = ScrapeFilter::new(vec!["nope".into()], vec![], &r).unwrap_err();
-        assert!(
-            err.contains("`nope` is not enabled") && err.contains("good, bad, slow, panics"),
-            "{err}"
-        );
+        assert!(err.contains("`nope` is not enabled") && err.contains("good, bad, slow, panics"), "{err}");
         assert!(ScrapeFilter::new(vec!["good".into()], vec!["bad".into()], &r).is_err());
     }
 }

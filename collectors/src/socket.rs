@@ -111,60 +111,42 @@ impl Default for SocketConfig {
 pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         program: "socket_state_change",
-        hook: Hook::BtfTracePoint {
-            name: "inet_sock_set_state",
-        },
+        hook: Hook::BtfTracePoint { name: "inet_sock_set_state" },
         fallback_for: None,
     },
     ProgramSpec {
         program: "socket_accept4_exit",
-        hook: Hook::TracePoint {
-            category: "syscalls",
-            name: "sys_exit_accept4",
-        },
+        hook: Hook::TracePoint { category: "syscalls", name: "sys_exit_accept4" },
         fallback_for: None,
     },
     ProgramSpec {
         program: "socket_accept_exit",
-        hook: Hook::TracePoint {
-            category: "syscalls",
-            name: "sys_exit_accept",
-        },
+        hook: Hook::TracePoint { category: "syscalls", name: "sys_exit_accept" },
         fallback_for: None,
     },
     ProgramSpec {
         program: "socket_retransmit",
-        hook: Hook::BtfTracePoint {
-            name: "tcp_retransmit_skb",
-        },
+        hook: Hook::BtfTracePoint { name: "tcp_retransmit_skb" },
         fallback_for: None,
     },
     ProgramSpec {
         program: "socket_retransmit_v1",
-        hook: Hook::BtfTracePoint {
-            name: "tcp_retransmit_skb",
-        },
+        hook: Hook::BtfTracePoint { name: "tcp_retransmit_skb" },
         fallback_for: Some("socket_retransmit"),
     },
     ProgramSpec {
         program: "socket_retransmit_synack",
-        hook: Hook::BtfTracePoint {
-            name: "tcp_retransmit_synack",
-        },
+        hook: Hook::BtfTracePoint { name: "tcp_retransmit_synack" },
         fallback_for: None,
     },
     ProgramSpec {
         program: "socket_send_reset",
-        hook: Hook::BtfTracePoint {
-            name: "tcp_send_reset",
-        },
+        hook: Hook::BtfTracePoint { name: "tcp_send_reset" },
         fallback_for: None,
     },
     ProgramSpec {
         program: "socket_receive_reset",
-        hook: Hook::BtfTracePoint {
-            name: "tcp_receive_reset",
-        },
+        hook: Hook::BtfTracePoint { name: "tcp_receive_reset" },
         fallback_for: None,
     },
 ];
@@ -294,16 +276,11 @@ pub struct SocketCollector {
 
 impl SocketCollector {
     pub fn new(ctx: &BuildContext) -> Result<SocketCollector, BuildError> {
-        let fail = |message: String, programs: Vec<ProgramStatus>| BuildError::Failed {
-            message,
-            programs,
-        };
-        ctx.discovery.cgroupfs().v2_root().map_err(|e| {
-            fail(
-                format!("the socket collector names workloads by cgroup v2 id: {e}"),
-                vec![],
-            )
-        })?;
+        let fail = |message: String, programs: Vec<ProgramStatus>| BuildError::Failed { message, programs };
+        ctx.discovery
+            .cgroupfs()
+            .v2_root()
+            .map_err(|e| fail(format!("the socket collector names workloads by cgroup v2 id: {e}"), vec![]))?;
 
         let cfg = ctx.config.socket.clone();
         let sizes = [
@@ -312,23 +289,23 @@ impl SocketCollector {
             ("socket_counters", cfg.max_series),
             ("socket_histograms", cfg.max_series),
         ];
-        let loaded = ebpf::load(INFO.name, pmoas_bpf::SOCKET, &sizes, PROGRAMS)
-            .map_err(|e| fail(e.to_string(), vec![]))?;
+        let loaded = ebpf::load(INFO.name, pmoas_bpf::SOCKET, &sizes, PROGRAMS).map_err(|e| {
+            let programs = match &e {
+                ebpf::LoadError::NothingAttached { programs, .. } => programs.clone(),
+                other => ebpf::unattached(INFO.name, PROGRAMS, &other.to_string()),
+            };
+            fail(e.to_string(), programs)
+        })?;
         let mut bpf = loaded.ebpf;
         let programs = loaded.programs;
         let take = |bpf: &mut aya::Ebpf, name: &str| {
-            bpf.take_map(name).ok_or_else(|| {
-                format!("map {name} missing from the socket object (build mismatch)")
-            })
+            bpf.take_map(name).ok_or_else(|| format!("map {name} missing from the socket object (build mismatch)"))
         };
         let inner = (|| -> Result<Inner, String> {
             Ok(Inner {
-                counters: PerCpuHashMap::try_from(take(&mut bpf, "socket_counters")?)
-                    .map_err(|e| e.to_string())?,
-                histograms: PerCpuHashMap::try_from(take(&mut bpf, "socket_histograms")?)
-                    .map_err(|e| e.to_string())?,
-                local_addrs: BpfHashMap::try_from(take(&mut bpf, "local_addrs")?)
-                    .map_err(|e| e.to_string())?,
+                counters: PerCpuHashMap::try_from(take(&mut bpf, "socket_counters")?).map_err(|e| e.to_string())?,
+                histograms: PerCpuHashMap::try_from(take(&mut bpf, "socket_histograms")?).map_err(|e| e.to_string())?,
+                local_addrs: BpfHashMap::try_from(take(&mut bpf, "local_addrs")?).map_err(|e| e.to_string())?,
                 lost: LostEvents::take(INFO.name, &mut bpf).map_err(|e| e.to_string())?,
                 resolved: HashMap::new(),
                 carry_counters: HashMap::new(),
@@ -359,10 +336,7 @@ impl SocketCollector {
 impl Collector for SocketCollector {
     fn collect(&self, out: &mut MetricSet) -> anyhow::Result<()> {
         let mut inner = self.lock();
-        if inner
-            .local_addrs_refreshed
-            .is_none_or(|t| t.elapsed() >= self.config.local_address_refresh)
-        {
+        if inner.local_addrs_refreshed.is_none_or(|t| t.elapsed() >= self.config.local_address_refresh) {
             inner.refresh_local_addrs(&self.discovery);
         }
         inner.lost.export(out)?;
@@ -419,11 +393,7 @@ impl Inner {
     }
 
     /// Decides, once per scrape, the series and fate of every key.
-    fn resolve(
-        &mut self,
-        discovery: &Discovery,
-        triples: &HashSet<Triple>,
-    ) -> HashMap<Triple, (Series, Fate, u64)> {
+    fn resolve(&mut self, discovery: &Discovery, triples: &HashSet<Triple>) -> HashMap<Triple, (Series, Fate, u64)> {
         let mut out = HashMap::with_capacity(triples.len());
         for &tr in triples {
             let (cgroup, peer_cgroup, class) = tr;
@@ -433,20 +403,14 @@ impl Inner {
                     let peer = (class == t::PEER_CGROUP).then(|| discovery.lookup(peer_cgroup));
                     match peer {
                         Some(Lookup::Unknown) => {
-                            let series = self
-                                .resolved
-                                .remove(&tr)
-                                .unwrap_or_else(|| Series::new(w, peer_label(w, class, None)));
+                            let series =
+                                self.resolved.remove(&tr).unwrap_or_else(|| Series::new(w, peer_label(w, class, None)));
                             (series, Fate::Fold, cgroup)
                         }
                         peer => {
                             let series = Series::new(
                                 w,
-                                peer_label(
-                                    w,
-                                    class,
-                                    peer.as_ref().and_then(|p| p.workload()).map(|a| a.as_ref()),
-                                ),
+                                peer_label(w, class, peer.as_ref().and_then(|p| p.workload()).map(|a| a.as_ref())),
                             );
                             self.resolved.insert(tr, series.clone());
                             (series, Fate::Keep, cgroup)
@@ -458,11 +422,7 @@ impl Inner {
                     None => {
                         // Gone before we ever named it: it counts for the node.
                         let node = Workload::node();
-                        (
-                            Series::new(&node, peer_label(&node, class, None)),
-                            Fate::Fold,
-                            0,
-                        )
+                        (Series::new(&node, peer_label(&node, class, None)), Fate::Fold, 0)
                     }
                 },
             };
@@ -474,28 +434,19 @@ impl Inner {
     fn collect(&mut self, discovery: &Discovery, out: &mut MetricSet) -> anyhow::Result<()> {
         let counters = read_summed(&self.counters)?;
         let hists = read_summed(&self.histograms)?;
-        let triples: HashSet<Triple> = counters
-            .iter()
-            .map(|(k, _)| triple(k))
-            .chain(hists.iter().map(|(k, _)| triple(k)))
-            .collect();
+        let triples: HashSet<Triple> =
+            counters.iter().map(|(k, _)| triple(k)).chain(hists.iter().map(|(k, _)| triple(k))).collect();
         let fates = self.resolve(discovery, &triples);
 
         let mut series_counters: HashMap<Series, SocketCounters> = HashMap::new();
         for (key, value) in &counters {
             let (series, fate, owner) = &fates[&triple(key)];
             match fate {
-                Fate::Keep => series_counters
-                    .entry(series.clone())
-                    .or_default()
-                    .merge(value),
+                Fate::Keep => series_counters.entry(series.clone()).or_default().merge(value),
                 Fate::Fold => {
                     self.carry_counters
                         .entry(series.clone())
-                        .or_insert_with(|| Carried {
-                            owner: *owner,
-                            value: SocketCounters::default(),
-                        })
+                        .or_insert_with(|| Carried { owner: *owner, value: SocketCounters::default() })
                         .value
                         .merge(value);
                     let _ = self.counters.remove(key);
@@ -514,10 +465,7 @@ impl Inner {
                 Fate::Fold => {
                     self.carry_hists
                         .entry(sk)
-                        .or_insert_with(|| Carried {
-                            owner: *owner,
-                            value: Log2Hist::default(),
-                        })
+                        .or_insert_with(|| Carried { owner: *owner, value: Log2Hist::default() })
                         .value
                         .merge(value);
                     let _ = self.histograms.remove(key);
@@ -533,10 +481,7 @@ impl Inner {
         self.carry_counters.retain(|_, c| !expired(c.owner));
         self.carry_hists.retain(|_, c| !expired(c.owner));
         for (series, c) in &self.carry_counters {
-            series_counters
-                .entry(series.clone())
-                .or_default()
-                .merge(&c.value);
+            series_counters.entry(series.clone()).or_default().merge(&c.value);
         }
         for (sk, c) in &self.carry_hists {
             series_hists.entry(sk.clone()).or_default().merge(&c.value);
@@ -547,11 +492,7 @@ impl Inner {
     }
 }
 
-fn emit(
-    out: &mut MetricSet,
-    counters: &HashMap<Series, SocketCounters>,
-    hists: &HashMap<(Series, u8), Log2Hist>,
-) {
+fn emit(out: &mut MetricSet, counters: &HashMap<Series, SocketCounters>, hists: &HashMap<(Series, u8), Log2Hist>) {
     for d in [
         &CONNECTS,
         &CONNECT_FAILURES,
@@ -587,23 +528,11 @@ fn emit(
     }
     for ((s, kind), h) in hists {
         match *kind {
-            t::HIST_CONNECT => out.histogram(
-                &CONNECT_DURATION,
-                s.labels(true),
-                Log2Buckets::HANDSHAKE.fold(h),
-            ),
-            t::HIST_ACCEPT_WAIT => out.histogram(
-                &ACCEPT_WAIT,
-                s.labels(false),
-                Log2Buckets::HANDSHAKE.fold(h),
-            ),
+            t::HIST_CONNECT => out.histogram(&CONNECT_DURATION, s.labels(true), Log2Buckets::HANDSHAKE.fold(h)),
+            t::HIST_ACCEPT_WAIT => out.histogram(&ACCEPT_WAIT, s.labels(false), Log2Buckets::HANDSHAKE.fold(h)),
             t::HIST_LIFETIME_OUTBOUND | t::HIST_LIFETIME_INBOUND => {
                 let mut labels = s.labels(true);
-                let dir = if *kind == t::HIST_LIFETIME_OUTBOUND {
-                    "outbound"
-                } else {
-                    "inbound"
-                };
+                let dir = if *kind == t::HIST_LIFETIME_OUTBOUND { "outbound" } else { "inbound" };
                 labels.push(("direction", dir.into()));
                 out.histogram(&CONNECTION_DURATION, labels, Log2Buckets::LIFETIME.fold(h));
             }
@@ -631,11 +560,7 @@ mod tests {
         let envoy = pod_container("p1", "envoy", Role::Sidecar);
         let nginx = pod_container("p1", "nginx", Role::App);
         let other = pod_container("p2", "x", Role::App);
-        let pod_level = Workload {
-            container: String::new(),
-            role: Role::None,
-            ..pod_container("p1", "", Role::None)
-        };
+        let pod_level = Workload { container: String::new(), role: Role::None, ..pod_container("p1", "", Role::None) };
         let host = Workload::node();
 
         assert_eq!(peer_label(&envoy, t::PEER_CGROUP, Some(&nginx)), "app");
@@ -644,11 +569,7 @@ mod tests {
         assert_eq!(peer_label(&nginx, t::PEER_CGROUP, Some(&other)), "node");
         assert_eq!(peer_label(&nginx, t::PEER_CGROUP, Some(&host)), "node");
         assert_eq!(peer_label(&nginx, t::PEER_CGROUP, None), "node");
-        assert_eq!(
-            peer_label(&host, t::PEER_CGROUP, Some(&host)),
-            "node",
-            "host processes are never one pod"
-        );
+        assert_eq!(peer_label(&host, t::PEER_CGROUP, Some(&host)), "node", "host processes are never one pod");
         assert_eq!(peer_label(&nginx, t::PEER_SAME_NETNS, None), "pod");
         assert_eq!(peer_label(&host, t::PEER_SAME_NETNS, None), "node");
         assert_eq!(peer_label(&nginx, t::PEER_NODE, None), "node");
@@ -662,17 +583,10 @@ mod tests {
         // program of the object is attached somewhere.
         let obj = aya_obj_names(pmoas_bpf::SOCKET);
         for spec in PROGRAMS {
-            assert!(
-                obj.contains(&spec.program.to_string()),
-                "{} not in socket.bpf.o ({obj:?})",
-                spec.program
-            );
+            assert!(obj.contains(&spec.program.to_string()), "{} not in socket.bpf.o ({obj:?})", spec.program);
         }
         for name in &obj {
-            assert!(
-                PROGRAMS.iter().any(|s| s.program == name),
-                "{name} is in socket.bpf.o but never attached"
-            );
+            assert!(PROGRAMS.iter().any(|s| s.program == name), "{name} is in socket.bpf.o but never attached");
         }
     }
 

@@ -33,10 +33,7 @@ pub use settings::{SETTINGS, Setting};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Exactly these collectors, instead of the default ones.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "list_or_csv"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "list_or_csv")]
     pub collectors: Option<Vec<String>>,
     pub collector: CollectorsConfig,
     pub web: WebConfig,
@@ -56,10 +53,7 @@ pub struct WebConfig {
 
 impl Default for WebConfig {
     fn default() -> Self {
-        WebConfig {
-            listen_address: ":8765".into(),
-            telemetry_path: "/metrics".into(),
-        }
+        WebConfig { listen_address: ":8765".into(), telemetry_path: "/metrics".into() }
     }
 }
 
@@ -112,9 +106,7 @@ pub struct ScrapeConfig {
 
 impl Default for ScrapeConfig {
     fn default() -> Self {
-        ScrapeConfig {
-            timeout: Duration::from_secs(10),
-        }
+        ScrapeConfig { timeout: Duration::from_secs(10) }
     }
 }
 
@@ -126,16 +118,8 @@ fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D
         Csv(String),
     }
     Ok(Option::<ListOrCsv>::deserialize(d)?.map(|v| match v {
-        ListOrCsv::List(l) => l
-            .into_iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect(),
-        ListOrCsv::Csv(s) => s
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect(),
+        ListOrCsv::List(l) => l.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        ListOrCsv::Csv(s) => s.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
     }))
 }
 
@@ -153,12 +137,7 @@ pub enum ConfigError {
 impl From<figment::Error> for ConfigError {
     fn from(e: figment::Error) -> Self {
         // One line per problem, each naming its key and source.
-        ConfigError::Invalid(
-            e.into_iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        )
+        ConfigError::Invalid(e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
     }
 }
 
@@ -167,18 +146,11 @@ pub type Overrides = Vec<(&'static str, String)>;
 
 impl Config {
     /// Loads defaults <- file <- environment <- command line, then validates.
-    pub fn load(
-        file: Option<&Path>,
-        env: &[(String, String)],
-        overrides: &Overrides,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(file: Option<&Path>, env: &[(String, String)], overrides: &Overrides) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError::File {
-                    path: path.into(),
-                    reason: "no such file".into(),
-                });
+                return Err(ConfigError::File { path: path.into(), reason: "no such file".into() });
             }
             figment = figment.merge(Toml::file_exact(path));
         }
@@ -186,14 +158,8 @@ impl Config {
             figment = figment.merge(given);
         }
         for (key, raw) in overrides {
-            let flag = settings::find(key)
-                .map(|s| s.flag())
-                .unwrap_or_else(|| key.to_string());
-            figment = figment.merge(Given {
-                key,
-                raw: raw.clone(),
-                source: format!("command-line flag {flag}"),
-            });
+            let flag = settings::find(key).map(|s| s.flag()).unwrap_or_else(|| key.to_string());
+            figment = figment.merge(Given { key, raw: raw.clone(), source: format!("command-line flag {flag}") });
         }
         let config: Config = figment.extract()?;
         config.validate()?;
@@ -214,24 +180,15 @@ impl Config {
             });
         }
         if self.scrape.timeout.is_zero() {
-            return Err(ConfigError::Key {
-                key: "scrape.timeout",
-                reason: "must be more than 0s".into(),
-            });
+            return Err(ConfigError::Key { key: "scrape.timeout", reason: "must be more than 0s".into() });
         }
         let socket = &self.collector.socket;
         for (key, v) in [
-            (
-                "collector.socket.max_tracked_connections",
-                socket.max_tracked_connections,
-            ),
+            ("collector.socket.max_tracked_connections", socket.max_tracked_connections),
             ("collector.socket.max_series", socket.max_series),
         ] {
             if !(64..=1 << 24).contains(&v) {
-                return Err(ConfigError::Key {
-                    key,
-                    reason: format!("{v} is outside 64..=16777216"),
-                });
+                return Err(ConfigError::Key { key, reason: format!("{v} is outside 64..=16777216") });
             }
         }
         Ok(())
@@ -245,10 +202,7 @@ impl Config {
                 .iter()
                 .map(|n| pmoas_collectors::info(n).map(|i| i.name))
                 .collect::<Result<_, _>>()
-                .map_err(|e| ConfigError::Key {
-                    key: "collectors",
-                    reason: e.to_string(),
-                })?,
+                .map_err(|e| ConfigError::Key { key: "collectors", reason: e.to_string() })?,
             None if self.collector.disable_defaults => Vec::new(),
             None => pmoas_collectors::default_collectors(),
         };
@@ -267,10 +221,7 @@ impl Config {
     pub fn listen_address(&self) -> Result<SocketAddr, ConfigError> {
         let raw = self.web.listen_address.trim();
         let parsed = match raw.strip_prefix(':') {
-            Some(port) => port
-                .parse::<u16>()
-                .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p))
-                .ok(),
+            Some(port) => port.parse::<u16>().map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p)).ok(),
             None => raw.parse::<SocketAddr>().ok(),
         };
         parsed.ok_or_else(|| ConfigError::Key {
@@ -298,13 +249,9 @@ impl figment::Provider for Given {
         figment::Metadata::named(self.source.clone())
     }
 
-    fn data(
-        &self,
-    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
         let value: figment::value::Value = self.raw.parse().expect("infallible");
-        let dict = figment::util::nest(self.key, value)
-            .into_dict()
-            .expect("nest returns a dict");
+        let dict = figment::util::nest(self.key, value).into_dict().expect("nest returns a dict");
         Ok(figment::Profile::Default.collect(dict))
     }
 }
@@ -316,11 +263,7 @@ fn env_settings(env: &[(String, String)]) -> Vec<Given> {
         .filter_map(|s| {
             let var = s.env_var();
             let (_, raw) = env.iter().find(|(name, _)| *name == var)?;
-            Some(Given {
-                key: s.key,
-                raw: raw.clone(),
-                source: format!("environment variable {var}"),
-            })
+            Some(Given { key: s.key, raw: raw.clone(), source: format!("environment variable {var}") })
         })
         .collect()
 }

@@ -28,12 +28,7 @@ pub struct Setting {
 
 impl Setting {
     const fn value(key: &'static str, value_name: &'static str, help: &'static str) -> Setting {
-        Setting {
-            key,
-            value_name,
-            help,
-            kind: Kind::Value,
-        }
+        Setting { key, value_name, help, kind: Kind::Value }
     }
 
     /// `--web.listen-address` (for a toggle: `--collector.socket`).
@@ -65,9 +60,7 @@ impl Setting {
             (Some("collector") | Some("collectors"), _, _) => "Collectors".into(),
             (Some(section), _, _) => {
                 let mut c = section.chars();
-                c.next()
-                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                    .unwrap_or_default()
+                c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
             }
             _ => String::new(),
         }
@@ -108,37 +101,21 @@ pub const SETTINGS: &[Setting] = &[
         "Address to serve on: host:port, [v6]:port, or :port for every address",
     ),
     Setting::value("web.telemetry_path", "PATH", "Path of the metrics page"),
-    Setting::value(
-        "log.level",
-        "LEVEL",
-        "Log level: error, warn, info, debug or trace",
-    ),
+    Setting::value("log.level", "LEVEL", "Log level: error, warn, info, debug or trace"),
     Setting::value("log.format", "FORMAT", "Log format: text or json"),
     Setting::value(
         "scrape.timeout",
         "DURATION",
         "Longest a scrape waits for its collectors (Prometheus's scrape timeout header lowers it)",
     ),
-    Setting::value(
-        "discovery.procfs",
-        "PATH",
-        "The host's /proc (a DaemonSet mounts it at e.g. /host/proc)",
-    ),
-    Setting::value(
-        "discovery.cgroup2",
-        "PATH",
-        "The cgroup v2 mount; found in /proc/self/mountinfo when unset",
-    ),
+    Setting::value("discovery.procfs", "PATH", "The host's /proc (a DaemonSet mounts it at e.g. /host/proc)"),
+    Setting::value("discovery.cgroup2", "PATH", "The cgroup v2 mount; found in /proc/self/mountinfo when unset"),
     Setting::value(
         "discovery.grace_period",
         "DURATION",
         "How long the series of a vanished workload keep being served",
     ),
-    Setting::value(
-        "discovery.rescan_interval",
-        "DURATION",
-        "How often the cgroup tree is rescanned for containers",
-    ),
+    Setting::value("discovery.rescan_interval", "DURATION", "How often the cgroup tree is rescanned for containers"),
 ];
 
 /// Every setting, with one `collector.<name>.enabled` toggle per collector.
@@ -147,21 +124,15 @@ pub fn all() -> impl Iterator<Item = &'static Setting> {
     ALL.get_or_init(|| {
         // Which collectors first (the list, the switch, the toggles), then
         // everything else in table order.
-        let (which, rest): (Vec<&Setting>, Vec<&Setting>) = SETTINGS
-            .iter()
-            .partition(|s| s.key == "collectors" || s.key == "collector.disable_defaults");
+        let (which, rest): (Vec<&Setting>, Vec<&Setting>) =
+            SETTINGS.iter().partition(|s| s.key == "collectors" || s.key == "collector.disable_defaults");
         let toggles = CATALOG.iter().map(|c| Setting {
             key: Box::leak(format!("collector.{}.enabled", c.name).into_boxed_str()),
             value_name: "",
             help: c.help,
             kind: Kind::CollectorToggle,
         });
-        which
-            .into_iter()
-            .cloned()
-            .chain(toggles)
-            .chain(rest.into_iter().cloned())
-            .collect()
+        which.into_iter().cloned().chain(toggles).chain(rest.into_iter().cloned()).collect()
     })
     .iter()
 }

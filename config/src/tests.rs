@@ -11,10 +11,7 @@ fn file(text: &str) -> tempfile::NamedTempFile {
 }
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 #[test]
@@ -23,64 +20,38 @@ fn defaults_need_nothing() {
     assert_eq!(c, Config::default());
     assert_eq!(c.listen_address().unwrap().to_string(), "0.0.0.0:8765");
     assert_eq!(c.web.telemetry_path, "/metrics");
-    assert_eq!(
-        c.enabled_collectors()
-            .unwrap()
-            .iter()
-            .map(|i| i.name)
-            .collect::<Vec<_>>(),
-        vec!["socket"]
-    );
+    assert_eq!(c.enabled_collectors().unwrap().iter().map(|i| i.name).collect::<Vec<_>>(), vec!["socket"]);
 }
 
 #[test]
 fn example_file_is_exactly_the_defaults() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pmoas.example.toml");
     let c = Config::load(Some(&path), &[], &vec![]).unwrap();
-    assert_eq!(
-        c,
-        Config::default(),
-        "pmoas.example.toml and Config::default() disagree"
-    );
+    assert_eq!(c, Config::default(), "pmoas.example.toml and Config::default() disagree");
 }
 
 #[test]
 fn precedence_is_defaults_file_env_flags() {
-    let f = file(
-        "[web]\nlisten_address = \"127.0.0.1:1111\"\ntelemetry_path = \"/from-file\"\n[log]\nlevel = \"debug\"\n",
-    );
+    let f =
+        file("[web]\nlisten_address = \"127.0.0.1:1111\"\ntelemetry_path = \"/from-file\"\n[log]\nlevel = \"debug\"\n");
     // file only
     let c = Config::load(Some(f.path()), &[], &vec![]).unwrap();
     assert_eq!(c.web.listen_address, "127.0.0.1:1111");
     assert_eq!(c.log.level, LogLevel::Debug);
     // env beats file
-    let e = env(&[
-        ("PMOAS_WEB_LISTEN_ADDRESS", "127.0.0.1:2222"),
-        ("PMOAS_REQUIRE_BPF", "1"),
-    ]);
+    let e = env(&[("PMOAS_WEB_LISTEN_ADDRESS", "127.0.0.1:2222"), ("PMOAS_REQUIRE_BPF", "1")]);
     let c = Config::load(Some(f.path()), &e, &vec![]).unwrap();
     assert_eq!(c.web.listen_address, "127.0.0.1:2222");
-    assert_eq!(
-        c.web.telemetry_path, "/from-file",
-        "untouched keys keep the file's value"
-    );
+    assert_eq!(c.web.telemetry_path, "/from-file", "untouched keys keep the file's value");
     // flags beat env
-    let c = Config::load(
-        Some(f.path()),
-        &e,
-        &vec![("web.listen_address", "127.0.0.1:3333".into())],
-    )
-    .unwrap();
+    let c = Config::load(Some(f.path()), &e, &vec![("web.listen_address", "127.0.0.1:3333".into())]).unwrap();
     assert_eq!(c.web.listen_address, "127.0.0.1:3333");
     assert_eq!(c.log.level, LogLevel::Debug);
 }
 
 #[test]
 fn typed_values_from_env_and_flags() {
-    let e = env(&[
-        ("PMOAS_COLLECTOR_SOCKET_MAX_TRACKED_CONNECTIONS", "1024"),
-        ("PMOAS_SCRAPE_TIMEOUT", "3s"),
-    ]);
+    let e = env(&[("PMOAS_COLLECTOR_SOCKET_MAX_TRACKED_CONNECTIONS", "1024"), ("PMOAS_SCRAPE_TIMEOUT", "3s")]);
     let c = Config::load(None, &e, &vec![("discovery.grace_period", "90s".into())]).unwrap();
     assert_eq!(c.collector.socket.max_tracked_connections, 1024);
     assert_eq!(c.scrape.timeout, Duration::from_secs(3));
@@ -89,55 +60,29 @@ fn typed_values_from_env_and_flags() {
 
 #[test]
 fn collector_selection() {
-    let names = |c: &Config| {
-        c.enabled_collectors()
-            .unwrap()
-            .iter()
-            .map(|i| i.name)
-            .collect::<Vec<_>>()
-    };
+    let names = |c: &Config| c.enabled_collectors().unwrap().iter().map(|i| i.name).collect::<Vec<_>>();
     let c = Config::load(None, &[], &vec![("collectors", "socket".into())]).unwrap();
     assert_eq!(names(&c), vec!["socket"]);
-    let c = Config::load(
-        None,
-        &[],
-        &vec![("collector.disable_defaults", "true".into())],
-    )
-    .unwrap();
+    let c = Config::load(None, &[], &vec![("collector.disable_defaults", "true".into())]).unwrap();
     assert!(names(&c).is_empty());
     let c = Config::load(
         None,
         &[],
-        &vec![
-            ("collector.disable_defaults", "true".into()),
-            ("collector.socket.enabled", "true".into()),
-        ],
+        &vec![("collector.disable_defaults", "true".into()), ("collector.socket.enabled", "true".into())],
     )
     .unwrap();
     assert_eq!(names(&c), vec!["socket"]);
-    let c = Config::load(
-        None,
-        &env(&[("PMOAS_COLLECTOR_SOCKET_ENABLED", "false")]),
-        &vec![],
-    )
-    .unwrap();
+    let c = Config::load(None, &env(&[("PMOAS_COLLECTOR_SOCKET_ENABLED", "false")]), &vec![]).unwrap();
     assert!(names(&c).is_empty());
     let f = file("collectors = [\"socket\"]\n");
-    assert_eq!(
-        names(&Config::load(Some(f.path()), &[], &vec![]).unwrap()),
-        vec!["socket"]
-    );
+    assert_eq!(names(&Config::load(Some(f.path()), &[], &vec![]).unwrap()), vec!["socket"]);
 }
 
 #[test]
 fn unknown_collector_lists_the_valid_ones() {
-    let err = Config::load(None, &[], &vec![("collectors", "socket,netstack".into())])
-        .unwrap_err()
-        .to_string();
+    let err = Config::load(None, &[], &vec![("collectors", "socket,netstack".into())]).unwrap_err().to_string();
     assert!(
-        err.contains("collectors")
-            && err.contains("`netstack`")
-            && err.contains("valid collectors: socket"),
+        err.contains("collectors") && err.contains("`netstack`") && err.contains("valid collectors: socket"),
         "{err}"
     );
 }
@@ -145,31 +90,17 @@ fn unknown_collector_lists_the_valid_ones() {
 #[test]
 fn bad_values_name_their_key_and_source() {
     let f = file("[web]\nlisten_addres = \":1\"\n");
-    let err = Config::load(Some(f.path()), &[], &vec![])
-        .unwrap_err()
-        .to_string();
+    let err = Config::load(Some(f.path()), &[], &vec![]).unwrap_err().to_string();
     assert!(err.contains("listen_addres"), "{err}");
 
     let f = file("[collector.socket]\nmax_tracked_connections = \"lots\"\n");
-    let err = Config::load(Some(f.path()), &[], &vec![])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("max_tracked_connections") && err.contains(&f.path().display().to_string()),
-        "{err}"
-    );
+    let err = Config::load(Some(f.path()), &[], &vec![]).unwrap_err().to_string();
+    assert!(err.contains("max_tracked_connections") && err.contains(&f.path().display().to_string()), "{err}");
 
-    let err = Config::load(None, &env(&[("PMOAS_LOG_LEVEL", "loud")]), &vec![])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("PMOAS_LOG_LEVEL") || err.contains("LOG.LEVEL"),
-        "{err}"
-    );
+    let err = Config::load(None, &env(&[("PMOAS_LOG_LEVEL", "loud")]), &vec![]).unwrap_err().to_string();
+    assert!(err.contains("PMOAS_LOG_LEVEL") || err.contains("LOG.LEVEL"), "{err}");
 
-    let err = Config::load(None, &[], &vec![("scrape.timeout", "soon".into())])
-        .unwrap_err()
-        .to_string();
+    let err = Config::load(None, &[], &vec![("scrape.timeout", "soon".into())]).unwrap_err().to_string();
     assert!(err.contains("--scrape.timeout"), "{err}");
 
     for (key, value, expect) in [
@@ -177,35 +108,20 @@ fn bad_values_name_their_key_and_source() {
         ("web.telemetry_path", "metrics", "web.telemetry_path"),
         ("web.telemetry_path", "/healthz", "web.telemetry_path"),
         ("scrape.timeout", "0s", "scrape.timeout"),
-        (
-            "collector.socket.max_series",
-            "3",
-            "collector.socket.max_series",
-        ),
+        ("collector.socket.max_series", "3", "collector.socket.max_series"),
     ] {
-        let err = Config::load(None, &[], &vec![(key, value.into())])
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(None, &[], &vec![(key, value.into())]).unwrap_err().to_string();
         assert!(err.contains(expect), "{key}={value}: {err}");
     }
 
     let missing = Path::new("/nonexistent/pmoas.toml");
-    let err = Config::load(Some(missing), &[], &vec![])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("/nonexistent/pmoas.toml") && err.contains("no such file"),
-        "{err}"
-    );
+    let err = Config::load(Some(missing), &[], &vec![]).unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/pmoas.toml") && err.contains("no such file"), "{err}");
 }
 
 #[test]
 fn listen_address_forms() {
-    for (raw, want) in [
-        (":9", "0.0.0.0:9"),
-        ("127.0.0.1:80", "127.0.0.1:80"),
-        ("[::1]:80", "[::1]:80"),
-    ] {
+    for (raw, want) in [(":9", "0.0.0.0:9"), ("127.0.0.1:80", "127.0.0.1:80"), ("[::1]:80", "[::1]:80")] {
         let c = Config::load(None, &[], &vec![("web.listen_address", raw.into())]).unwrap();
         assert_eq!(c.listen_address().unwrap().to_string(), want);
     }
@@ -219,11 +135,7 @@ fn settings_table_covers_every_key() {
         match v {
             toml::Value::Table(t) => {
                 for (k, v) in t {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
                     leaves(&key, v, out);
                 }
             }
@@ -233,11 +145,7 @@ fn settings_table_covers_every_key() {
         }
     }
     let mut keys = BTreeSet::new();
-    leaves(
-        "",
-        &toml::Value::try_from(Config::default()).unwrap(),
-        &mut keys,
-    );
+    leaves("", &toml::Value::try_from(Config::default()).unwrap(), &mut keys);
     // Optional keys, absent from the defaults.
     keys.insert("collectors".into());
     keys.insert("discovery.cgroup2".into());
@@ -257,12 +165,7 @@ fn spellings() {
     let t = settings::find("collector.socket.enabled").unwrap();
     assert_eq!(t.flag(), "--collector.socket");
     assert_eq!(t.env_var(), "PMOAS_COLLECTOR_SOCKET_ENABLED");
-    assert_eq!(
-        settings::find("collector.socket.max_series")
-            .unwrap()
-            .heading(),
-        "Collector socket"
-    );
+    assert_eq!(settings::find("collector.socket.max_series").unwrap().heading(), "Collector socket");
 }
 
 #[test]

@@ -71,11 +71,7 @@ fn parse_mountinfo(text: &str) -> Vec<Mount> {
             let fs_type = right.next()?.to_string();
             let _source = right.next();
             let super_options = right.next().unwrap_or("").to_string();
-            Some(Mount {
-                mount_point: PathBuf::from(unescape_mount(mount_point)),
-                fs_type,
-                super_options,
-            })
+            Some(Mount { mount_point: PathBuf::from(unescape_mount(mount_point)), fs_type, super_options })
         })
         .collect()
 }
@@ -86,10 +82,7 @@ fn unescape_mount(s: &str) -> String {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len() + 0
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v as char);
             i += 4;
@@ -134,10 +127,7 @@ impl CgroupFs {
             v2_root = v2
                 .iter()
                 .find(|m| m.mount_point == Path::new("/sys/fs/cgroup"))
-                .or_else(|| {
-                    v2.iter()
-                        .find(|m| m.mount_point == Path::new("/sys/fs/cgroup/unified"))
-                })
+                .or_else(|| v2.iter().find(|m| m.mount_point == Path::new("/sys/fs/cgroup/unified")))
                 .or(v2.first())
                 .map(|m| m.mount_point.clone());
         }
@@ -146,23 +136,13 @@ impl CgroupFs {
             for opt in m.super_options.split(',') {
                 let name = opt.strip_prefix("name=").unwrap_or(opt);
                 if V1_CONTROLLERS.contains(&opt) || opt.starts_with("name=") {
-                    v1_roots
-                        .entry(name.to_string())
-                        .or_insert_with(|| m.mount_point.clone());
+                    v1_roots.entry(name.to_string()).or_insert_with(|| m.mount_point.clone());
                 }
             }
         }
         // File handles carry kernfs ids only on a real cgroup2 filesystem.
-        let v2_root_fd = v2_root
-            .as_deref()
-            .and_then(|p| open_dir(p).ok())
-            .filter(|fd| is_cgroup2(fd));
-        CgroupFs {
-            v2_root,
-            v1_roots,
-            v2_root_fd,
-            scanned: Mutex::new(HashMap::new()),
-        }
+        let v2_root_fd = v2_root.as_deref().and_then(|p| open_dir(p).ok()).filter(is_cgroup2);
+        CgroupFs { v2_root, v1_roots, v2_root_fd, scanned: Mutex::new(HashMap::new()) }
     }
 
     /// The v2 mount point, or why there is none.
@@ -183,19 +163,13 @@ impl CgroupFs {
 
     /// The cgroup id of a v2 path relative to the v2 root.
     pub fn id_of(&self, relative: &str) -> io::Result<u64> {
-        let root = self
-            .v2_root()
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let root = self.v2_root().map_err(|e| io::Error::other(e.to_string()))?;
         Ok(fs::metadata(root.join(relative.trim_start_matches('/')))?.ino())
     }
 
     /// The absolute directory of a relative v2 path.
     pub fn v2_dir(&self, relative: &str) -> Option<PathBuf> {
-        Some(
-            self.v2_root
-                .as_ref()?
-                .join(relative.trim_start_matches('/')),
-        )
+        Some(self.v2_root.as_ref()?.join(relative.trim_start_matches('/')))
     }
 
     /// The v2 path (relative to the v2 root, starting with `/`) of a cgroup id.
@@ -203,9 +177,7 @@ impl CgroupFs {
         if id == 0 {
             return Err(io::Error::new(io::ErrorKind::NotFound, "cgroup id 0"));
         }
-        let root = self
-            .v2_root()
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let root = self.v2_root().map_err(|e| io::Error::other(e.to_string()))?;
         match self.path_by_handle(root, id) {
             Ok(p) => Ok(p),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(e),
@@ -216,21 +188,14 @@ impl CgroupFs {
     }
 
     fn path_by_handle(&self, root: &Path, id: u64) -> io::Result<String> {
-        let mount_fd = self
-            .v2_root_fd
-            .as_ref()
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EOPNOTSUPP))?;
+        let mount_fd = self.v2_root_fd.as_ref().ok_or_else(|| io::Error::from_raw_os_error(libc::EOPNOTSUPP))?;
         #[repr(C)]
         struct KernfsHandle {
             handle_bytes: u32,
             handle_type: i32,
             id: u64,
         }
-        let mut handle = KernfsHandle {
-            handle_bytes: 8,
-            handle_type: FILEID_KERNFS,
-            id,
-        };
+        let mut handle = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id };
         // SAFETY: the handle is a valid `struct file_handle` with 8 bytes of
         // f_handle; the kernel reads it and returns a new fd or -1.
         let fd = unsafe {
@@ -245,10 +210,7 @@ impl CgroupFs {
             let err = io::Error::last_os_error();
             // ESTALE: no such cgroup (any more).
             if err.raw_os_error() == Some(libc::ESTALE) {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("no cgroup with id {id}"),
-                ));
+                return Err(io::Error::new(io::ErrorKind::NotFound, format!("no cgroup with id {id}")));
             }
             return Err(err);
         }
@@ -260,13 +222,10 @@ impl CgroupFs {
 
     fn path_by_scan(&self, root: &Path, id: u64) -> io::Result<String> {
         let mut index = self.scanned.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = index.get(&id) {
-            if fs::metadata(root.join(p.trim_start_matches('/')))
-                .map(|m| m.ino() == id)
-                .unwrap_or(false)
-            {
-                return Ok(p.clone());
-            }
+        if let Some(p) = index.get(&id)
+            && fs::metadata(root.join(p.trim_start_matches('/'))).map(|m| m.ino() == id).unwrap_or(false)
+        {
+            return Ok(p.clone());
         }
         index.clear();
         let mut stack = vec![root.to_path_buf()];
@@ -274,10 +233,10 @@ impl CgroupFs {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };
-            if let Ok(meta) = fs::metadata(&dir) {
-                if let Ok(rel) = relative_to(root, &dir) {
-                    index.insert(meta.ino(), rel);
-                }
+            if let Ok(meta) = fs::metadata(&dir)
+                && let Ok(rel) = relative_to(root, &dir)
+            {
+                index.insert(meta.ino(), rel);
             }
             for e in entries.flatten() {
                 if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
@@ -285,21 +244,17 @@ impl CgroupFs {
                 }
             }
         }
-        index.get(&id).cloned().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("no cgroup with id {id}"))
-        })
+        index
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no cgroup with id {id}")))
     }
 }
 
 fn open_dir(p: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: c is a valid NUL-terminated path.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -313,18 +268,13 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 fn is_cgroup2(fd: &OwnedFd) -> bool {
     // SAFETY: statfs is plain data; fstatfs fills it or fails.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } == 0)
-        && st.f_type as i64 == CGROUP2_SUPER_MAGIC
+    (unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } == 0) && st.f_type as i64 == CGROUP2_SUPER_MAGIC
 }
 
 fn relative_to(root: &Path, target: &Path) -> io::Result<String> {
-    let rel = target.strip_prefix(root).map_err(|_| {
-        io::Error::other(format!(
-            "{} is outside {}",
-            target.display(),
-            root.display()
-        ))
-    })?;
+    let rel = target
+        .strip_prefix(root)
+        .map_err(|_| io::Error::other(format!("{} is outside {}", target.display(), root.display())))?;
     Ok(format!("/{}", rel.display()))
 }
 
@@ -341,18 +291,14 @@ fn parse_proc_cgroup(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
-        let (Some(_id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(_id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
         if controllers.is_empty() {
             out.push((String::new(), path.to_string()));
         } else {
             for c in controllers.split(',') {
-                out.push((
-                    c.strip_prefix("name=").unwrap_or(c).to_string(),
-                    path.to_string(),
-                ));
+                out.push((c.strip_prefix("name=").unwrap_or(c).to_string(), path.to_string()));
             }
         }
     }
@@ -388,18 +334,9 @@ mod tests {
         let fs = CgroupFs::from_mountinfo(HYBRID, None);
         assert_eq!(fs.v2_root().unwrap(), Path::new("/sys/fs/cgroup/unified"));
         assert_eq!(fs.v1_roots()["memory"], Path::new("/sys/fs/cgroup/memory"));
-        assert_eq!(
-            fs.v1_roots()["cpuacct"],
-            Path::new("/sys/fs/cgroup/cpu,cpuacct")
-        );
-        assert_eq!(
-            fs.v1_roots()["cpu"],
-            Path::new("/sys/fs/cgroup/cpu,cpuacct")
-        );
-        assert_eq!(
-            fs.v1_roots()["systemd"],
-            Path::new("/sys/fs/cgroup/systemd")
-        );
+        assert_eq!(fs.v1_roots()["cpuacct"], Path::new("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(fs.v1_roots()["cpu"], Path::new("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(fs.v1_roots()["systemd"], Path::new("/sys/fs/cgroup/systemd"));
         assert!(fs.is_hybrid());
     }
 
@@ -432,8 +369,7 @@ mod tests {
 
     #[test]
     fn proc_cgroup_of_a_hybrid_process() {
-        let text =
-            "9:name=systemd:/\n4:memory:/process_api/abc\n2:cpu,cpuacct:/x\n0::/kubepods.slice/p\n";
+        let text = "9:name=systemd:/\n4:memory:/process_api/abc\n2:cpu,cpuacct:/x\n0::/kubepods.slice/p\n";
         assert_eq!(
             parse_proc_cgroup(text),
             vec![

@@ -58,10 +58,7 @@ pub enum CgroupOwner {
     Container(ContainerRef),
     /// A pod's own cgroup, or a runtime helper inside it (conmon): belongs
     /// to the pod but to none of its containers.
-    Pod {
-        pod_uid: String,
-        qos: Option<QosClass>,
-    },
+    Pod { pod_uid: String, qos: Option<QosClass> },
     /// Anything else: a systemd unit, a user session, the root.
     Other,
 }
@@ -107,30 +104,23 @@ pub fn parse(path: &str) -> CgroupOwner {
             conmon = true;
             continue;
         }
-        if let Some(c) =
-            container_component(part, pod.is_some(), parts.get(i.wrapping_sub(1)).copied())
-        {
+        if let Some(c) = container_component(part, pod.is_some(), parts.get(i.wrapping_sub(1)).copied()) {
             container = Some(c);
             conmon = false;
         }
     }
 
     match (pod, container) {
-        (Some((_, uid, qos, podman)), Some((runtime, id))) => {
-            CgroupOwner::Container(ContainerRef {
-                runtime: if podman { Runtime::Podman } else { runtime },
-                pod_uid: Some(uid),
-                container_id: id,
-                qos,
-            })
-        }
-        (Some((_, uid, qos, _)), None) => CgroupOwner::Pod { pod_uid: uid, qos },
-        (None, Some((runtime, id))) if !conmon => CgroupOwner::Container(ContainerRef {
-            runtime,
-            pod_uid: None,
+        (Some((_, uid, qos, podman)), Some((runtime, id))) => CgroupOwner::Container(ContainerRef {
+            runtime: if podman { Runtime::Podman } else { runtime },
+            pod_uid: Some(uid),
             container_id: id,
-            qos: None,
+            qos,
         }),
+        (Some((_, uid, qos, _)), None) => CgroupOwner::Pod { pod_uid: uid, qos },
+        (None, Some((runtime, id))) if !conmon => {
+            CgroupOwner::Container(ContainerRef { runtime, pod_uid: None, container_id: id, qos: None })
+        }
         _ => CgroupOwner::Other,
     }
 }
@@ -143,10 +133,7 @@ fn is_uid(s: &str) -> bool {
     // 8-4-4-4-12 hex, as Kubernetes generates (RFC 4122 text form).
     let groups: Vec<&str> = s.split('-').collect();
     groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn qos_of(s: &str) -> Option<QosClass> {
@@ -160,10 +147,7 @@ fn qos_of(s: &str) -> Option<QosClass> {
 /// `kubepods-burstable-pod<uid_>.slice`, `kubepods-pod<uid_>.slice` (systemd)
 /// or `pod<uid>` below `kubepods`, `burstable` or `besteffort` (cgroupfs).
 fn kubelet_pod(part: &str, parent: Option<&str>) -> Option<(String, Option<QosClass>)> {
-    if let Some(rest) = part
-        .strip_prefix("kubepods-")
-        .and_then(|r| r.strip_suffix(".slice"))
-    {
+    if let Some(rest) = part.strip_prefix("kubepods-").and_then(|r| r.strip_suffix(".slice")) {
         let (qos, uid) = match rest.split_once("-pod") {
             Some((q, uid)) => (qos_of(q), uid),
             None => (Some(QosClass::Guaranteed), rest.strip_prefix("pod")?),
@@ -172,11 +156,7 @@ fn kubelet_pod(part: &str, parent: Option<&str>) -> Option<(String, Option<QosCl
         if !is_uid(&uid) {
             return None;
         }
-        let qos = if rest.starts_with("pod") {
-            Some(QosClass::Guaranteed)
-        } else {
-            qos
-        };
+        let qos = if rest.starts_with("pod") { Some(QosClass::Guaranteed) } else { qos };
         return Some((uid, qos));
     }
     let uid = part.strip_prefix("pod")?;
@@ -192,10 +172,7 @@ fn kubelet_pod(part: &str, parent: Option<&str>) -> Option<(String, Option<QosCl
 
 /// `machine-libpod_pod_<id>.slice` (systemd) or `<id>` below `libpod_parent`.
 fn podman_pod(part: &str, parent: Option<&str>) -> Option<String> {
-    if let Some(id) = part
-        .strip_prefix("machine-libpod_pod_")
-        .and_then(|r| r.strip_suffix(".slice"))
-    {
+    if let Some(id) = part.strip_prefix("machine-libpod_pod_").and_then(|r| r.strip_suffix(".slice")) {
         return is_hex_id(id).then(|| id.to_string());
     }
     (parent == Some("libpod_parent") && is_hex_id(part)).then(|| part.to_string())
@@ -206,11 +183,7 @@ fn is_conmon(part: &str) -> bool {
 }
 
 /// One path component that names a container.
-fn container_component(
-    part: &str,
-    in_pod: bool,
-    parent: Option<&str>,
-) -> Option<(Runtime, String)> {
+fn container_component(part: &str, in_pod: bool, parent: Option<&str>) -> Option<(Runtime, String)> {
     let trimmed = part.strip_suffix(".scope").unwrap_or(part);
     let prefixed = [
         ("cri-containerd-", Runtime::Containerd),
@@ -219,10 +192,10 @@ fn container_component(
         ("libpod-", Runtime::Podman),
     ];
     for (prefix, runtime) in prefixed {
-        if let Some(id) = trimmed.strip_prefix(prefix) {
-            if is_hex_id(id) {
-                return Some((runtime, id.to_string()));
-            }
+        if let Some(id) = trimmed.strip_prefix(prefix)
+            && is_hex_id(id)
+        {
+            return Some((runtime, id.to_string()));
         }
     }
     if is_hex_id(part) {
@@ -278,39 +251,19 @@ mod tests {
             ),
         ];
         for (path, runtime, qos) in cases {
-            assert_eq!(
-                parse(&path),
-                container(runtime, Some(UID), Some(qos)),
-                "{path}"
-            );
+            assert_eq!(parse(&path), container(runtime, Some(UID), Some(qos)), "{path}");
         }
     }
 
     #[test]
     fn kubelet_cgroupfs_driver() {
         let cases = [
-            (
-                format!("/kubepods/burstable/pod{UID}/{ID}"),
-                Runtime::Unknown,
-                QosClass::Burstable,
-            ),
-            (
-                format!("/kubepods/besteffort/pod{UID}/crio-{ID}"),
-                Runtime::CriO,
-                QosClass::BestEffort,
-            ),
-            (
-                format!("/kubepods/pod{UID}/{ID}"),
-                Runtime::Unknown,
-                QosClass::Guaranteed,
-            ),
+            (format!("/kubepods/burstable/pod{UID}/{ID}"), Runtime::Unknown, QosClass::Burstable),
+            (format!("/kubepods/besteffort/pod{UID}/crio-{ID}"), Runtime::CriO, QosClass::BestEffort),
+            (format!("/kubepods/pod{UID}/{ID}"), Runtime::Unknown, QosClass::Guaranteed),
         ];
         for (path, runtime, qos) in cases {
-            assert_eq!(
-                parse(&path),
-                container(runtime, Some(UID), Some(qos)),
-                "{path}"
-            );
+            assert_eq!(parse(&path), container(runtime, Some(UID), Some(qos)), "{path}");
         }
     }
 
@@ -321,24 +274,13 @@ mod tests {
         let path = format!(
             "/process_api/abc/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/cri-containerd-{ID}.scope/init.scope"
         );
-        assert_eq!(
-            parse(&path),
-            container(Runtime::Containerd, Some(UID), Some(QosClass::BestEffort))
-        );
+        assert_eq!(parse(&path), container(Runtime::Containerd, Some(UID), Some(QosClass::BestEffort)));
     }
 
     #[test]
     fn pod_level_and_conmon_cgroups_belong_to_the_pod_only() {
-        let pod = CgroupOwner::Pod {
-            pod_uid: UID.to_string(),
-            qos: Some(QosClass::Burstable),
-        };
-        assert_eq!(
-            parse(&format!(
-                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice"
-            )),
-            pod
-        );
+        let pod = CgroupOwner::Pod { pod_uid: UID.to_string(), qos: Some(QosClass::Burstable) };
+        assert_eq!(parse(&format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice")), pod);
         assert_eq!(
             parse(&format!(
                 "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/crio-conmon-{ID}.scope"
@@ -350,14 +292,8 @@ mod tests {
 
     #[test]
     fn docker_without_kubernetes() {
-        assert_eq!(
-            parse(&format!("/docker/{ID}")),
-            container(Runtime::Docker, None, None)
-        );
-        assert_eq!(
-            parse(&format!("/system.slice/docker-{ID}.scope")),
-            container(Runtime::Docker, None, None)
-        );
+        assert_eq!(parse(&format!("/docker/{ID}")), container(Runtime::Docker, None, None));
+        assert_eq!(parse(&format!("/system.slice/docker-{ID}.scope")), container(Runtime::Docker, None, None));
     }
 
     #[test]
@@ -369,30 +305,14 @@ mod tests {
             qos: None,
         });
         let pod_id = &POD_ID[..64];
+        assert_eq!(parse(&format!("/libpod_parent/{pod_id}/libpod-{ID}")), in_pod);
+        assert_eq!(parse(&format!("/machine.slice/machine-libpod_pod_{pod_id}.slice/libpod-{ID}.scope")), in_pod);
         assert_eq!(
-            parse(&format!("/libpod_parent/{pod_id}/libpod-{ID}")),
+            parse(&format!("/machine.slice/machine-libpod_pod_{pod_id}.slice/libpod-{ID}.scope/container")),
             in_pod
         );
-        assert_eq!(
-            parse(&format!(
-                "/machine.slice/machine-libpod_pod_{pod_id}.slice/libpod-{ID}.scope"
-            )),
-            in_pod
-        );
-        assert_eq!(
-            parse(&format!(
-                "/machine.slice/machine-libpod_pod_{pod_id}.slice/libpod-{ID}.scope/container"
-            )),
-            in_pod
-        );
-        assert_eq!(
-            parse(&format!("/machine.slice/libpod-{ID}.scope")),
-            container(Runtime::Podman, None, None)
-        );
-        assert_eq!(
-            parse(&format!("/machine.slice/libpod-conmon-{ID}.scope")),
-            CgroupOwner::Other
-        );
+        assert_eq!(parse(&format!("/machine.slice/libpod-{ID}.scope")), container(Runtime::Podman, None, None));
+        assert_eq!(parse(&format!("/machine.slice/libpod-conmon-{ID}.scope")), CgroupOwner::Other);
     }
 
     #[test]

@@ -157,19 +157,11 @@ const NODE_ID: u64 = 0;
 
 impl Discovery {
     pub fn new(config: &DiscoveryConfig) -> std::io::Result<Discovery> {
-        Ok(Self::with_cgroupfs(
-            CgroupFs::detect(config.cgroup2.as_deref())?,
-            config,
-        ))
+        Ok(Self::with_cgroupfs(CgroupFs::detect(config.cgroup2.as_deref())?, config))
     }
 
     pub fn with_cgroupfs(fs: CgroupFs, config: &DiscoveryConfig) -> Discovery {
-        Discovery {
-            fs,
-            procfs: config.procfs.clone(),
-            grace: config.grace_period,
-            entries: Mutex::new(HashMap::new()),
-        }
+        Discovery { fs, procfs: config.procfs.clone(), grace: config.grace_period, entries: Mutex::new(HashMap::new()) }
     }
 
     pub fn cgroupfs(&self) -> &CgroupFs {
@@ -209,15 +201,13 @@ impl Discovery {
             CgroupOwner::Container(c) => {
                 let short = c.container_id.chars().take(12).collect::<String>();
                 let (role, settled) = match &c.pod_uid {
-                    Some(_) => match self
-                        .fs
-                        .v2_dir(relative_path)
-                        .and_then(|d| process::runs_sidecar(&self.procfs, &d))
-                    {
-                        Some(true) => (Role::Sidecar, true),
-                        Some(false) => (Role::App, true),
-                        None => (Role::App, false),
-                    },
+                    Some(_) => {
+                        match self.fs.v2_dir(relative_path).and_then(|d| process::runs_sidecar(&self.procfs, &d)) {
+                            Some(true) => (Role::Sidecar, true),
+                            Some(false) => (Role::App, true),
+                            None => (Role::App, false),
+                        }
+                    }
                     None => (Role::None, true),
                 };
                 let w = Workload {
@@ -229,34 +219,15 @@ impl Discovery {
                 };
                 (w, settled)
             }
-            CgroupOwner::Pod { pod_uid, .. } => (
-                Workload {
-                    pod: pod_uid.clone(),
-                    pod_uid: Some(pod_uid),
-                    ..Workload::node()
-                },
-                true,
-            ),
+            CgroupOwner::Pod { pod_uid, .. } => {
+                (Workload { pod: pod_uid.clone(), pod_uid: Some(pod_uid), ..Workload::node() }, true)
+            }
             CgroupOwner::Other => {
-                let last = relative_path
-                    .rsplit('/')
-                    .find(|s| !s.is_empty())
-                    .unwrap_or("");
-                (
-                    Workload {
-                        container: last.to_string(),
-                        ..Workload::node()
-                    },
-                    true,
-                )
+                let last = relative_path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("");
+                (Workload { container: last.to_string(), ..Workload::node() }, true)
             }
         };
-        Entry {
-            workload: Arc::new(workload),
-            relative_path: relative_path.to_string(),
-            gone_since: None,
-            role_settled,
-        }
+        Entry { workload: Arc::new(workload), relative_path: relative_path.to_string(), gone_since: None, role_settled }
     }
 
     /// Walks the v2 tree: registers every container and pod cgroup, marks
@@ -271,10 +242,7 @@ impl Discovery {
             let Ok(meta) = fs::metadata(&dir) else {
                 continue;
             };
-            let rel = format!(
-                "/{}",
-                dir.strip_prefix(&root).unwrap_or(Path::new("")).display()
-            );
+            let rel = format!("/{}", dir.strip_prefix(&root).unwrap_or(Path::new("")).display());
             present.insert(meta.ino(), rel);
             // Container cgroups sit a handful of levels deep; bound the walk.
             if depth >= 8 {
@@ -293,11 +261,7 @@ impl Discovery {
         // Entries below the walk's depth bound: ask the filesystem directly.
         for (id, e) in entries.iter() {
             if !present.contains_key(id) {
-                let here = self
-                    .fs
-                    .v2_dir(&e.relative_path)
-                    .and_then(|d| fs::metadata(d).ok())
-                    .map(|m| m.ino());
+                let here = self.fs.v2_dir(&e.relative_path).and_then(|d| fs::metadata(d).ok()).map(|m| m.ino());
                 if here == Some(*id) {
                     present.insert(*id, e.relative_path.clone());
                 }
@@ -344,10 +308,7 @@ impl Discovery {
                 containers += 1;
             }
         }
-        DiscoveryStats {
-            pods: pods.len(),
-            containers,
-        }
+        DiscoveryStats { pods: pods.len(), containers }
     }
 
     /// One live process of every known pod (to look into its network

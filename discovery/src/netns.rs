@@ -11,12 +11,7 @@ use std::path::Path;
 pub fn local_addresses(procfs: &Path, pid: u32) -> Vec<IpAddr> {
     let net = procfs.join(pid.to_string()).join("net");
     let mut out: Vec<IpAddr> = fs::read_to_string(net.join("fib_trie"))
-        .map(|t| {
-            parse_fib_trie_local(&t)
-                .into_iter()
-                .map(IpAddr::V4)
-                .collect()
-        })
+        .map(|t| parse_fib_trie_local(&t).into_iter().map(IpAddr::V4).collect())
         .unwrap_or_default();
     if let Ok(t) = fs::read_to_string(net.join("if_inet6")) {
         out.extend(parse_if_inet6(&t).into_iter().map(IpAddr::V6));
@@ -33,12 +28,11 @@ fn parse_fib_trie_local(text: &str) -> Vec<Ipv4Addr> {
         let t = line.trim_start();
         if let Some(ip) = t.strip_prefix("|-- ") {
             last = ip.trim().parse().ok();
-        } else if t.starts_with("/32 host LOCAL") {
-            if let Some(ip) = last {
-                if !out.contains(&ip) {
-                    out.push(ip);
-                }
-            }
+        } else if t.starts_with("/32 host LOCAL")
+            && let Some(ip) = last
+            && !out.contains(&ip)
+        {
+            out.push(ip);
         }
     }
     out
@@ -94,37 +88,25 @@ Local:
 
     #[test]
     fn fib_trie_local_addresses() {
-        assert_eq!(
-            parse_fib_trie_local(FIB_TRIE),
-            vec![Ipv4Addr::new(10, 200, 0, 11), Ipv4Addr::new(127, 0, 0, 1)]
-        );
+        assert_eq!(parse_fib_trie_local(FIB_TRIE), vec![Ipv4Addr::new(10, 200, 0, 11), Ipv4Addr::new(127, 0, 0, 1)]);
     }
 
     #[test]
     fn if_inet6_addresses() {
         let text = "00000000000000000000000000000001 01 80 10 80       lo\n\
                     fe800000000000000000000000000001 02 40 20 80     eth0\n";
-        assert_eq!(
-            parse_if_inet6(text),
-            vec![Ipv6Addr::LOCALHOST, "fe80::1".parse::<Ipv6Addr>().unwrap()]
-        );
+        assert_eq!(parse_if_inet6(text), vec![Ipv6Addr::LOCALHOST, "fe80::1".parse::<Ipv6Addr>().unwrap()]);
     }
 
     #[test]
     fn addr16_maps_v4() {
-        assert_eq!(
-            addr16("10.0.0.1".parse().unwrap())[10..],
-            [0xff, 0xff, 10, 0, 0, 1]
-        );
+        assert_eq!(addr16("10.0.0.1".parse().unwrap())[10..], [0xff, 0xff, 10, 0, 0, 1]);
         assert_eq!(addr16("::1".parse().unwrap())[15], 1);
     }
 
     #[test]
     fn own_namespace_has_loopback() {
         let addrs = local_addresses(Path::new("/proc"), std::process::id());
-        assert!(
-            addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            "{addrs:?}"
-        );
+        assert!(addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{addrs:?}");
     }
 }

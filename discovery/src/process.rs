@@ -27,13 +27,13 @@ pub fn process_names(procfs: &Path, pid: u32) -> Vec<String> {
     if let Ok(comm) = fs::read_to_string(dir.join("comm")) {
         names.push(comm.trim_end().to_string());
     }
-    if let Ok(cmdline) = fs::read(dir.join("cmdline")) {
-        if let Some(arg0) = cmdline.split(|b| *b == 0).next().filter(|a| !a.is_empty()) {
-            let arg0 = String::from_utf8_lossy(arg0);
-            let base = arg0.rsplit('/').next().unwrap_or(&arg0).to_string();
-            if !names.contains(&base) {
-                names.push(base);
-            }
+    if let Ok(cmdline) = fs::read(dir.join("cmdline"))
+        && let Some(arg0) = cmdline.split(|b| *b == 0).next().filter(|a| !a.is_empty())
+    {
+        let arg0 = String::from_utf8_lossy(arg0);
+        let base = arg0.rsplit('/').next().unwrap_or(&arg0).to_string();
+        if !names.contains(&base) {
+            names.push(base);
         }
     }
     names

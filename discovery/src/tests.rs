@@ -21,11 +21,7 @@ impl Fixture {
         let procfs = dir.path().join("proc");
         fs::create_dir_all(&root).unwrap();
         fs::create_dir_all(&procfs).unwrap();
-        Fixture {
-            _dir: dir,
-            root,
-            procfs,
-        }
+        Fixture { _dir: dir, root, procfs }
     }
 
     fn pod_dir(&self) -> String {
@@ -62,27 +58,14 @@ impl Fixture {
 #[test]
 fn sidecar_and_app_of_a_kubelet_pod() {
     let f = Fixture::new();
-    let envoy = f.cgroup(
-        &format!("{}/cri-containerd-{ENVOY_ID}.scope", f.pod_dir()),
-        &[(100, "envoy")],
-    );
-    let nginx = f.cgroup(
-        &format!("{}/cri-containerd-{NGINX_ID}.scope", f.pod_dir()),
-        &[(200, "nginx")],
-    );
+    let envoy = f.cgroup(&format!("{}/cri-containerd-{ENVOY_ID}.scope", f.pod_dir()), &[(100, "envoy")]);
+    let nginx = f.cgroup(&format!("{}/cri-containerd-{NGINX_ID}.scope", f.pod_dir()), &[(200, "nginx")]);
     let d = f.discovery(Duration::from_secs(60));
 
-    let Lookup::Live(e) = d.lookup(envoy) else {
-        panic!("envoy not live")
-    };
-    assert_eq!(
-        (e.pod.as_str(), e.container.as_str(), e.role),
-        (UID, "111111111111", Role::Sidecar)
-    );
+    let Lookup::Live(e) = d.lookup(envoy) else { panic!("envoy not live") };
+    assert_eq!((e.pod.as_str(), e.container.as_str(), e.role), (UID, "111111111111", Role::Sidecar));
     assert_eq!(e.namespace, "");
-    let Lookup::Live(n) = d.lookup(nginx) else {
-        panic!("nginx not live")
-    };
+    let Lookup::Live(n) = d.lookup(nginx) else { panic!("nginx not live") };
     assert_eq!((n.container.as_str(), n.role), ("222222222222", Role::App));
     assert!(e.same_pod(&n));
     assert!(!e.same_pod(&Workload::node()));
@@ -95,16 +78,10 @@ fn node_and_host_cgroups() {
     let d = f.discovery(Duration::from_secs(60));
     assert_eq!(*d.lookup(0).workload().unwrap().as_ref(), Workload::node());
     let w = d.lookup(unit).workload().unwrap().clone();
-    assert_eq!(
-        (w.container.as_str(), w.role, w.pod_uid.clone()),
-        ("sshd.service", Role::None, None)
-    );
+    assert_eq!((w.container.as_str(), w.role, w.pod_uid.clone()), ("sshd.service", Role::None, None));
     // the root cgroup is the node
     let root = fs::metadata(&f.root).unwrap().ino();
-    assert_eq!(
-        *d.lookup(root).workload().unwrap().as_ref(),
-        Workload::node()
-    );
+    assert_eq!(*d.lookup(root).workload().unwrap().as_ref(), Workload::node());
     assert!(matches!(d.lookup(999_999_999), Lookup::Unknown));
 }
 
@@ -116,13 +93,7 @@ fn rescan_finds_containers_settles_roles_and_expires_the_gone() {
     let id = f.cgroup(&rel, &[]);
     let d = f.discovery(Duration::from_millis(50));
     d.rescan();
-    assert_eq!(
-        d.stats(),
-        DiscoveryStats {
-            pods: 1,
-            containers: 1
-        }
-    );
+    assert_eq!(d.stats(), DiscoveryStats { pods: 1, containers: 1 });
     assert_eq!(d.lookup(id).workload().unwrap().role, Role::App);
 
     f.cgroup(&rel, &[(400, "envoy")]);
@@ -130,30 +101,13 @@ fn rescan_finds_containers_settles_roles_and_expires_the_gone() {
     assert_eq!(d.lookup(id).workload().unwrap().role, Role::Sidecar);
     assert_eq!(d.pod_pids(), vec![(UID.to_string(), 400)]);
 
-    fs::remove_file(
-        f.root
-            .join(rel.trim_start_matches('/'))
-            .join("cgroup.procs"),
-    )
-    .unwrap();
+    fs::remove_file(f.root.join(rel.trim_start_matches('/')).join("cgroup.procs")).unwrap();
     fs::remove_dir(f.root.join(rel.trim_start_matches('/'))).unwrap();
     d.rescan();
-    assert!(
-        matches!(d.lookup(id), Lookup::Gone(_)),
-        "gone but within grace"
-    );
+    assert!(matches!(d.lookup(id), Lookup::Gone(_)), "gone but within grace");
     // the pod cgroup itself is still there
-    assert_eq!(
-        d.stats(),
-        DiscoveryStats {
-            pods: 1,
-            containers: 0
-        }
-    );
+    assert_eq!(d.stats(), DiscoveryStats { pods: 1, containers: 0 });
     std::thread::sleep(Duration::from_millis(80));
     d.rescan();
-    assert!(
-        matches!(d.lookup(id), Lookup::Unknown),
-        "forgotten after grace"
-    );
+    assert!(matches!(d.lookup(id), Lookup::Unknown), "forgotten after grace");
 }

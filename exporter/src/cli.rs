@@ -72,11 +72,7 @@ pub fn command() -> Command {
         .subcommand(
             Command::new("completion")
                 .about("Print a shell completion script")
-                .arg(
-                    Arg::new("shell")
-                        .required(true)
-                        .value_parser(clap::value_parser!(clap_complete::Shell)),
-                ),
+                .arg(Arg::new("shell").required(true).value_parser(clap::value_parser!(clap_complete::Shell))),
         )
         .next_help_heading("Configuration")
         .arg(
@@ -104,24 +100,14 @@ pub fn command() -> Command {
                 if s.key == "collectors" {
                     help.push_str(&format!(
                         " [valid: {}]",
-                        CATALOG
-                            .iter()
-                            .map(|c| c.name)
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        CATALOG.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
                     ));
                 }
                 help.push_str(&format!(" [env: {env}]"));
                 if let Some(d) = default_of(&defaults, s.key) {
                     help.push_str(&format!(" [default: {d}]"));
                 }
-                cmd = cmd.arg(
-                    Arg::new(s.key)
-                        .long(s.long())
-                        .value_name(s.value_name)
-                        .num_args(1)
-                        .help(help),
-                );
+                cmd = cmd.arg(Arg::new(s.key).long(s.long()).value_name(s.value_name).num_args(1).help(help));
             }
             Kind::Switch => {
                 cmd = cmd.arg(
@@ -132,27 +118,15 @@ pub fn command() -> Command {
                 );
             }
             Kind::CollectorToggle => {
-                let name = s
-                    .key
-                    .trim_start_matches("collector.")
-                    .trim_end_matches(".enabled");
-                let info = CATALOG
-                    .iter()
-                    .find(|c| c.name == name)
-                    .expect("toggle of a catalogued collector");
-                let default = if info.default_enabled {
-                    "enabled"
-                } else {
-                    "disabled"
-                };
+                let name = s.key.trim_start_matches("collector.").trim_end_matches(".enabled");
+                let info = CATALOG.iter().find(|c| c.name == name).expect("toggle of a catalogued collector");
+                let default = if info.default_enabled { "enabled" } else { "disabled" };
                 let no_id: &'static str = Box::leak(format!("no-{}", s.key).into_boxed_str());
                 cmd = cmd
-                    .arg(
-                        Arg::new(s.key)
-                            .long(s.long())
-                            .action(ArgAction::SetTrue)
-                            .help(format!("Enable the {name} collector: {} [default: {default}] [env: {env}=true]", info.help)),
-                    )
+                    .arg(Arg::new(s.key).long(s.long()).action(ArgAction::SetTrue).help(format!(
+                        "Enable the {name} collector: {} [default: {default}] [env: {env}=true]",
+                        info.help
+                    )))
                     .arg(
                         Arg::new(no_id)
                             .long(format!("no-{}", s.long()))
@@ -185,10 +159,7 @@ fn from_matches(m: ArgMatches) -> Invocation {
     match m.subcommand() {
         Some(("version", _)) => return Invocation::Version,
         Some(("completion", sub)) => {
-            return Invocation::Completion(
-                *sub.get_one::<clap_complete::Shell>("shell")
-                    .expect("required"),
-            );
+            return Invocation::Completion(*sub.get_one::<clap_complete::Shell>("shell").expect("required"));
         }
         _ => {}
     }
@@ -272,49 +243,27 @@ mod tests {
 
     #[test]
     fn enable_and_disable_conflict() {
-        assert!(
-            try_parse([
-                "pmoas-exporter",
-                "--collector.socket",
-                "--no-collector.socket"
-            ])
-            .is_err()
-        );
+        assert!(try_parse(["pmoas-exporter", "--collector.socket", "--no-collector.socket"]).is_err());
     }
 
     #[test]
     fn subcommands() {
-        assert!(matches!(
-            try_parse(["pmoas-exporter", "version"]).unwrap(),
-            Invocation::Version
-        ));
-        assert!(matches!(
-            try_parse(["pmoas-exporter", "completion", "bash"]).unwrap(),
-            Invocation::Completion(_)
-        ));
+        assert!(matches!(try_parse(["pmoas-exporter", "version"]).unwrap(), Invocation::Version));
+        assert!(matches!(try_parse(["pmoas-exporter", "completion", "bash"]).unwrap(), Invocation::Completion(_)));
         assert!(try_parse(["pmoas-exporter", "completion", "tcsh"]).is_err());
     }
 
     #[test]
     fn help_teaches_every_setting_and_collector() {
         // Compare with line wrapping undone.
-        let help = command()
-            .render_long_help()
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
+        let help = command().render_long_help().to_string().split_whitespace().collect::<Vec<_>>().join(" ");
         for s in settings::all() {
             assert!(help.contains(&s.flag()), "--help lacks {}", s.flag());
             assert!(help.contains(&s.env_var()), "--help lacks {}", s.env_var());
         }
         for c in CATALOG {
             let one_line = c.help.split_whitespace().collect::<Vec<_>>().join(" ");
-            assert!(
-                help.contains(&one_line),
-                "--help lacks the {} collector's description",
-                c.name
-            );
+            assert!(help.contains(&one_line), "--help lacks the {} collector's description", c.name);
             assert!(help.contains(&format!("--no-collector.{}", c.name)));
         }
         assert!(help.contains("[default: :8765]"), "{help}");

@@ -25,12 +25,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Invocation::Completion(shell) => {
-            clap_complete::generate(
-                shell,
-                &mut cli::command(),
-                "pmoas-exporter",
-                &mut std::io::stdout(),
-            );
+            clap_complete::generate(shell, &mut cli::command(), "pmoas-exporter", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
         Invocation::Run(args) => run(*args),
@@ -38,9 +33,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("PMOAS_"))
-        .collect();
+    let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("PMOAS_")).collect();
     let config = match Config::load(args.config_file.as_deref(), &env, &args.overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -49,28 +42,18 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     if args.check_only {
-        let names: Vec<&str> = config
-            .enabled_collectors()
-            .map(|c| c.iter().map(|i| i.name).collect())
-            .unwrap_or_default();
+        let names: Vec<&str> =
+            config.enabled_collectors().map(|c| c.iter().map(|i| i.name).collect()).unwrap_or_default();
         println!(
             "# configuration OK; collectors: {}\n{}",
-            if names.is_empty() {
-                "none".into()
-            } else {
-                names.join(", ")
-            },
+            if names.is_empty() { "none".into() } else { names.join(", ") },
             config.to_toml()
         );
         return ExitCode::SUCCESS;
     }
     init_logging(config.log.level, config.log.format);
 
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .max_blocking_threads(16)
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(16).build() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -97,17 +80,10 @@ fn run(args: RunArgs) -> ExitCode {
 fn init_logging(level: LogLevel, format: LogFormat) {
     let lvl = level.as_str();
     // Aya's own chatter only when asked for debug output.
-    let aya = if matches!(level, LogLevel::Debug | LogLevel::Trace) {
-        lvl
-    } else {
-        "warn"
-    };
+    let aya = if matches!(level, LogLevel::Debug | LogLevel::Trace) { lvl } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::new(format!("{lvl},aya={aya},aya_obj={aya}"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -124,8 +100,7 @@ async fn serve_until_signal(config: Config) -> anyhow::Result<Arc<Registry>> {
     let listen = listener.local_addr().unwrap_or(listen);
 
     let discovery = Arc::new(
-        Discovery::new(&config.discovery)
-            .map_err(|e| anyhow::anyhow!("reading /proc/self/mountinfo failed: {e}"))?,
+        Discovery::new(&config.discovery).map_err(|e| anyhow::anyhow!("reading /proc/self/mountinfo failed: {e}"))?,
     );
     for problem in [
         discovery.cgroupfs().v2_root().err().map(|e| e.to_string()),
@@ -135,27 +110,18 @@ async fn serve_until_signal(config: Config) -> anyhow::Result<Arc<Registry>> {
     .into_iter()
     .flatten()
     {
-        tracing::error!(
-            "{problem}; the collectors that need it will report failed, the exporter keeps serving"
-        );
+        tracing::error!("{problem}; the collectors that need it will report failed, the exporter keeps serving");
     }
     discovery.rescan();
     let stop = Arc::new(AtomicBool::new(false));
-    spawn_rescans(
-        discovery.clone(),
-        config.discovery.rescan_interval,
-        stop.clone(),
-    );
+    spawn_rescans(discovery.clone(), config.discovery.rescan_interval, stop.clone());
 
     let enabled = config.enabled_collectors()?;
     if enabled.is_empty() {
         tracing::warn!("no collector is enabled; serving the exporter's own metrics only");
     }
     let registry = Arc::new(Registry::new(&enabled));
-    registry.start_all(BuildContext {
-        discovery: discovery.clone(),
-        config: config.collector.clone(),
-    });
+    registry.start_all(BuildContext { discovery: discovery.clone(), config: config.collector.clone() });
 
     let state = Arc::new(server::AppState {
         registry: registry.clone(),
@@ -187,20 +153,18 @@ async fn serve_until_signal(config: Config) -> anyhow::Result<Arc<Registry>> {
 }
 
 fn spawn_rescans(discovery: Arc<Discovery>, every: Duration, stop: Arc<AtomicBool>) {
-    let spawned = std::thread::Builder::new()
-        .name("discovery".into())
-        .spawn(move || {
-            let tick = Duration::from_millis(100).min(every);
-            let mut waited = Duration::ZERO;
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(tick);
-                waited += tick;
-                if waited >= every {
-                    waited = Duration::ZERO;
-                    discovery.rescan();
-                }
+    let spawned = std::thread::Builder::new().name("discovery".into()).spawn(move || {
+        let tick = Duration::from_millis(100).min(every);
+        let mut waited = Duration::ZERO;
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(tick);
+            waited += tick;
+            if waited >= every {
+                waited = Duration::ZERO;
+                discovery.rescan();
             }
-        });
+        }
+    });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the discovery thread; new containers are found at scrape time only");
     }

@@ -22,10 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub const BUILD_INFO: Desc = Desc::gauge("pmoas_build_info", "Build of this exporter (always 1).");
-pub const DISCOVERY_WORKLOADS: Desc = Desc::gauge(
-    "pmoas_discovery_workloads",
-    "Pods and containers discovery knows now, per source.",
-);
+pub const DISCOVERY_WORKLOADS: Desc =
+    Desc::gauge("pmoas_discovery_workloads", "Pods and containers discovery knows now, per source.");
 
 /// What every request handler shares.
 pub struct AppState {
@@ -41,17 +39,12 @@ type Body = Full<Bytes>;
 fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
 /// Serves until `shutdown` flips to true.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -81,27 +74,16 @@ pub async fn serve(
     }
 }
 
-async fn handle(
-    state: Arc<AppState>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "only GET and HEAD\n",
-        ));
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "only GET and HEAD\n"));
     }
     let path = req.uri().path();
     let response = if path == state.telemetry_path {
         metrics(&state, &req).await
     } else {
         match path {
-            "/" => text(
-                StatusCode::OK,
-                "text/html; charset=utf-8",
-                landing_page(&state),
-            ),
+            "/" => text(StatusCode::OK, "text/html; charset=utf-8", landing_page(&state)),
             "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
             "/readyz" => readyz(&state),
             _ => text(
@@ -120,17 +102,9 @@ fn readyz(state: &AppState) -> Response<Body> {
         body.push_str(&format!("{} {}\n", info.name, s.label()));
     }
     if state.registry.ready() {
-        text(
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            format!("ready\n{body}"),
-        )
+        text(StatusCode::OK, "text/plain; charset=utf-8", format!("ready\n{body}"))
     } else {
-        text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain; charset=utf-8",
-            format!("starting\n{body}"),
-        )
+        text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", format!("starting\n{body}"))
     }
 }
 
@@ -164,17 +138,10 @@ async fn metrics(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
     let filter = match filter(state, req.uri().query()) {
         Ok(f) => f,
         Err(e) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "text/plain; charset=utf-8",
-                format!("{e}\n"),
-            );
+            return text(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", format!("{e}\n"));
         }
     };
-    let mut set = state
-        .registry
-        .scrape(&filter, scrape_timeout(state, req))
-        .await;
+    let mut set = state.registry.scrape(&filter, scrape_timeout(state, req)).await;
     exporter_metrics(state, &mut set);
 
     let format = Format::from_accept(req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()));
@@ -186,18 +153,13 @@ async fn metrics(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
         .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
     let mut response = text(StatusCode::OK, format.content_type(), Bytes::new());
     if gzip {
-        let mut enc = flate2::write::GzEncoder::new(
-            Vec::with_capacity(body.len() / 4),
-            flate2::Compression::fast(),
-        );
-        if enc.write_all(body.as_bytes()).is_ok() {
-            if let Ok(zipped) = enc.finish() {
-                *response.body_mut() = Full::new(Bytes::from(zipped));
-                response
-                    .headers_mut()
-                    .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-                return response;
-            }
+        let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+        if enc.write_all(body.as_bytes()).is_ok()
+            && let Ok(zipped) = enc.finish()
+        {
+            *response.body_mut() = Full::new(Bytes::from(zipped));
+            response.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            return response;
         }
     }
     *response.body_mut() = Full::new(Bytes::from(body));
@@ -207,30 +169,17 @@ async fn metrics(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
 fn exporter_metrics(state: &AppState, set: &mut MetricSet) {
     set.gauge(
         &BUILD_INFO,
-        vec![
-            ("version", env!("CARGO_PKG_VERSION").to_string()),
-            ("revision", env!("PMOAS_REVISION").to_string()),
-        ],
+        vec![("version", env!("CARGO_PKG_VERSION").to_string()), ("revision", env!("PMOAS_REVISION").to_string())],
         1.0,
     );
     let stats = state.discovery.stats();
     for (kind, n) in [("pod", stats.pods), ("container", stats.containers)] {
-        set.gauge(
-            &DISCOVERY_WORKLOADS,
-            vec![
-                ("source", "cgroupfs".to_string()),
-                ("kind", kind.to_string()),
-            ],
-            n as f64,
-        );
+        set.gauge(&DISCOVERY_WORKLOADS, vec![("source", "cgroupfs".to_string()), ("kind", kind.to_string())], n as f64);
     }
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 fn landing_page(state: &AppState) -> String {
@@ -250,10 +199,7 @@ fn landing_page(state: &AppState) -> String {
                 if p.attached {
                     "attached".to_string()
                 } else {
-                    format!(
-                        "<b>not attached</b> ({})",
-                        html_escape(p.error.as_deref().unwrap_or("?"))
-                    )
+                    format!("<b>not attached</b> ({})", html_escape(p.error.as_deref().unwrap_or("?")))
                 }
             ));
         }
@@ -263,9 +209,7 @@ fn landing_page(state: &AppState) -> String {
             s.label(),
             s.label(),
             html_escape(info.help),
-            error
-                .map(|e| format!("<p class=\"failed\">{}</p>", html_escape(&e)))
-                .unwrap_or_default(),
+            error.map(|e| format!("<p class=\"failed\">{}</p>", html_escape(&e))).unwrap_or_default(),
             progs
         ));
     }

@@ -32,17 +32,8 @@ fn delta(after: &Metrics, before: &Metrics, name: &str, labels: &[(&str, &str)])
     after.sum(name, labels) - before.sum(name, labels)
 }
 
-fn stat_delta(
-    after: &HashMap<String, u64>,
-    before: &HashMap<String, u64>,
-    pred: impl Fn(&str) -> bool,
-) -> f64 {
-    let sum = |m: &HashMap<String, u64>| {
-        m.iter()
-            .filter(|(k, _)| pred(k))
-            .map(|(_, v)| *v as f64)
-            .sum::<f64>()
-    };
+fn stat_delta(after: &HashMap<String, u64>, before: &HashMap<String, u64>, pred: impl Fn(&str) -> bool) -> f64 {
+    let sum = |m: &HashMap<String, u64>| m.iter().filter(|(k, _)| pred(k)).map(|(_, v)| *v as f64).sum::<f64>();
     sum(after) - sum(before)
 }
 
@@ -55,10 +46,7 @@ fn settle() {
 fn envoy_and_nginx_agree_with_the_exporter() {
     // nginx closes every 5th keep-alive connection, so Envoy keeps opening
     // new upstream connections during the load.
-    let opts = PodOptions {
-        nginx_http_extra: "keepalive_requests 5;".into(),
-        ..Default::default()
-    };
+    let opts = PodOptions { nginx_http_extra: "keepalive_requests 5;".into(), ..Default::default() };
     let Some((pod, exp)) = setup("envoy_and_nginx_agree_with_the_exporter", opts) else {
         return;
     };
@@ -66,11 +54,7 @@ fn envoy_and_nginx_agree_with_the_exporter() {
     let sidecar = container_labels(&pod, &s.sidecar_id, "sidecar");
     let app = container_labels(&pod, &s.app_id, "app");
     let client_container = format!("pmoas-testbed-{}-client", s.name);
-    let client = vec![
-        ("pod", ""),
-        ("container", client_container.as_str()),
-        ("role", ""),
-    ];
+    let client = vec![("pod", ""), ("container", client_container.as_str()), ("role", "")];
 
     // Ground truth first, then the exporter: every connection the truth
     // fetches make is then on both sides of the comparison.
@@ -82,22 +66,10 @@ fn envoy_and_nginx_agree_with_the_exporter() {
     let report = tool(
         &pod,
         Place::Client,
-        &[
-            "http",
-            "--connect",
-            &pod.envoy_addr().to_string(),
-            "--count",
-            &n.to_string(),
-            "--concurrency",
-            "4",
-        ],
+        &["http", "--connect", &pod.envoy_addr().to_string(), "--count", &n.to_string(), "--concurrency", "4"],
     );
     assert_eq!(report["connected"], n, "{report}");
-    assert_eq!(
-        report["statuses"],
-        serde_json::json!([[200, n]]),
-        "{report}"
-    );
+    assert_eq!(report["statuses"], serde_json::json!([[200, n]]), "{report}");
     settle();
 
     let stub_after = pod.nginx_accepts().unwrap();
@@ -122,29 +94,15 @@ fn envoy_and_nginx_agree_with_the_exporter() {
     assert!(sidecar_accepts >= n as f64);
     // From the host client and from our admin fetches: all `node`.
     assert_eq!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_accepts_total",
-            &with(sidecar.clone(), &[("peer", "node")])
-        ),
+        delta(&after, &before, "pmoas_tcp_accepts_total", &with(sidecar.clone(), &[("peer", "node")])),
         envoy_accepts
     );
 
     // Sidecar -> app connects == Envoy's upstream_cx_total.
-    let upstream = stat_delta(&envoy_after, &envoy_before, |k| {
-        k == "cluster.app.upstream_cx_total"
-    });
-    let sidecar_connects = delta(
-        &after,
-        &before,
-        "pmoas_tcp_connects_total",
-        &with(sidecar.clone(), &[("peer", "app")]),
-    );
-    assert_eq!(
-        sidecar_connects, upstream,
-        "sidecar->app connects vs Envoy upstream_cx_total"
-    );
+    let upstream = stat_delta(&envoy_after, &envoy_before, |k| k == "cluster.app.upstream_cx_total");
+    let sidecar_connects =
+        delta(&after, &before, "pmoas_tcp_connects_total", &with(sidecar.clone(), &[("peer", "app")]));
+    assert_eq!(sidecar_connects, upstream, "sidecar->app connects vs Envoy upstream_cx_total");
     assert!(
         upstream >= (n / 5 - 5) as f64,
         "keepalive_requests 5 should force ~{} upstream connections, got {upstream}",
@@ -152,70 +110,34 @@ fn envoy_and_nginx_agree_with_the_exporter() {
     );
 
     // App accepts from the sidecar == nginx's own accepts counter.
-    let app_accepts = delta(
-        &after,
-        &before,
-        "pmoas_tcp_accepts_total",
-        &with(app.clone(), &[("peer", "sidecar")]),
-    );
+    let app_accepts = delta(&after, &before, "pmoas_tcp_accepts_total", &with(app.clone(), &[("peer", "sidecar")]));
     assert_eq!(
         app_accepts,
         (stub_after - stub_before) as f64,
         "app accepts (peer=sidecar) vs nginx stub_status accepts"
     );
-    assert_eq!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_accepts_total",
-            &with(app.clone(), &[("peer", "node")])
-        ),
-        0.0
-    );
+    assert_eq!(delta(&after, &before, "pmoas_tcp_accepts_total", &with(app.clone(), &[("peer", "node")])), 0.0);
 
     // The client outside the pod counted its own connects.
     assert_eq!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_connects_total",
-            &with(client.clone(), &[("peer", "node")])
-        ),
+        delta(&after, &before, "pmoas_tcp_connects_total", &with(client.clone(), &[("peer", "node")])),
         n as f64
     );
     // Histograms count one sample per event.
     assert_eq!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_connect_duration_seconds_count",
-            &with(client.clone(), &[("peer", "node")])
-        ),
+        delta(&after, &before, "pmoas_tcp_connect_duration_seconds_count", &with(client.clone(), &[("peer", "node")])),
         n as f64
     );
     assert_eq!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_connect_duration_seconds_count",
-            &with(sidecar.clone(), &[("peer", "app")])
-        ),
+        delta(&after, &before, "pmoas_tcp_connect_duration_seconds_count", &with(sidecar.clone(), &[("peer", "app")])),
         upstream
     );
     assert_eq!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_accept_wait_seconds_count",
-            &sidecar
-        ),
+        delta(&after, &before, "pmoas_tcp_accept_wait_seconds_count", &sidecar),
         sidecar_accepts,
         "one accept-queue wait per accept"
     );
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_accept_wait_seconds_count", &app),
-        app_accepts
-    );
+    assert_eq!(delta(&after, &before, "pmoas_tcp_accept_wait_seconds_count", &app), app_accepts);
     assert!(
         delta(
             &after,
@@ -224,101 +146,38 @@ fn envoy_and_nginx_agree_with_the_exporter() {
             &with(client, &[("direction", "outbound")])
         ) >= n as f64 - 1.0
     );
-    assert_eq!(
-        after.sum("pmoas_ebpf_events_lost_total", &[]),
-        0.0,
-        "no lost events"
-    );
+    assert_eq!(after.sum("pmoas_ebpf_events_lost_total", &[]), 0.0, "no lost events");
 }
 
 #[test]
 fn bytes_failures_and_resets_are_exact() {
-    let Some((pod, exp)) = setup("bytes_failures_and_resets_are_exact", PodOptions::default())
-    else {
+    let Some((pod, exp)) = setup("bytes_failures_and_resets_are_exact", PodOptions::default()) else {
         return;
     };
     let s = &pod.state;
     let sidecar = container_labels(&pod, &s.sidecar_id, "sidecar");
     let app = container_labels(&pod, &s.app_id, "app");
     let client_container = format!("pmoas-testbed-{}-client", s.name);
-    let client = vec![
-        ("pod", ""),
-        ("container", client_container.as_str()),
-        ("role", ""),
-    ];
+    let client = vec![("pod", ""), ("container", client_container.as_str()), ("role", "")];
 
     // 1. Sidecar -> app over loopback, known sizes.
     let before = exp.scrape();
-    let srv = server(
-        &pod,
-        Place::App,
-        &[
-            "--listen",
-            "127.0.0.1:7000",
-            "--count",
-            "20",
-            "--send",
-            "3000",
-        ],
-    );
-    let c = tool(
-        &pod,
-        Place::Sidecar,
-        &[
-            "tcp-client",
-            "--connect",
-            "127.0.0.1:7000",
-            "--count",
-            "20",
-            "--send",
-            "1000",
-        ],
-    );
+    let srv = server(&pod, Place::App, &["--listen", "127.0.0.1:7000", "--count", "20", "--send", "3000"]);
+    let c =
+        tool(&pod, Place::Sidecar, &["tcp-client", "--connect", "127.0.0.1:7000", "--count", "20", "--send", "1000"]);
     let sr = finish(srv);
-    assert_eq!(
-        (c["connected"].as_u64(), c["bytes_received"].as_u64()),
-        (Some(20), Some(60_000)),
-        "{c}"
-    );
+    assert_eq!((c["connected"].as_u64(), c["bytes_received"].as_u64()), (Some(20), Some(60_000)), "{c}");
     assert_eq!(sr["bytes_received"].as_u64(), Some(20_000));
     settle();
     let after = exp.scrape();
     let sidecar_app = with(sidecar.clone(), &[("peer", "app")]);
     let app_sidecar = with(app.clone(), &[("peer", "sidecar")]);
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_connects_total", &sidecar_app),
-        20.0
-    );
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_accepts_total", &app_sidecar),
-        20.0
-    );
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_sent_bytes_total", &sidecar_app),
-        20_000.0
-    );
-    assert_eq!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_received_bytes_total",
-            &sidecar_app
-        ),
-        60_000.0
-    );
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_sent_bytes_total", &app_sidecar),
-        60_000.0
-    );
-    assert_eq!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_received_bytes_total",
-            &app_sidecar
-        ),
-        20_000.0
-    );
+    assert_eq!(delta(&after, &before, "pmoas_tcp_connects_total", &sidecar_app), 20.0);
+    assert_eq!(delta(&after, &before, "pmoas_tcp_accepts_total", &app_sidecar), 20.0);
+    assert_eq!(delta(&after, &before, "pmoas_tcp_sent_bytes_total", &sidecar_app), 20_000.0);
+    assert_eq!(delta(&after, &before, "pmoas_tcp_received_bytes_total", &sidecar_app), 60_000.0);
+    assert_eq!(delta(&after, &before, "pmoas_tcp_sent_bytes_total", &app_sidecar), 60_000.0);
+    assert_eq!(delta(&after, &before, "pmoas_tcp_received_bytes_total", &app_sidecar), 20_000.0);
     assert_eq!(
         delta(
             &after,
@@ -340,90 +199,28 @@ fn bytes_failures_and_resets_are_exact() {
 
     // 2. Host client -> app across namespaces: peer=node both ways.
     let before = exp.scrape();
-    let srv = server(
-        &pod,
-        Place::App,
-        &[
-            "--listen",
-            "0.0.0.0:7001",
-            "--count",
-            "10",
-            "--send",
-            "1500",
-        ],
-    );
+    let srv = server(&pod, Place::App, &["--listen", "0.0.0.0:7001", "--count", "10", "--send", "1500"]);
     let addr = format!("{}:7001", s.pod_ip);
-    let c = tool(
-        &pod,
-        Place::Client,
-        &[
-            "tcp-client",
-            "--connect",
-            &addr,
-            "--count",
-            "10",
-            "--send",
-            "500",
-        ],
-    );
+    let c = tool(&pod, Place::Client, &["tcp-client", "--connect", &addr, "--count", "10", "--send", "500"]);
     finish(srv);
     assert_eq!(c["bytes_received"].as_u64(), Some(15_000), "{c}");
     settle();
     let after = exp.scrape();
     let client_node = with(client.clone(), &[("peer", "node")]);
     let app_node = with(app.clone(), &[("peer", "node")]);
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_connects_total", &client_node),
-        10.0
-    );
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_accepts_total", &app_node),
-        10.0
-    );
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_sent_bytes_total", &client_node),
-        5_000.0
-    );
-    assert_eq!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_received_bytes_total",
-            &client_node
-        ),
-        15_000.0
-    );
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_sent_bytes_total", &app_node),
-        15_000.0
-    );
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_received_bytes_total", &app_node),
-        5_000.0
-    );
+    assert_eq!(delta(&after, &before, "pmoas_tcp_connects_total", &client_node), 10.0);
+    assert_eq!(delta(&after, &before, "pmoas_tcp_accepts_total", &app_node), 10.0);
+    assert_eq!(delta(&after, &before, "pmoas_tcp_sent_bytes_total", &client_node), 5_000.0);
+    assert_eq!(delta(&after, &before, "pmoas_tcp_received_bytes_total", &client_node), 15_000.0);
+    assert_eq!(delta(&after, &before, "pmoas_tcp_sent_bytes_total", &app_node), 15_000.0);
+    assert_eq!(delta(&after, &before, "pmoas_tcp_received_bytes_total", &app_node), 5_000.0);
 
     // 3. Resets: the app resets 30 connections of the sidecar. The pod
     // namespace's TcpOutRsts is the kernel's own count.
     let rst_before = pod.netns_counters().unwrap();
     let before = exp.scrape();
-    let srv = server(
-        &pod,
-        Place::App,
-        &["--listen", "127.0.0.1:7002", "--count", "30", "--reset"],
-    );
-    let c = tool(
-        &pod,
-        Place::Sidecar,
-        &[
-            "tcp-client",
-            "--connect",
-            "127.0.0.1:7002",
-            "--count",
-            "30",
-            "--send",
-            "10",
-        ],
-    );
+    let srv = server(&pod, Place::App, &["--listen", "127.0.0.1:7002", "--count", "30", "--reset"]);
+    let c = tool(&pod, Place::Sidecar, &["tcp-client", "--connect", "127.0.0.1:7002", "--count", "30", "--send", "10"]);
     finish(srv);
     assert_eq!(c["resets"].as_u64(), Some(30), "{c}");
     settle();
@@ -432,40 +229,18 @@ fn bytes_failures_and_resets_are_exact() {
     let out_rsts = (rst_after["Tcp.OutRsts"] - rst_before["Tcp.OutRsts"]) as f64;
     assert_eq!(out_rsts, 30.0, "the kernel sent exactly our resets");
     assert_eq!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_resets_total",
-            &with(app.clone(), &[("direction", "sent")])
-        ),
+        delta(&after, &before, "pmoas_tcp_resets_total", &with(app.clone(), &[("direction", "sent")])),
         out_rsts
     );
     assert_eq!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_resets_total",
-            &with(sidecar.clone(), &[("direction", "received")])
-        ),
+        delta(&after, &before, "pmoas_tcp_resets_total", &with(sidecar.clone(), &[("direction", "received")])),
         30.0
     );
-    assert_eq!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_resets_total",
-            &with(sidecar.clone(), &[("direction", "sent")])
-        ),
-        0.0
-    );
+    assert_eq!(delta(&after, &before, "pmoas_tcp_resets_total", &with(sidecar.clone(), &[("direction", "sent")])), 0.0);
 
     // 4. Connects to a closed port: failures, exactly; each also takes a RST.
     let before = exp.scrape();
-    let c = tool(
-        &pod,
-        Place::App,
-        &["tcp-client", "--connect", "127.0.0.1:9", "--count", "25"],
-    );
+    let c = tool(&pod, Place::App, &["tcp-client", "--connect", "127.0.0.1:9", "--count", "25"]);
     assert_eq!(c["failed"].as_u64(), Some(25), "{c}");
     settle();
     let after = exp.scrape();
@@ -476,36 +251,17 @@ fn bytes_failures_and_resets_are_exact() {
         after.describe("pmoas_tcp_connect_failures_total", &app)
     );
     assert_eq!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_connect_failures_total",
-            &with(app.clone(), &[("peer", "pod")])
-        ),
+        delta(&after, &before, "pmoas_tcp_connect_failures_total", &with(app.clone(), &[("peer", "pod")])),
         25.0
     );
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_connects_total", &app),
-        0.0
-    );
-    assert_eq!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_resets_total",
-            &with(app, &[("direction", "received")])
-        ),
-        25.0
-    );
+    assert_eq!(delta(&after, &before, "pmoas_tcp_connects_total", &app), 0.0);
+    assert_eq!(delta(&after, &before, "pmoas_tcp_resets_total", &with(app, &[("direction", "received")])), 25.0);
     assert_eq!(after.sum("pmoas_ebpf_events_lost_total", &[]), 0.0);
 }
 
 #[test]
 fn retransmits_match_the_pod_namespace_under_loss() {
-    let Some((pod, exp)) = setup(
-        "retransmits_match_the_pod_namespace_under_loss",
-        PodOptions::default(),
-    ) else {
+    let Some((pod, exp)) = setup("retransmits_match_the_pod_namespace_under_loss", PodOptions::default()) else {
         return;
     };
     // 1% of what reaches Envoy's listener is dropped: lost requests, lost
@@ -533,17 +289,7 @@ fn retransmits_match_the_pod_namespace_under_loss() {
     let report = tool(
         &pod,
         Place::Client,
-        &[
-            "http",
-            "--connect",
-            &pod.envoy_addr().to_string(),
-            "--path",
-            "/",
-            "--count",
-            "4000",
-            "--concurrency",
-            "16",
-        ],
+        &["http", "--connect", &pod.envoy_addr().to_string(), "--path", "/", "--count", "4000", "--concurrency", "16"],
     );
     assert!(report["connected"].as_u64().unwrap() >= 3980, "{report}");
 
@@ -564,29 +310,15 @@ fn retransmits_match_the_pod_namespace_under_loss() {
     let after = exp.scrape();
 
     let truth = (snmp_after["Tcp.RetransSegs"] - snmp_before["Tcp.RetransSegs"]) as f64;
-    let ours = delta(
-        &after,
-        &before,
-        "pmoas_tcp_retransmits_total",
-        &[("pod", pod.state.uid.as_str())],
-    );
+    let ours = delta(&after, &before, "pmoas_tcp_retransmits_total", &[("pod", pod.state.uid.as_str())]);
     eprintln!("retransmits: pod namespace TcpRetransSegs +{truth}, pmoas +{ours}");
-    assert!(
-        truth >= 10.0,
-        "too few retransmissions to compare ({truth}); the drop rule did not bite"
-    );
-    assert!(
-        (ours - truth).abs() <= truth * 0.02,
-        "pmoas {ours} vs kernel {truth}: more than 2% apart"
-    );
+    assert!(truth >= 10.0, "too few retransmissions to compare ({truth}); the drop rule did not bite");
+    assert!((ours - truth).abs() <= truth * 0.02, "pmoas {ours} vs kernel {truth}: more than 2% apart");
 }
 
 #[test]
 fn series_of_a_vanished_pod_go_away_after_the_grace_period() {
-    if !can_run(
-        "series_of_a_vanished_pod_go_away_after_the_grace_period",
-        &testbed_problems(),
-    ) {
+    if !can_run("series_of_a_vanished_pod_go_away_after_the_grace_period", &testbed_problems()) {
         return;
     }
     let pod = Pod::up(&PodOptions::default()).expect("testbed up");
@@ -602,24 +334,10 @@ fn series_of_a_vanished_pod_go_away_after_the_grace_period() {
         return;
     }
     let uid = pod.state.uid.clone();
-    let report = tool(
-        &pod,
-        Place::Client,
-        &[
-            "http",
-            "--connect",
-            &pod.envoy_addr().to_string(),
-            "--count",
-            "5",
-        ],
-    );
+    let report = tool(&pod, Place::Client, &["http", "--connect", &pod.envoy_addr().to_string(), "--count", "5"]);
     assert_eq!(report["connected"], 5);
     settle();
-    assert!(
-        exp.scrape()
-            .sum("pmoas_tcp_accepts_total", &[("pod", &uid)])
-            >= 5.0
-    );
+    assert!(exp.scrape().sum("pmoas_tcp_accepts_total", &[("pod", &uid)]) >= 5.0);
 
     // Tear the pod down while scraping: every scrape still answers.
     let scraper = {
@@ -638,18 +356,14 @@ fn series_of_a_vanished_pod_go_away_after_the_grace_period() {
     pod.down().unwrap();
     assert!(scraper.join().unwrap() > 0);
     let m = exp.scrape();
-    assert_eq!(
-        m.get("pmoas_scrape_collector_success", &[("collector", "socket")]),
-        Some(1.0)
-    );
+    assert_eq!(m.get("pmoas_scrape_collector_success", &[("collector", "socket")]), Some(1.0));
 
     // Within the grace period the series stay; after it they are gone.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let m = exp.scrape();
         if m.sum("pmoas_tcp_accepts_total", &[("pod", &uid)]) == 0.0
-            && m.describe("pmoas_tcp_accepts_total", &[("pod", &uid)])
-                .is_empty()
+            && m.describe("pmoas_tcp_accepts_total", &[("pod", &uid)]).is_empty()
         {
             break;
         }

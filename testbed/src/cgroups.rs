@@ -39,9 +39,7 @@ impl CgroupSet {
                     Ok(()) => break,
                     Err(e) if e.kind() == ErrorKind::NotFound => break,
                     // A process that just exited may linger a moment.
-                    Err(_) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
+                    Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
                     Err(e) => bail!("removing cgroup {}: {e}", d.display()),
                 }
             }
@@ -78,31 +76,20 @@ fn hierarchies() -> Result<Vec<Hierarchy>> {
         let mut r = right.split(' ');
         let (fstype, _src, opts) = (r.next().unwrap_or(""), r.next(), r.next().unwrap_or(""));
         if fstype == "cgroup2" && v2.is_none() {
-            v2 = Some(Hierarchy {
-                mount: mount.into(),
-                own: own_path(&|c| c.is_empty()).unwrap_or_else(|| "/".into()),
-            });
+            v2 =
+                Some(Hierarchy { mount: mount.into(), own: own_path(&|c| c.is_empty()).unwrap_or_else(|| "/".into()) });
         } else if fstype == "cgroup" {
-            let ctls: Vec<&str> = opts
-                .split(',')
-                .filter(|o| V1_CONTROLLERS.contains(o))
-                .collect();
+            let ctls: Vec<&str> = opts.split(',').filter(|o| V1_CONTROLLERS.contains(o)).collect();
             if let Some(first) = ctls.first() {
                 if v1.iter().any(|h| h.mount == Path::new(mount)) {
                     continue;
                 }
-                let own =
-                    own_path(&|c| c.split(',').any(|x| x == *first)).unwrap_or_else(|| "/".into());
-                v1.push(Hierarchy {
-                    mount: mount.into(),
-                    own,
-                });
+                let own = own_path(&|c| c.split(',').any(|x| x == *first)).unwrap_or_else(|| "/".into());
+                v1.push(Hierarchy { mount: mount.into(), own });
             }
         }
     }
-    let mut all = vec![
-        v2.context("no cgroup2 mount: the testbed (and pmoas) need cgroup v2, hybrid is fine")?,
-    ];
+    let mut all = vec![v2.context("no cgroup2 mount: the testbed (and pmoas) need cgroup v2, hybrid is fine")?];
     all.extend(v1);
     Ok(all)
 }
@@ -129,14 +116,9 @@ pub struct Layout {
 /// QoS, containerd) and a client cgroup outside any pod.
 pub fn kubelet_layout(uid: &str, sidecar_id: &str, app_id: &str, name: &str) -> Result<Layout> {
     let hier = hierarchies()?;
-    let pod_slice = format!(
-        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
-        uid.replace('-', "_")
-    );
-    let sidecar = create(
-        &hier,
-        &format!("{pod_slice}/cri-containerd-{sidecar_id}.scope"),
-    )?;
+    let pod_slice =
+        format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice", uid.replace('-', "_"));
+    let sidecar = create(&hier, &format!("{pod_slice}/cri-containerd-{sidecar_id}.scope"))?;
     let app = create(&hier, &format!("{pod_slice}/cri-containerd-{app_id}.scope"))?;
     let client = create(&hier, &format!("pmoas-testbed-{name}-client"))?;
     let mut shared_parents = Vec::new();
@@ -146,12 +128,7 @@ pub fn kubelet_layout(uid: &str, sidecar_id: &str, app_id: &str, name: &str) -> 
         shared_parents.push(base.join("kubepods.slice/kubepods-besteffort.slice"));
         shared_parents.push(base.join("kubepods.slice"));
     }
-    Ok(Layout {
-        sidecar,
-        app,
-        client,
-        shared_parents,
-    })
+    Ok(Layout { sidecar, app, client, shared_parents })
 }
 
 /// Removes each directory that is empty; shared parents in use by another

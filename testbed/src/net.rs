@@ -15,16 +15,9 @@ pub fn bridge_name(index: u8) -> String {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (apt-get install iproute2)")?;
+    let out = Command::new("ip").args(args).output().context("running ip (apt-get install iproute2)")?;
     if !out.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -53,18 +46,7 @@ pub fn create_pod_network(s: &PodState) -> Result<()> {
     ip(&["addr", "add", &host, "dev", &s.bridge])?;
     ip(&["link", "set", &s.bridge, "up"])?;
     ip(&["netns", "add", &s.netns])?;
-    ip(&[
-        "link",
-        "add",
-        &s.host_veth,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &s.netns,
-    ])?;
+    ip(&["link", "add", &s.host_veth, "type", "veth", "peer", "name", "eth0", "netns", &s.netns])?;
     ip(&["link", "set", &s.host_veth, "master", &s.bridge, "up"])?;
     ip(&["-n", &s.netns, "addr", "add", &pod, "dev", "eth0"])?;
     ip(&["-n", &s.netns, "link", "set", "eth0", "up"])?;
@@ -78,31 +60,24 @@ pub fn create_pod_network(s: &PodState) -> Result<()> {
 /// Deletes namespace (taking the veth with it) and bridge.
 pub fn delete_pod_network(s: &PodState) -> Result<()> {
     let mut problems = Vec::new();
-    if fs::metadata(format!("/run/netns/{}", s.netns)).is_ok() {
-        if let Err(e) = ip(&["netns", "del", &s.netns]) {
-            problems.push(e.to_string());
-        }
+    if fs::metadata(format!("/run/netns/{}", s.netns)).is_ok()
+        && let Err(e) = ip(&["netns", "del", &s.netns])
+    {
+        problems.push(e.to_string());
     }
     if fs::metadata(format!("/sys/class/net/{}", s.host_veth)).is_ok() {
         let _ = ip(&["link", "del", &s.host_veth]);
     }
-    if fs::metadata(format!("/sys/class/net/{}", s.bridge)).is_ok() {
-        if let Err(e) = ip(&["link", "del", &s.bridge]) {
-            problems.push(e.to_string());
-        }
+    if fs::metadata(format!("/sys/class/net/{}", s.bridge)).is_ok()
+        && let Err(e) = ip(&["link", "del", &s.bridge])
+    {
+        problems.push(e.to_string());
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        bail!("{}", problems.join("; "))
-    }
+    if problems.is_empty() { Ok(()) } else { bail!("{}", problems.join("; ")) }
 }
 
 /// Runs `f` on a fresh thread that has entered the namespace of `netns`.
-pub fn in_netns<T: Send + 'static>(
-    netns: &fs::File,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T> {
+pub fn in_netns<T: Send + 'static>(netns: &fs::File, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     let fd = netns.try_clone()?;
     std::thread::spawn(move || -> Result<T> {
         // SAFETY: setns on this thread only; fd is a valid namespace file.
@@ -122,9 +97,7 @@ pub fn parse_snmp(text: &str) -> HashMap<String, u64> {
     let lines: Vec<&str> = text.lines().collect();
     for pair in lines.chunks(2) {
         let [names, values] = pair else { continue };
-        let (Some((proto, names)), Some((_, values))) =
-            (names.split_once(':'), values.split_once(':'))
-        else {
+        let (Some((proto, names)), Some((_, values))) = (names.split_once(':'), values.split_once(':')) else {
             continue;
         };
         for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
@@ -142,7 +115,8 @@ mod tests {
 
     #[test]
     fn snmp_pairs() {
-        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm MaxConn RetransSegs OutRsts\nTcp: 1 -1 42 7\n";
+        let text =
+            "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm MaxConn RetransSegs OutRsts\nTcp: 1 -1 42 7\n";
         let m = parse_snmp(text);
         assert_eq!(m["Tcp.RetransSegs"], 42);
         assert_eq!(m["Tcp.OutRsts"], 7);

@@ -40,10 +40,10 @@ pub fn command_in(program: impl AsRef<OsStr>, cgroups: &CgroupSet, netns: Option
                     return Err(err);
                 }
             }
-            if let Some(fd) = netns {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some(fd) = netns
+                && libc::setns(fd, libc::CLONE_NEWNET) != 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
@@ -69,10 +69,7 @@ pub fn detached(cmd: &mut Command, argv: &[String], log: &Path) -> Result<Tracke
     if !out.status.success() {
         bail!("starting {} failed: {}", argv[0], out.status);
     }
-    let pid: u32 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .context("reading the PID")?;
+    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().context("reading the PID")?;
     Tracked::of(pid, &argv[0])
 }
 
@@ -95,33 +92,20 @@ fn start_time(pid: u32) -> Option<u64> {
 
 impl Tracked {
     pub fn of(pid: u32, name: &str) -> Result<Tracked> {
-        let start_time =
-            start_time(pid).with_context(|| format!("{name} (pid {pid}) exited at once"))?;
-        let name = Path::new(name)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        Ok(Tracked {
-            name,
-            pid,
-            start_time,
-        })
+        let start_time = start_time(pid).with_context(|| format!("{name} (pid {pid}) exited at once"))?;
+        let name = Path::new(name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Tracked { name, pid, start_time })
     }
 
     pub fn named(mut self, name: &str) -> Result<Tracked> {
-        self.name = Path::new(name)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        self.name = Path::new(name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(self)
     }
 
     /// Still running, and still the process we started?
     pub fn alive(&self) -> bool {
         start_time(self.pid) == Some(self.start_time)
-            && fs::read_to_string(format!("/proc/{}/stat", self.pid))
-                .map(|s| !s.contains(") Z "))
-                .unwrap_or(false)
+            && fs::read_to_string(format!("/proc/{}/stat", self.pid)).map(|s| !s.contains(") Z ")).unwrap_or(false)
     }
 
     /// SIGTERM, then SIGKILL after `grace`; waits until it is gone.
@@ -157,10 +141,7 @@ mod tests {
     fn own_start_time_is_stable_and_a_recycled_pid_is_not_ours() {
         let me = Tracked::of(std::process::id(), "test").unwrap();
         assert!(me.alive());
-        let impostor = Tracked {
-            start_time: me.start_time + 1,
-            ..me.clone()
-        };
+        let impostor = Tracked { start_time: me.start_time + 1, ..me.clone() };
         assert!(!impostor.alive());
     }
 }

@@ -19,10 +19,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: pmoas-testbed\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: pmoas-testbed\r\nConnection: close\r\n\r\n")?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
@@ -31,20 +28,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| {
-            std::io::Error::new(
-                ErrorKind::InvalidData,
-                format!("not an HTTP response: {head:?}"),
-            )
-        })?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
+        .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidData, format!("not an HTTP response: {head:?}")))?;
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
     Ok((status, body))
 }
 
@@ -138,10 +124,7 @@ pub fn tcp_server(listener: TcpListener, count: u64, send: usize, reset: bool) -
             }
         }
         if reset {
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
             // SAFETY: valid socket fd and option struct.
             unsafe {
                 libc::setsockopt(
@@ -214,10 +197,7 @@ mod tests {
         let server = std::thread::spawn(move || tcp_server(l, 3, 700, false));
         let c = tcp_client(addr, 3, 300);
         let s = server.join().unwrap();
-        assert_eq!(
-            (c.connected, c.bytes_sent, c.bytes_received, c.resets),
-            (3, 900, 2100, 0)
-        );
+        assert_eq!((c.connected, c.bytes_sent, c.bytes_received, c.resets), (3, 900, 2100, 0));
         assert_eq!((s.accepted, s.bytes_received, s.bytes_sent), (3, 900, 2100));
     }
 
@@ -243,9 +223,6 @@ mod tests {
 
     #[test]
     fn dechunking() {
-        assert_eq!(
-            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            "hello world"
-        );
+        assert_eq!(dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "hello world");
     }
 }

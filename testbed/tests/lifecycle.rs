@@ -12,10 +12,7 @@ fn prerequisites_or_skip() -> bool {
         return true;
     }
     if std::env::var_os("PMOAS_REQUIRE_BPF").is_some() {
-        panic!(
-            "PMOAS_REQUIRE_BPF is set but the testbed cannot run: {}",
-            missing.join("; ")
-        );
+        panic!("PMOAS_REQUIRE_BPF is set but the testbed cannot run: {}", missing.join("; "));
     }
     eprintln!("SKIP (testbed): missing {}", missing.join("; "));
     false
@@ -35,41 +32,19 @@ fn pod_serves_through_envoy_and_teardown_leaves_nothing() {
     assert_eq!(traffic::http_get(addr, "/error").unwrap().0, 503);
     let t = std::time::Instant::now();
     assert_eq!(traffic::http_get(addr, "/delay").unwrap().0, 200);
-    assert!(
-        t.elapsed() >= std::time::Duration::from_millis(50),
-        "the delay endpoint waits 50 ms"
-    );
+    assert!(t.elapsed() >= std::time::Duration::from_millis(50), "the delay endpoint waits 50 ms");
 
     // Ground-truth sources answer.
     let stats = pod.envoy_stats().unwrap();
-    assert!(
-        stats
-            .get("cluster.app.upstream_cx_total")
-            .copied()
-            .unwrap_or(0)
-            >= 1,
-        "Envoy stats: {}",
-        stats.len()
-    );
+    assert!(stats.get("cluster.app.upstream_cx_total").copied().unwrap_or(0) >= 1, "Envoy stats: {}", stats.len());
     assert!(pod.nginx_accepts().unwrap() >= 1);
-    assert!(
-        pod.netns_counters()
-            .unwrap()
-            .contains_key("Tcp.RetransSegs")
-    );
+    assert!(pod.netns_counters().unwrap().contains_key("Tcp.RetransSegs"));
 
     // Processes sit in their containers' cgroups, v2 and v1.
     let envoy_pid = pod.pids().iter().find(|(n, _)| n == "envoy").unwrap().1;
-    let procs =
-        std::fs::read_to_string(s.sidecar_cgroups.v2().unwrap().join("cgroup.procs")).unwrap();
-    assert!(
-        procs.lines().any(|l| l == envoy_pid.to_string()),
-        "envoy {envoy_pid} not in {procs}"
-    );
-    assert!(
-        s.sidecar_cgroups.dirs.len() > 1 || !Path::new("/sys/fs/cgroup/memory").exists(),
-        "v1 directories too"
-    );
+    let procs = std::fs::read_to_string(s.sidecar_cgroups.v2().unwrap().join("cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|l| l == envoy_pid.to_string()), "envoy {envoy_pid} not in {procs}");
+    assert!(s.sidecar_cgroups.dirs.len() > 1 || !Path::new("/sys/fs/cgroup/memory").exists(), "v1 directories too");
 
     // A command placed in the app container runs there, in the pod's netns.
     let out = pod
@@ -78,31 +53,18 @@ fn pod_serves_through_envoy_and_teardown_leaves_nothing() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&format!("cri-containerd-{}.scope", s.app_id)),
-        "{text}"
-    );
+    assert!(text.contains(&format!("cri-containerd-{}.scope", s.app_id)), "{text}");
 
     pod.down().expect("clean teardown");
-    assert!(
-        !Path::new(&format!("/run/netns/{}", s.netns)).exists(),
-        "netns left"
-    );
-    assert!(
-        !Path::new(&format!("/sys/class/net/{}", s.bridge)).exists(),
-        "bridge left"
-    );
+    assert!(!Path::new(&format!("/run/netns/{}", s.netns)).exists(), "netns left");
+    assert!(!Path::new(&format!("/sys/class/net/{}", s.bridge)).exists(), "bridge left");
     for set in [&s.sidecar_cgroups, &s.app_cgroups, &s.client_cgroups] {
         for d in &set.dirs {
             assert!(!d.exists(), "cgroup left: {}", d.display());
         }
     }
     let pod_slice = s.sidecar_cgroups.v2().unwrap().parent().unwrap();
-    assert!(
-        !pod_slice.exists(),
-        "pod slice left: {}",
-        pod_slice.display()
-    );
+    assert!(!pod_slice.exists(), "pod slice left: {}", pod_slice.display());
     for p in &s.processes {
         assert!(!p.alive(), "{} still running", p.name);
     }

@@ -25,10 +25,7 @@ pub fn can_run(test: &str, problems: &[String]) -> bool {
         return true;
     }
     if require_bpf() {
-        panic!(
-            "{test}: PMOAS_REQUIRE_BPF is set but: {}",
-            problems.join("; ")
-        );
+        panic!("{test}: PMOAS_REQUIRE_BPF is set but: {}", problems.join("; "));
     }
     eprintln!("SKIP {test}: {}", problems.join("; "));
     false
@@ -47,20 +44,12 @@ pub fn exporter_bin() -> PathBuf {
 /// integration test, so `cargo test --workspace` builds it).
 pub fn testbed_bin() -> PathBuf {
     let p = exporter_bin().with_file_name("pmoas-testbed");
-    assert!(
-        p.exists(),
-        "{} missing: build the workspace (`cargo build --workspace`)",
-        p.display()
-    );
+    assert!(p.exists(), "{} missing: build the workspace (`cargo build --workspace`)", p.display());
     p
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A running exporter; killed when dropped.
@@ -82,12 +71,7 @@ impl Exporter {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = std::env::temp_dir().join(format!("pmoas-exporter-test-{port}.log"));
         let child = cmd
-            .args([
-                "--web.listen-address",
-                &addr.to_string(),
-                "--log.level",
-                "debug",
-            ])
+            .args(["--web.listen-address", &addr.to_string(), "--log.level", "debug"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -102,11 +86,7 @@ impl Exporter {
             if let Ok(Some(status)) = e.child.try_wait() {
                 panic!("exporter exited with {status}:\n{}", e.log_text());
             }
-            assert!(
-                Instant::now() < deadline,
-                "exporter not ready in 20 s:\n{}",
-                e.log_text()
-            );
+            assert!(Instant::now() < deadline, "exporter not ready in 20 s:\n{}", e.log_text());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -140,10 +120,7 @@ impl Exporter {
         let (_, page) = self.get("/").unwrap_or_default();
         can_run(
             test,
-            &[format!(
-                "the socket collector did not start; landing page:\n{page}\nlog:\n{}",
-                self.log_text()
-            )],
+            &[format!("the socket collector did not start; landing page:\n{page}\nlog:\n{}", self.log_text())],
         )
     }
 
@@ -170,11 +147,7 @@ impl Drop for Exporter {
 }
 
 /// One GET with extra headers and `Connection: close`; (status, body).
-pub fn http_get(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> std::io::Result<(u16, String)> {
+pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
@@ -187,11 +160,7 @@ pub fn http_get(
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     Ok((status, body.to_string()))
 }
 
@@ -204,10 +173,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn parse(text: &str) -> Metrics {
         let mut series = Vec::new();
-        for line in text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        {
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
             let (name_labels, value) = line.rsplit_once(' ').expect("sample line");
             let value: f64 = match value {
                 "+Inf" => f64::INFINITY,
@@ -226,12 +192,7 @@ impl Metrics {
     pub fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
         self.series
             .iter()
-            .filter(|(n, l, _)| {
-                n == name
-                    && want
-                        .iter()
-                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-            })
+            .filter(|(n, l, _)| n == name && want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
             .map(|(_, _, v)| v)
             .sum()
     }
@@ -241,12 +202,7 @@ impl Metrics {
         let hits: Vec<f64> = self
             .series
             .iter()
-            .filter(|(n, l, _)| {
-                n == name
-                    && want
-                        .iter()
-                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-            })
+            .filter(|(n, l, _)| n == name && want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
             .map(|(_, _, v)| *v)
             .collect();
         (hits.len() == 1).then(|| hits[0])
@@ -256,12 +212,7 @@ impl Metrics {
     pub fn describe(&self, name: &str, want: &[(&str, &str)]) -> String {
         self.series
             .iter()
-            .filter(|(n, l, _)| {
-                n == name
-                    && want
-                        .iter()
-                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-            })
+            .filter(|(n, l, _)| n == name && want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
             .map(|(_, l, v)| format!("{l:?} = {v}"))
             .collect::<Vec<_>>()
             .join("\n")
@@ -299,16 +250,8 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
 
 /// Runs a traffic tool of pmoas-testbed in `place`; its JSON report.
 pub fn tool(pod: &Pod, place: Place, args: &[&str]) -> serde_json::Value {
-    let out = pod
-        .command(place, testbed_bin())
-        .args(args)
-        .output()
-        .expect("running pmoas-testbed");
-    assert!(
-        out.status.success(),
-        "pmoas-testbed {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = pod.command(place, testbed_bin()).args(args).output().expect("running pmoas-testbed");
+    assert!(out.status.success(), "pmoas-testbed {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("JSON report")
 }
 
@@ -323,9 +266,7 @@ pub fn server(pod: &Pod, place: Place, args: &[&str]) -> std::process::Child {
         .spawn()
         .expect("starting tcp-server");
     let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
     assert!(line.starts_with("listening"), "tcp-server: {line}");
     child
 }
@@ -338,16 +279,8 @@ pub fn finish(child: std::process::Child) -> serde_json::Value {
 }
 
 /// The W labels of a testbed container.
-pub fn container_labels<'a>(
-    pod: &'a Pod,
-    id: &'a str,
-    role: &'a str,
-) -> Vec<(&'static str, &'a str)> {
-    vec![
-        ("pod", pod.state.uid.as_str()),
-        ("container", &id[..12]),
-        ("role", role),
-    ]
+pub fn container_labels<'a>(pod: &'a Pod, id: &'a str, role: &'a str) -> Vec<(&'static str, &'a str)> {
+    vec![("pod", pod.state.uid.as_str()), ("container", &id[..12]), ("role", role)]
 }
 
 pub fn with<'a>(

@@ -40,27 +40,17 @@ struct Opts<'a>(&'a [String]);
 
 impl Opts<'_> {
     fn value(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .position(|a| a == key)
-            .and_then(|i| self.0.get(i + 1))
-            .map(String::as_str)
+        self.0.iter().position(|a| a == key).and_then(|i| self.0.get(i + 1)).map(String::as_str)
     }
     fn flag(&self, key: &str) -> bool {
         self.0.iter().any(|a| a == key)
     }
     fn num(&self, key: &str, default: u64) -> Result<u64> {
-        self.value(key).map_or(Ok(default), |v| {
-            v.parse()
-                .with_context(|| format!("{key} {v}: not a number"))
-        })
+        self.value(key).map_or(Ok(default), |v| v.parse().with_context(|| format!("{key} {v}: not a number")))
     }
     fn addr(&self, key: &str) -> Result<SocketAddr> {
-        let v = self
-            .value(key)
-            .with_context(|| format!("{key} ADDR is required"))?;
-        v.parse()
-            .with_context(|| format!("{key} {v}: not an address"))
+        let v = self.value(key).with_context(|| format!("{key} ADDR is required"))?;
+        v.parse().with_context(|| format!("{key} {v}: not an address"))
     }
 }
 
@@ -92,14 +82,7 @@ fn run(args: &[String]) -> Result<()> {
         "status" => {
             for s in list_states() {
                 let alive = s.processes.iter().filter(|p| p.alive()).count();
-                println!(
-                    "{} uid={} pod_ip={} processes={}/{}",
-                    s.name,
-                    s.uid,
-                    s.pod_ip,
-                    alive,
-                    s.processes.len()
-                );
+                println!("{} uid={} pod_ip={} processes={}/{}", s.name, s.uid, s.pod_ip, alive, s.processes.len());
             }
             Ok(())
         }
@@ -110,40 +93,26 @@ fn run(args: &[String]) -> Result<()> {
                 bail!("down needs a NAME (see `pmoas-testbed status`) or --all");
             }
             let mut found = false;
-            for s in list_states()
-                .into_iter()
-                .filter(|s| all || Some(&s.name) == name)
-            {
+            for s in list_states().into_iter().filter(|s| all || Some(&s.name) == name) {
                 found = true;
                 teardown(&s).with_context(|| format!("tearing down {}", s.name))?;
                 println!("{} is down", s.name);
             }
             if !found && !all {
-                bail!(
-                    "no testbed named {}",
-                    name.map(String::as_str).unwrap_or("")
-                );
+                bail!("no testbed named {}", name.map(String::as_str).unwrap_or(""));
             }
             Ok(())
         }
         "tcp-server" => {
             let listener = TcpListener::bind(o.addr("--listen")?).context("binding")?;
             eprintln!("listening {}", listener.local_addr()?);
-            let r = traffic::tcp_server(
-                listener,
-                o.num("--count", 1)?,
-                o.num("--send", 0)? as usize,
-                o.flag("--reset"),
-            );
+            let r =
+                traffic::tcp_server(listener, o.num("--count", 1)?, o.num("--send", 0)? as usize, o.flag("--reset"));
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
         "tcp-client" => {
-            let r = traffic::tcp_client(
-                o.addr("--connect")?,
-                o.num("--count", 1)?,
-                o.num("--send", 0)? as usize,
-            );
+            let r = traffic::tcp_client(o.addr("--connect")?, o.num("--count", 1)?, o.num("--send", 0)? as usize);
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
