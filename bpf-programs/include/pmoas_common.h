@@ -51,8 +51,19 @@ static __always_inline void pmoas_count_lost(__u32 reason)
  * sockets inherit the listener's cgroup (sk_clone_lock copies sk_cgrp_data),
  * so this names the owning container even when the event runs in softirq on
  * behalf of some other task.
+ *
+ * `sk` must be a BTF pointer (a tp_btf argument, or reached from one): the
+ * loads are direct, CO-RE-relocated by vmlinux.h's preserve_access_index,
+ * and cost a few ns where bpf_probe_read_kernel() would cost a helper call.
  */
 static __always_inline __u64 pmoas_sock_cgroup_id(const struct sock *sk)
+{
+	return sk->sk_cgrp_data.cgroup->kn->id;
+}
+
+/* The same for a socket pointer the verifier does not know as BTF-typed
+ * (read out of a union, or from a classic tracepoint): helper reads. */
+static __always_inline __u64 pmoas_sock_cgroup_id_read(const struct sock *sk)
 {
 	return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
 }
@@ -80,7 +91,6 @@ static __always_inline void pmoas_hist_add(struct pmoas_log2_hist *h, __u64 ns)
 		slot = PMOAS_HIST_SLOTS - 1;
 	__sync_fetch_and_add(&h->slots[slot], 1);
 	__sync_fetch_and_add(&h->sum_ns, ns);
-	__sync_fetch_and_add(&h->count, 1);
 }
 
 /*

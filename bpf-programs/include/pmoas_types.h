@@ -35,15 +35,15 @@
 
 /* ---- log2 histograms ---- */
 /* Slot i counts values v (in ns) with floor(log2(v)) == i; the last slot
- * also takes everything larger. 2^48 ns is about 78 hours. */
+ * also takes everything larger. 2^48 ns is about 78 hours. The number of
+ * samples is the sum of the slots: one atomic add less per sample. */
 #define PMOAS_HIST_SLOTS 48
 
 struct pmoas_log2_hist {
 	__u64 slots[PMOAS_HIST_SLOTS];
 	__u64 sum_ns;
-	__u64 count;
 };
-_Static_assert(sizeof(struct pmoas_log2_hist) == 400, "pmoas_log2_hist layout");
+_Static_assert(sizeof(struct pmoas_log2_hist) == 392, "pmoas_log2_hist layout");
 
 /* ---- socket collector ---- */
 
@@ -88,7 +88,7 @@ _Static_assert(sizeof(struct pmoas_socket_counters) == 64, "pmoas_socket_counter
 #define PMOAS_CONN_ESTABLISHED 2u /* reached ESTABLISHED */
 #define PMOAS_CONN_COUNTED 4u	  /* connect/accept counted with its peer */
 #define PMOAS_CONN_ACCEPTED 8u	  /* accept() returned it */
-#define PMOAS_CONN_FIN_ACKED 16u  /* the peer acknowledged our FIN */
+#define PMOAS_CONN_MATCHED 16u	  /* the server end took our socket_pending entry */
 #define PMOAS_CONN_RESET 32u	  /* a RST closed it */
 
 struct pmoas_conn_info {

@@ -70,31 +70,35 @@ struct tuple {
 	__u16 dport; /* host order */
 };
 
+/* Socket field reads below are direct loads through BTF pointers (see
+ * pmoas_sock_cgroup_id()); only the accept hook, a classic tracepoint, walks
+ * kernel memory with bpf_probe_read_kernel(). */
+
 static __always_inline bool is_tcp(const struct sock *sk)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 family = sk->__sk_common.skc_family;
 
 	if (family != AF_INET && family != AF_INET6)
 		return false;
-	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP;
+	return sk->sk_protocol == IPPROTO_TCP;
 }
 
 static __always_inline void read_tuple(const struct sock *sk, struct tuple *t)
 {
-	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET) {
-		pmoas_addr_from_v4(t->saddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
-		pmoas_addr_from_v4(t->daddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	if (sk->__sk_common.skc_family == AF_INET) {
+		pmoas_addr_from_v4(t->saddr, sk->__sk_common.skc_rcv_saddr);
+		pmoas_addr_from_v4(t->daddr, sk->__sk_common.skc_daddr);
 	} else {
-		BPF_CORE_READ_INTO(&t->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&t->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		__builtin_memcpy(t->saddr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(t->daddr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
 	}
-	t->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	t->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	t->sport = sk->__sk_common.skc_num;
+	t->dport = bpf_ntohs(sk->__sk_common.skc_dport);
 }
 
 static __always_inline __u64 sock_netns(const struct sock *sk)
 {
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return sk->__sk_common.skc_net.net->ns.inum;
 }
 
 /* The client endpoint key, as the server end will build it. */
@@ -218,7 +222,6 @@ static __always_inline void on_active_established(const struct sock *sk, __u64 n
 	__sync_fetch_and_or(&c->flags, PMOAS_CONN_ESTABLISHED);
 
 	read_tuple(sk, &t);
-	learn_local_addr(t.saddr);
 
 	/* Leave our endpoint for the server end, even when we count the
 	 * connect as remote now: an iptables REDIRECT may still land it on a
@@ -245,12 +248,12 @@ static __always_inline void on_passive_established(const struct sock *sk, __u64 
 	struct tuple t;
 
 	read_tuple(sk, &t);
+	/* Servers' addresses are what clients connect to: learn them here. */
 	learn_local_addr(t.saddr);
 
 	c.cgroup_id = cgroup_id;
 	c.established_ns = now;
 	c.flags = PMOAS_CONN_ESTABLISHED | PMOAS_CONN_COUNTED;
-	c.peer_class = classify_addr(t.daddr);
 
 	endpoint_key(&ek, sk, t.daddr, t.dport);
 	client_sk = bpf_map_lookup_elem(&socket_pending, &ek);
@@ -261,10 +264,13 @@ static __always_inline void on_passive_established(const struct sock *sk, __u64 
 		if (client) {
 			c.peer_class = PMOAS_PEER_CGROUP;
 			c.peer_cgroup_id = client->cgroup_id;
+			__sync_fetch_and_or(&client->flags, PMOAS_CONN_MATCHED);
 			count_connect(client, PMOAS_PEER_CGROUP, cgroup_id);
 		}
 		bpf_map_delete_elem(&socket_pending, &ek);
 	}
+	if (c.peer_class != PMOAS_PEER_CGROUP)
+		c.peer_class = classify_addr(t.daddr);
 
 	if (bpf_map_update_elem(&socket_conns, &key, &c, BPF_ANY) == -E2BIG)
 		pmoas_count_lost(PMOAS_LOST_CONNECTION_MAP_FULL);
@@ -283,7 +289,12 @@ static __always_inline void on_connect_failed(const struct sock *sk)
 	__u64 cgroup_id;
 	struct tuple t;
 
-	cgroup_id = c ? c->cgroup_id : pmoas_sock_cgroup_id(sk);
+	/* Load first, then choose: otherwise clang shares one load between the
+	 * map value and the socket pointer, which the verifier refuses. */
+	cgroup_id = pmoas_sock_cgroup_id(sk);
+	barrier_var(cgroup_id);
+	if (c)
+		cgroup_id = c->cgroup_id;
 	read_tuple(sk, &t);
 	cnt = counters_for(cgroup_id, classify_addr(t.daddr), 0);
 	if (cnt)
@@ -299,23 +310,25 @@ static __always_inline void on_connect_failed(const struct sock *sk)
  * bytes written read as N.
  *  - our SYN: counted by tcp_ack() in SYN_SENT, so on every active open
  *    (an accepted child starts with its SYN-ACK already acknowledged);
- *  - our FIN was acknowledged if we reached FIN_WAIT2, or closed from
- *    CLOSING or LAST_ACK other than by a RST;
+ *  - our FIN was acknowledged if we close from FIN_WAIT2 (the full socket
+ *    goes from there straight to CLOSE, also when it becomes a time-wait
+ *    socket), or from CLOSING or LAST_ACK other than by a RST;
  *  - the peer's FIN was received if tcp_fin() set SOCK_DONE (tcp_done(),
  *    which raises this CLOSE, has not touched the flags yet).
  */
 static __always_inline void closing_bytes(const struct sock *sk, const struct pmoas_conn_info *c,
 					  int oldstate, __u64 *sent, __u64 *received)
 {
-	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-	unsigned long sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
-	bool fin_acked = (c->flags & PMOAS_CONN_FIN_ACKED) ||
+	/* A checked cast: the verifier then lets us read tcp_sock fields. */
+	const struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+	unsigned long sk_flags = sk->__sk_common.skc_flags;
+	bool fin_acked = oldstate == TCP_FIN_WAIT2 ||
 			 ((oldstate == TCP_CLOSING || oldstate == TCP_LAST_ACK) &&
 			  !(c->flags & PMOAS_CONN_RESET));
 	bool fin_received = sk_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE));
 
-	*sent = BPF_CORE_READ(tp, bytes_acked);
-	*received = BPF_CORE_READ(tp, bytes_received);
+	*sent = tp ? tp->bytes_acked : 0;
+	*received = tp ? tp->bytes_received : 0;
 	if ((c->flags & PMOAS_CONN_ACTIVE) && *sent)
 		*sent -= 1;
 	if (fin_acked && *sent)
@@ -339,13 +352,15 @@ static __always_inline void on_closed(const struct sock *sk, __u64 now, int olds
 		goto out;
 
 	active = c->flags & PMOAS_CONN_ACTIVE;
-	if (active) {
+	if (active && !(c->flags & PMOAS_CONN_MATCHED)) {
 		struct pmoas_endpoint_key ek;
 		struct tuple t;
 
 		read_tuple(sk, &t);
-		/* Never matched by a server end on this node. */
-		count_connect(c, classify_addr(t.daddr), 0);
+		/* Never matched by a server end on this node: count it now if
+		 * that has not happened (remote ones were counted at once). */
+		if (!(c->flags & PMOAS_CONN_COUNTED))
+			count_connect(c, classify_addr(t.daddr), 0);
 		endpoint_key(&ek, sk, t.saddr, t.sport);
 		bpf_map_delete_elem(&socket_pending, &ek);
 	}
@@ -369,6 +384,10 @@ int BPF_PROG(socket_state_change, const struct sock *sk, const int oldstate, con
 {
 	__u64 now;
 
+	/* Most transitions (LISTEN -> SYN_RECV, FIN_WAIT1, CLOSE_WAIT, LAST_ACK,
+	 * ...) say nothing we count: leave before touching the socket. */
+	if (newstate != TCP_SYN_SENT && newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
+		return 0;
 	if (!is_tcp(sk))
 		return 0;
 	now = bpf_ktime_get_ns();
@@ -391,14 +410,6 @@ int BPF_PROG(socket_state_change, const struct sock *sk, const int oldstate, con
 				on_passive_established(sk, now);
 		}
 		break;
-	case TCP_FIN_WAIT2: {
-		__u64 key = (__u64)sk;
-		struct pmoas_conn_info *c = bpf_map_lookup_elem(&socket_conns, &key);
-
-		if (c)
-			__sync_fetch_and_or(&c->flags, PMOAS_CONN_FIN_ACKED);
-		break;
-	}
 	case TCP_CLOSE:
 		if (oldstate == TCP_SYN_SENT)
 			on_connect_failed(sk);
@@ -413,24 +424,28 @@ int BPF_PROG(socket_state_change, const struct sock *sk, const int oldstate, con
  * and close the accept-queue wait that started at ESTABLISHED. */
 static __always_inline int on_accept_exit(long fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task;
 	struct pmoas_conn_info *c;
-	struct file **fds, *file;
+	struct fdtable *fdt;
+	struct file *file;
 	struct socket *sock;
 	struct sock *sk;
 	__u64 key, now;
 
 	if (fd < 0)
 		return 0;
-	if (fd >= BPF_CORE_READ(task, files, fdt, max_fds))
+	/* A BTF pointer: task->files->fdt are direct loads. */
+	task = bpf_get_current_task_btf();
+	fdt = task->files->fdt;
+	if (fd >= fdt->max_fds)
 		return 0;
-	fds = BPF_CORE_READ(task, files, fdt, fd);
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+	/* Variable index and untyped private_data: read, not walked. */
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fdt->fd[fd]) || !file)
 		return 0;
-	sock = BPF_CORE_READ(file, private_data);
-	if (!sock)
+	if (bpf_probe_read_kernel(&sock, sizeof(sock), &file->private_data) || !sock)
 		return 0;
-	sk = BPF_CORE_READ(sock, sk);
+	if (bpf_probe_read_kernel(&sk, sizeof(sk), &sock->sk))
+		return 0;
 	key = (__u64)sk;
 	c = bpf_map_lookup_elem(&socket_conns, &key);
 	if (!c || (c->flags & PMOAS_CONN_ACTIVE))
@@ -466,14 +481,13 @@ static __always_inline __u64 any_sock_cgroup_id(const struct sock *sk)
 
 	if (!sk)
 		return 0;
-	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	state = sk->__sk_common.skc_state;
 	if (state == TCP_TIME_WAIT)
 		return 0;
-	if (state == TCP_NEW_SYN_RECV) {
-		const struct request_sock *req = (const struct request_sock *)sk;
-
-		return pmoas_sock_cgroup_id(BPF_CORE_READ(req, __req_common.skc_listener));
-	}
+	/* request_sock begins with the same sock_common as a full sock; its
+	 * listener sits in a union the verifier cannot type, so it is read. */
+	if (state == TCP_NEW_SYN_RECV)
+		return pmoas_sock_cgroup_id_read(BPF_CORE_READ(sk, __sk_common.skc_listener));
 	return pmoas_sock_cgroup_id(sk);
 }
 

@@ -40,12 +40,11 @@ pub const HIST_LIFETIME_INBOUND: u8 = 3;
 pub struct Log2Hist {
     pub slots: [u64; HIST_SLOTS],
     pub sum_ns: u64,
-    pub count: u64,
 }
 
 impl Default for Log2Hist {
     fn default() -> Self {
-        Self { slots: [0; HIST_SLOTS], sum_ns: 0, count: 0 }
+        Self { slots: [0; HIST_SLOTS], sum_ns: 0 }
     }
 }
 
@@ -56,7 +55,11 @@ impl Log2Hist {
             *a += b;
         }
         self.sum_ns += other.sum_ns;
-        self.count += other.count;
+    }
+
+    /// Number of samples (the kernel keeps no separate count).
+    pub fn count(&self) -> u64 {
+        self.slots.iter().sum()
     }
 }
 
@@ -99,7 +102,7 @@ impl SocketCounters {
     }
 }
 
-const _: () = assert!(size_of::<Log2Hist>() == 400);
+const _: () = assert!(size_of::<Log2Hist>() == 392);
 const _: () = assert!(size_of::<SocketKey>() == 24);
 const _: () = assert!(size_of::<SocketCounters>() == 64);
 

@@ -130,20 +130,24 @@ pub fn load(
     specs: &[ProgramSpec],
 ) -> Result<LoadedObject, LoadError> {
     preflight()?;
+    // One kernel BTF at a time: the loader parses its own for CO-RE and
+    // frees it when dropped; tp_btf programs then need it once more. Two
+    // parsed copies side by side would double the exporter's peak memory.
+    let mut ebpf = {
+        let mut loader = EbpfLoader::new();
+        for (map, size) in map_sizes {
+            loader.map_max_entries(map, *size);
+        }
+        loader.load(object).map_err(|source| {
+            let hint = privilege_hint(&source.to_string());
+            LoadError::Object { collector, source: Box::new(source), hint }
+        })?
+    };
     let btf = Btf::from_sys_fs().map_err(|e| {
         LoadError::Preflight(format!(
             "reading the kernel's BTF from /sys/kernel/btf/vmlinux failed ({e}); pmoas needs a kernel built with \
              CONFIG_DEBUG_INFO_BTF=y (Debian 12, Ubuntu 20.10+, RHEL 8.2+ kernels have it)"
         ))
-    })?;
-    let mut loader = EbpfLoader::new();
-    loader.btf(Some(&btf));
-    for (map, size) in map_sizes {
-        loader.map_max_entries(map, *size);
-    }
-    let mut ebpf = loader.load(object).map_err(|source| {
-        let hint = privilege_hint(&source.to_string());
-        LoadError::Object { collector, source: Box::new(source), hint }
     })?;
 
     let mut statuses: Vec<ProgramStatus> = Vec::new();
@@ -174,6 +178,9 @@ pub fn load(
         s.attached || !specs.iter().any(|f| f.fallback_for == Some(s.program) && attached.contains(&f.program))
     });
 
+    drop(btf);
+    release_freed_memory();
+
     if !statuses.iter().any(|s| s.attached) {
         let details = statuses
             .iter()
@@ -183,6 +190,17 @@ pub fn load(
         return Err(LoadError::NothingAttached { collector, details, programs: statuses });
     }
     Ok(LoadedObject { ebpf, programs: statuses })
+}
+
+/// Hands memory freed after loading (parsed BTF, relocation tables) back to
+/// the kernel, so the exporter's resident size is what it uses, not what
+/// start-up needed.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks glibc's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<(), String> {
@@ -211,14 +229,14 @@ fn describe_program_error(e: &ProgramError, spec: &ProgramSpec) -> String {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
-            let tail: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).rev().take(3).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            format!(
-                "the kernel refused {} ({io_error}): {}{}",
-                spec.program,
-                tail.join(" | "),
-                privilege_hint(&io_error.to_string())
-            )
+            tracing::debug!(program = spec.program, "verifier log:\n{log}");
+            // The reason is in the last lines before the statistics trailer.
+            let stats = ["verification time", "processed ", "stack depth", "max_states_per_insn"];
+            let reason: Vec<&str> =
+                log.lines().filter(|l| !l.trim().is_empty() && !stats.iter().any(|s| l.starts_with(s))).collect();
+            let tail = reason[reason.len().saturating_sub(3)..].join(" | ");
+            let hint = if io_error.raw_os_error() == Some(libc::EPERM) { privilege_hint("Operation not permitted") } else { String::new() };
+            format!("the kernel refused {} ({io_error}): {tail}{hint}", spec.program)
         }
         other => {
             let mut msg = other.to_string();
@@ -240,7 +258,7 @@ fn describe_program_error(e: &ProgramError, spec: &ProgramSpec) -> String {
 }
 
 fn privilege_hint(msg: &str) -> String {
-    if msg.contains("Operation not permitted") || msg.contains("Permission denied") {
+    if msg.contains("Operation not permitted") {
         format!("; {}", PRIVILEGE_ADVICE)
     } else {
         String::new()

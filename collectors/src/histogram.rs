@@ -44,7 +44,7 @@ impl Log2Buckets {
         }
         let rest: u64 = h.slots[slot.min(HIST_SLOTS)..].iter().sum();
         buckets.push((f64::INFINITY, rest));
-        Histogram { sum: h.sum_ns as f64 / 1e9, count: h.count, buckets }
+        Histogram { sum: h.sum_ns as f64 / 1e9, count: h.count(), buckets }
     }
 }
 
@@ -62,7 +62,6 @@ mod tests {
         for &v in values {
             h.slots[slot_of(v)] += 1;
             h.sum_ns += v;
-            h.count += 1;
         }
         h
     }

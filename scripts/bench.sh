@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs the benchmarks (as root) and rewrites their sections of BENCHMARKS.md.
+#   scripts/bench.sh [--rounds N] [--seconds S] [--connections C]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh test
+cargo build --release --quiet -p pmoas-exporter -p pmoas-bench
+exec target/release/pmoas-bench "$@"
