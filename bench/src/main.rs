@@ -89,9 +89,10 @@ impl Exporter {
         // Up = the first scrape in which the socket collector answered.
         loop {
             if let Ok((200, body)) = http_get(addr, "/metrics")
-                && metric(&body, "pmoas_scrape_collector_success", &["collector=\"socket\""]) == 1.0 {
-                    return Ok((e, started.elapsed()));
-                }
+                && metric(&body, "pmoas_scrape_collector_success", &["collector=\"socket\""]) == 1.0
+            {
+                return Ok((e, started.elapsed()));
+            }
             if started.elapsed() > Duration::from_secs(20) {
                 bail!("exporter not up after 20 s");
             }
@@ -149,13 +150,18 @@ impl Exporter {
 /// Kernel-side cost of the collector's programs (kernel.bpf_stats_enabled):
 /// total run time and runs of every `socket_*` program, from bpftool.
 fn bpf_run_totals() -> Result<(f64, f64, Vec<(String, f64, f64)>)> {
-    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().context("bpftool (apt-get install bpftool)")?;
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("bpftool (apt-get install bpftool)")?;
     let text = String::from_utf8_lossy(&out.stdout);
     // A flat scan of the JSON array: one object per program.
     let mut per = Vec::new();
     for obj in text.split("},{") {
         let field = |k: &str| {
-            obj.split(&format!("\"{k}\":")).nth(1).map(|r| r.trim_start_matches('"').split(['"', ',', '}']).next().unwrap_or("").to_string())
+            obj.split(&format!("\"{k}\":"))
+                .nth(1)
+                .map(|r| r.trim_start_matches('"').split(['"', ',', '}']).next().unwrap_or("").to_string())
         };
         let Some(name) = field("name") else { continue };
         if !name.starts_with("socket_") {
@@ -196,7 +202,15 @@ fn wrk(pod: &Pod, o: &Opts, seconds: u64, during: impl FnMut()) -> Result<Wrk> {
     let url = format!("http://{}/", pod.envoy_addr());
     let child = pod
         .command(Place::Client, "wrk")
-        .args(["-t2", &format!("-c{}", o.connections), &format!("-d{seconds}s"), "--latency", "-H", "Connection: close", &url])
+        .args([
+            "-t2",
+            &format!("-c{}", o.connections),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-H",
+            "Connection: close",
+            &url,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -214,7 +228,8 @@ fn wrk(pod: &Pod, o: &Opts, seconds: u64, during: impl FnMut()) -> Result<Wrk> {
         bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
     }
     let field = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_string()));
-    let requests_per_sec = field("Requests/sec:").and_then(|v| v.parse().ok()).context("no Requests/sec in wrk output")?;
+    let requests_per_sec =
+        field("Requests/sec:").and_then(|v| v.parse().ok()).context("no Requests/sec in wrk output")?;
     let errors = text
         .lines()
         .find(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
@@ -316,7 +331,8 @@ fn run() -> Result<()> {
                 eprintln!("pmoas-bench:   {name}: {runs} runs, {:.0} ns/run (since load)", ns / runs.max(1.0));
             }
             let (_, after) = http_get(e.addr, "/metrics")?;
-            let accepts = metric(&after, "pmoas_tcp_accepts_total", &[&sidecar]) - metric(&before, "pmoas_tcp_accepts_total", &[&sidecar]);
+            let accepts = metric(&after, "pmoas_tcp_accepts_total", &[&sidecar])
+                - metric(&before, "pmoas_tcp_accepts_total", &[&sidecar]);
             let lost = metric(&after, "pmoas_ebpf_events_lost_total", &[]);
             // /metrics latency with the round's series present.
             for _ in 0..50 {
@@ -331,8 +347,21 @@ fn run() -> Result<()> {
             }
             let (rss, hwm) = e.rss_mib();
             e.stop();
-            eprintln!("pmoas-bench: round {round} on: {:.0} req/s, exporter {:.2}% CPU", w.requests_per_sec, cpu / wall * 100.0);
-            on.push(OnRound { bpf_percent, bpf_ns_per_run, cpu_percent: cpu / wall * 100.0, conns_per_sec: accepts / wall, rss, hwm, lost, wrk: w });
+            eprintln!(
+                "pmoas-bench: round {round} on: {:.0} req/s, exporter {:.2}% CPU",
+                w.requests_per_sec,
+                cpu / wall * 100.0
+            );
+            on.push(OnRound {
+                bpf_percent,
+                bpf_ns_per_run,
+                cpu_percent: cpu / wall * 100.0,
+                conns_per_sec: accepts / wall,
+                rss,
+                hwm,
+                lost,
+                wrk: w,
+            });
         }
     }
     pod.down()?;
@@ -361,7 +390,12 @@ fn render(
 ) -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let date = Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let mut s = String::new();
     let _ = writeln!(s, "## socket collector: exporter off vs on through Envoy\n");
     let _ = writeln!(
@@ -412,11 +446,7 @@ fn render(
         percentile(&pairs, 0.0),
         percentile(&pairs, 1.0)
     );
-    let _ = writeln!(
-        s,
-        "| lost events (all rounds) | {} | 0 |",
-        on.iter().map(|r| r.lost).sum::<f64>()
-    );
+    let _ = writeln!(s, "| lost events (all rounds) | {} | 0 |", on.iter().map(|r| r.lost).sum::<f64>());
     let _ = writeln!(
         s,
         "| exporter CPU per 10k connections/s, worst round (user space: scrapes, discovery) | {:.3} % of a core | <= 5 % |",
@@ -428,7 +458,8 @@ fn render(
         "| in-kernel eBPF run time per 10k connections/s, worst round (not in the exporter's CPU; costs the traced tasks) | {:.2} % of a core | (no target; reported) |",
         bpf_per_10k.iter().cloned().fold(0.0, f64::max)
     );
-    let _ = writeln!(s, "| RSS, peak over rounds | {:.1} MiB | <= 40 MiB |", on.iter().map(|r| r.hwm).fold(0.0, f64::max));
+    let _ =
+        writeln!(s, "| RSS, peak over rounds | {:.1} MiB | <= 40 MiB |", on.iter().map(|r| r.hwm).fold(0.0, f64::max));
     let _ = writeln!(
         s,
         "| start-up to first successful scrape, median / max of {} | {:.0} / {:.0} ms | <= 1 s |",

@@ -18,10 +18,10 @@ pub const LOCAL_ADDR_MAP_SIZE: u32 = 4096;
 
 /// Reasons indexed in every object's `lost_events` per-CPU array, in order.
 /// The names are the `reason` label of `pmoas_ebpf_events_lost_total`.
-pub const LOST_REASONS: [&str; 5] =
-    ["aggregation_map_full", "connection_map_full", "pending_map_full", "local_addr_map_full", "ringbuf_full"];
-/// Size of the `lost_events` array (`PMOAS_LOST_REASONS`).
-pub const LOST_REASON_SLOTS: u32 = 8;
+pub const LOST_REASONS: [&str; 4] =
+    ["aggregation_map_full", "connection_map_full", "pending_map_full", "local_addr_map_full"];
+// Every reason needs a slot of the `lost_events` array (PMOAS_LOST_REASONS).
+const _: () = assert!(LOST_REASONS.len() <= 8);
 
 pub const PEER_NONE: u8 = 0;
 pub const PEER_CGROUP: u8 = 1;

@@ -235,7 +235,11 @@ fn describe_program_error(e: &ProgramError, spec: &ProgramSpec) -> String {
             let reason: Vec<&str> =
                 log.lines().filter(|l| !l.trim().is_empty() && !stats.iter().any(|s| l.starts_with(s))).collect();
             let tail = reason[reason.len().saturating_sub(3)..].join(" | ");
-            let hint = if io_error.raw_os_error() == Some(libc::EPERM) { privilege_hint("Operation not permitted") } else { String::new() };
+            let hint = if io_error.raw_os_error() == Some(libc::EPERM) {
+                privilege_hint("Operation not permitted")
+            } else {
+                String::new()
+            };
             format!("the kernel refused {} ({io_error}): {tail}{hint}", spec.program)
         }
         other => {
@@ -258,11 +262,7 @@ fn describe_program_error(e: &ProgramError, spec: &ProgramSpec) -> String {
 }
 
 fn privilege_hint(msg: &str) -> String {
-    if msg.contains("Operation not permitted") {
-        format!("; {}", PRIVILEGE_ADVICE)
-    } else {
-        String::new()
-    }
+    if msg.contains("Operation not permitted") { format!("; {}", PRIVILEGE_ADVICE) } else { String::new() }
 }
 
 const PRIVILEGE_ADVICE: &str = "loading eBPF needs root, or the capabilities CAP_BPF, CAP_PERFMON, \
@@ -343,22 +343,34 @@ fn nix_mount_tracefs() -> std::io::Result<()> {
 }
 
 /// Reads an object's `lost_events` map into `pmoas_ebpf_events_lost_total`.
+/// Only the reasons a collector can have are exported (always, at 0 too,
+/// so that alerts on them have a series to watch).
 pub struct LostEvents {
     map: PerCpuArray<MapData, u64>,
     collector: &'static str,
+    reasons: &'static [&'static str],
 }
 
 impl LostEvents {
-    pub fn take(collector: &'static str, ebpf: &mut Ebpf) -> anyhow::Result<LostEvents> {
+    /// `reasons`: names from [`LOST_REASONS`] this collector's programs count.
+    pub fn take(
+        collector: &'static str,
+        ebpf: &mut Ebpf,
+        reasons: &'static [&'static str],
+    ) -> anyhow::Result<LostEvents> {
+        if let Some(r) = reasons.iter().find(|r| !LOST_REASONS.contains(r)) {
+            anyhow::bail!("unknown lost-event reason {r}");
+        }
         let map = ebpf.take_map("lost_events").ok_or_else(|| anyhow::anyhow!("object has no lost_events map"))?;
-        Ok(LostEvents { map: PerCpuArray::try_from(map)?, collector })
+        Ok(LostEvents { map: PerCpuArray::try_from(map)?, collector, reasons })
     }
 
     /// Totals per reason, summed over CPUs.
     pub fn totals(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
-        let mut out = Vec::with_capacity(LOST_REASONS.len());
-        for (i, reason) in LOST_REASONS.iter().enumerate() {
-            let per_cpu = self.map.get(&(i as u32), 0)?;
+        let mut out = Vec::with_capacity(self.reasons.len());
+        for reason in self.reasons {
+            let index = LOST_REASONS.iter().position(|r| r == reason).expect("checked in take()") as u32;
+            let per_cpu = self.map.get(&index, 0)?;
             out.push((*reason, per_cpu.iter().sum()));
         }
         Ok(out)
