@@ -149,7 +149,10 @@ impl Exporter {
 
 /// Kernel-side cost of the collector's programs (kernel.bpf_stats_enabled):
 /// total run time and runs of every `socket_*` program, from bpftool.
-fn bpf_run_totals() -> Result<(f64, f64, Vec<(String, f64, f64)>)> {
+/// Run time (ns) and runs of one program.
+type ProgramRuns = (String, f64, f64);
+
+fn bpf_run_totals() -> Result<(f64, f64, Vec<ProgramRuns>)> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()

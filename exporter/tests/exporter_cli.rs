@@ -91,7 +91,7 @@ fn endpoints_bad_requests_and_sigterm() {
 fn without_privileges_it_keeps_serving_and_says_what_is_missing() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/usr/bin/setpriv").exists() {
-        eprintln!("SKIP: needs root and setpriv to drop privileges");
+        pmoas_testbed::report_skip("without_privileges_it_keeps_serving", "needs root and setpriv to drop privileges");
         return;
     }
     // The exporter as `nobody`, no capabilities at all.

@@ -115,6 +115,19 @@ pub fn find_envoy() -> Option<PathBuf> {
         .and_then(|path| std::env::split_paths(&path).map(|d| d.join("envoy")).find(|p| p.is_file()))
 }
 
+/// Says loudly that a test skipped: on stderr, and appended to the file
+/// named by $PMOAS_SKIP_LOG, which `scripts/test.sh` prints at the end
+/// (cargo hides the output of a test that returns normally).
+pub fn report_skip(test: &str, reason: &str) {
+    eprintln!("SKIP {test}: {reason}");
+    if let Some(path) = std::env::var_os("PMOAS_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "SKIP {test}: {}", reason.lines().next().unwrap_or(""));
+        }
+    }
+}
+
 /// What a testbed needs from the machine, and what is missing.
 pub fn missing_prerequisites() -> Vec<String> {
     let mut missing = Vec::new();

@@ -14,7 +14,7 @@ fn prerequisites_or_skip() -> bool {
     if std::env::var_os("PMOAS_REQUIRE_BPF").is_some() {
         panic!("PMOAS_REQUIRE_BPF is set but the testbed cannot run: {}", missing.join("; "));
     }
-    eprintln!("SKIP (testbed): missing {}", missing.join("; "));
+    pmoas_testbed::report_skip("testbed lifecycle", &format!("missing {}", missing.join("; ")));
     false
 }
 

@@ -27,7 +27,7 @@ pub fn can_run(test: &str, problems: &[String]) -> bool {
     if require_bpf() {
         panic!("{test}: PMOAS_REQUIRE_BPF is set but: {}", problems.join("; "));
     }
-    eprintln!("SKIP {test}: {}", problems.join("; "));
+    pmoas_testbed::report_skip(test, &problems.join("; "));
     false
 }
 
