@@ -37,6 +37,33 @@ fn stat_delta(after: &HashMap<String, u64>, before: &HashMap<String, u64>, pred:
     sum(after) - sum(before)
 }
 
+/// `n` exchanges between a client and a server, each `up` bytes from the
+/// client and `down` bytes back, closed gracefully: both ends counted them
+/// exactly, with the given labels (peer included).
+fn assert_exchanges(
+    before: &Metrics,
+    after: &Metrics,
+    client: &[(&str, &str)],
+    server: &[(&str, &str)],
+    n: u64,
+    up: u64,
+    down: u64,
+) {
+    let d = |name: &str, labels: &[(&str, &str)]| delta(after, before, name, labels);
+    let (n, up, down) = (n as f64, (n * up) as f64, (n * down) as f64);
+    assert_eq!(d("pmoas_tcp_connects_total", client), n, "client connects {client:?}");
+    assert_eq!(d("pmoas_tcp_accepts_total", server), n, "server accepts {server:?}");
+    assert_eq!(d("pmoas_tcp_sent_bytes_total", client), up, "client sent");
+    assert_eq!(d("pmoas_tcp_received_bytes_total", client), down, "client received");
+    assert_eq!(d("pmoas_tcp_sent_bytes_total", server), down, "server sent");
+    assert_eq!(d("pmoas_tcp_received_bytes_total", server), up, "server received");
+    let outbound = [client, &[("direction", "outbound")]].concat();
+    let inbound = [server, &[("direction", "inbound")]].concat();
+    assert_eq!(d("pmoas_tcp_connection_duration_seconds_count", &outbound), n, "client lifetimes");
+    assert_eq!(d("pmoas_tcp_connection_duration_seconds_count", &inbound), n, "server lifetimes");
+    assert_eq!(d("pmoas_tcp_connect_duration_seconds_count", client), n, "handshake samples");
+}
+
 /// Lets in-flight FINs and ACKs on loopback land before a scrape.
 fn settle() {
     std::thread::sleep(Duration::from_millis(300));
@@ -170,31 +197,14 @@ fn bytes_failures_and_resets_are_exact() {
     assert_eq!(sr["bytes_received"].as_u64(), Some(20_000));
     settle();
     let after = exp.scrape();
-    let sidecar_app = with(sidecar.clone(), &[("peer", "app")]);
-    let app_sidecar = with(app.clone(), &[("peer", "sidecar")]);
-    assert_eq!(delta(&after, &before, "pmoas_tcp_connects_total", &sidecar_app), 20.0);
-    assert_eq!(delta(&after, &before, "pmoas_tcp_accepts_total", &app_sidecar), 20.0);
-    assert_eq!(delta(&after, &before, "pmoas_tcp_sent_bytes_total", &sidecar_app), 20_000.0);
-    assert_eq!(delta(&after, &before, "pmoas_tcp_received_bytes_total", &sidecar_app), 60_000.0);
-    assert_eq!(delta(&after, &before, "pmoas_tcp_sent_bytes_total", &app_sidecar), 60_000.0);
-    assert_eq!(delta(&after, &before, "pmoas_tcp_received_bytes_total", &app_sidecar), 20_000.0);
-    assert_eq!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_connection_duration_seconds_count",
-            &with(sidecar_app.clone(), &[("direction", "outbound")])
-        ),
-        20.0
-    );
-    assert_eq!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_connection_duration_seconds_count",
-            &with(app_sidecar.clone(), &[("direction", "inbound")])
-        ),
-        20.0
+    assert_exchanges(
+        &before,
+        &after,
+        &with(sidecar.clone(), &[("peer", "app")]),
+        &with(app.clone(), &[("peer", "sidecar")]),
+        20,
+        1000,
+        3000,
     );
 
     // 2. Host client -> app across namespaces: peer=node both ways.
@@ -206,14 +216,15 @@ fn bytes_failures_and_resets_are_exact() {
     assert_eq!(c["bytes_received"].as_u64(), Some(15_000), "{c}");
     settle();
     let after = exp.scrape();
-    let client_node = with(client.clone(), &[("peer", "node")]);
-    let app_node = with(app.clone(), &[("peer", "node")]);
-    assert_eq!(delta(&after, &before, "pmoas_tcp_connects_total", &client_node), 10.0);
-    assert_eq!(delta(&after, &before, "pmoas_tcp_accepts_total", &app_node), 10.0);
-    assert_eq!(delta(&after, &before, "pmoas_tcp_sent_bytes_total", &client_node), 5_000.0);
-    assert_eq!(delta(&after, &before, "pmoas_tcp_received_bytes_total", &client_node), 15_000.0);
-    assert_eq!(delta(&after, &before, "pmoas_tcp_sent_bytes_total", &app_node), 15_000.0);
-    assert_eq!(delta(&after, &before, "pmoas_tcp_received_bytes_total", &app_node), 5_000.0);
+    assert_exchanges(
+        &before,
+        &after,
+        &with(client, &[("peer", "node")]),
+        &with(app.clone(), &[("peer", "node")]),
+        10,
+        500,
+        1500,
+    );
 
     // 3. Resets: the app resets 30 connections of the sidecar. The pod
     // namespace's TcpOutRsts is the kernel's own count.

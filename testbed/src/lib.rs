@@ -175,9 +175,10 @@ impl Pod {
             bail!("the testbed needs: {}", missing.join("; "));
         }
         let envoy = opts.envoy.clone().or_else(find_envoy).context("Envoy not found")?;
+        let uid = random_uuid()?;
+        let (sidecar_id, app_id) = (random_hex(32)?, random_hex(32)?);
         let index = net::claim_bridge()?;
         let name = format!("tb{index}");
-        let uid = random_uuid()?;
         let state_dir = Path::new(STATE_ROOT).join(&name);
         let mut state = PodState {
             name: name.clone(),
@@ -188,8 +189,8 @@ impl Pod {
             host_veth: format!("{}h", net::bridge_name(index)),
             host_ip: Ipv4Addr::new(10, 200, index, 1),
             pod_ip: Ipv4Addr::new(10, 200, index, 11),
-            sidecar_id: random_hex(32)?,
-            app_id: random_hex(32)?,
+            sidecar_id,
+            app_id,
             sidecar_cgroups: CgroupSet::default(),
             app_cgroups: CgroupSet::default(),
             client_cgroups: CgroupSet::default(),
@@ -211,8 +212,11 @@ impl Pod {
         let netns_file = fs::File::open(format!("/run/netns/{}", state.netns)).context("opening the pod's netns")?;
         let mut pod = Pod { state, netns_file, torn_down: false };
         partial.0 = None; // the Pod's own Drop takes over
-
+        // Saved after every step: if we are killed, `pmoas-testbed down`
+        // still finds all of it.
+        pod.save()?;
         pod.start_nginx(&opts.nginx_http_extra)?;
+        pod.save()?;
         pod.start_envoy(&envoy)?;
         pod.save()?;
         pod.wait_ready(Duration::from_secs(15))?;
