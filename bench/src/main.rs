@@ -273,7 +273,7 @@ fn run() -> Result<()> {
     }
     let pod = Pod::up(&PodOptions::default())?;
     eprintln!("pmoas-bench: testbed {} up; warming up", pod.state.name);
-    wrk(&pod, &o, 3, || {})?;
+    wrk(&pod, &o, 10, || {})?;
 
     // Start-up to the first successful scrape.
     let mut startups = Vec::new();
@@ -402,7 +402,12 @@ fn render(
         o.seconds,
         o.rounds
     );
-    let _ = writeln!(s, "Reproduce (as root): `scripts/bench.sh` (or `scripts/bench.sh --rounds 5 --seconds 20`).\n");
+    let _ = writeln!(
+        s,
+        "Reproduce (as root): `scripts/bench.sh --rounds {} --seconds {} --connections {}`. The first 10 s of load \
+         are a warm-up and not counted.\n",
+        o.rounds, o.seconds, o.connections
+    );
     let _ = writeln!(
         s,
         "| round | off: req/s | off: p50 / p99 ms | on: req/s | on: p50 / p99 ms | on/off | exporter CPU, % of a core | eBPF run time, % of a core | eBPF ns per run | connections/s seen | RSS / peak MiB | lost events |"
