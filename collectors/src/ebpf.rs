@@ -150,34 +150,7 @@ pub fn load(
         ))
     })?;
 
-    let mut statuses: Vec<ProgramStatus> = Vec::new();
-    for spec in specs {
-        if let Some(primary) = spec.fallback_for
-            && statuses.iter().any(|s| s.program == primary && s.attached)
-        {
-            continue;
-        }
-        let result = attach(&mut ebpf, spec, &btf);
-        if let Err(e) = &result {
-            tracing::warn!(collector, program = spec.program, hook = %spec.hook, error = %e, "eBPF program not attached");
-        } else {
-            tracing::debug!(collector, program = spec.program, hook = %spec.hook, "eBPF program attached");
-        }
-        statuses.push(ProgramStatus {
-            collector,
-            program: spec.program,
-            hook: spec.hook.to_string(),
-            attached: result.is_ok(),
-            error: result.err(),
-        });
-    }
-    // A primary that failed but whose fallback attached is not an error
-    // worth a 0 on dashboards: report only the variant in use.
-    let attached: Vec<&'static str> = statuses.iter().filter(|s| s.attached).map(|s| s.program).collect();
-    statuses.retain(|s| {
-        s.attached || !specs.iter().any(|f| f.fallback_for == Some(s.program) && attached.contains(&f.program))
-    });
-
+    let statuses = attach_all(collector, specs, |spec| attach(&mut ebpf, spec, &btf));
     drop(btf);
     release_freed_memory();
 
@@ -190,6 +163,44 @@ pub fn load(
         return Err(LoadError::NothingAttached { collector, details, programs: statuses });
     }
     Ok(LoadedObject { ebpf, programs: statuses })
+}
+
+/// Attaches each program in order with `attach`, and says what became of
+/// each. A fallback is tried only when its primary failed; a primary that
+/// failed but whose fallback attached is not reported (no 0 on dashboards
+/// for a variant that is not needed).
+fn attach_all(
+    collector: &'static str,
+    specs: &[ProgramSpec],
+    mut attach: impl FnMut(&ProgramSpec) -> Result<(), String>,
+) -> Vec<ProgramStatus> {
+    let mut statuses: Vec<ProgramStatus> = Vec::new();
+    for spec in specs {
+        if let Some(primary) = spec.fallback_for
+            && statuses.iter().any(|s| s.program == primary && s.attached)
+        {
+            continue;
+        }
+        let result = attach(spec);
+        match &result {
+            Err(e) => {
+                tracing::warn!(collector, program = spec.program, hook = %spec.hook, error = %e, "eBPF program not attached")
+            }
+            Ok(()) => tracing::debug!(collector, program = spec.program, hook = %spec.hook, "eBPF program attached"),
+        }
+        statuses.push(ProgramStatus {
+            collector,
+            program: spec.program,
+            hook: spec.hook.to_string(),
+            attached: result.is_ok(),
+            error: result.err(),
+        });
+    }
+    let attached: Vec<&'static str> = statuses.iter().filter(|s| s.attached).map(|s| s.program).collect();
+    statuses.retain(|s| {
+        s.attached || !specs.iter().any(|f| f.fallback_for == Some(s.program) && attached.contains(&f.program))
+    });
+    statuses
 }
 
 /// Hands memory freed after loading (parsed BTF, relocation tables) back to
@@ -385,5 +396,75 @@ impl LostEvents {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPECS: &[ProgramSpec] = &[
+        ProgramSpec { program: "main", hook: Hook::BtfTracePoint { name: "a" }, fallback_for: None },
+        ProgramSpec { program: "new", hook: Hook::BtfTracePoint { name: "b" }, fallback_for: None },
+        ProgramSpec { program: "old", hook: Hook::BtfTracePoint { name: "b" }, fallback_for: Some("new") },
+        ProgramSpec {
+            program: "syscall",
+            hook: Hook::TracePoint { category: "syscalls", name: "sys_exit_accept4" },
+            fallback_for: None,
+        },
+    ];
+
+    fn run(fails: &[&str]) -> (Vec<(&'static str, bool)>, Vec<&'static str>) {
+        let mut tried = Vec::new();
+        let statuses = attach_all("t", SPECS, |spec| {
+            tried.push(spec.program);
+            if fails.contains(&spec.program) { Err(format!("{} refused", spec.program)) } else { Ok(()) }
+        });
+        (statuses.iter().map(|s| (s.program, s.attached)).collect(), tried)
+    }
+
+    #[test]
+    fn fallback_only_when_the_primary_fails() {
+        let (statuses, tried) = run(&[]);
+        assert_eq!(tried, vec!["main", "new", "syscall"]);
+        assert_eq!(statuses, vec![("main", true), ("new", true), ("syscall", true)]);
+
+        let (statuses, tried) = run(&["new"]);
+        assert_eq!(tried, vec!["main", "new", "old", "syscall"]);
+        assert_eq!(
+            statuses,
+            vec![("main", true), ("old", true), ("syscall", true)],
+            "the replaced primary is not reported"
+        );
+    }
+
+    #[test]
+    fn every_failure_is_reported_with_its_reason() {
+        let statuses = attach_all("t", SPECS, |spec| Err(format!("{} refused", spec.program)));
+        let got: Vec<(&str, bool, Option<&str>)> =
+            statuses.iter().map(|s| (s.program, s.attached, s.error.as_deref())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("main", false, Some("main refused")),
+                ("new", false, Some("new refused")),
+                ("old", false, Some("old refused")),
+                ("syscall", false, Some("syscall refused")),
+            ]
+        );
+        assert_eq!(statuses[3].hook, "tracepoint/syscalls/sys_exit_accept4");
+    }
+
+    #[test]
+    fn unattached_lists_primaries_at_zero() {
+        let s = unattached("t", SPECS, "no BTF");
+        assert_eq!(s.iter().map(|p| p.program).collect::<Vec<_>>(), vec!["main", "new", "syscall"]);
+        assert!(s.iter().all(|p| !p.attached && p.error.as_deref() == Some("no BTF")));
+    }
+
+    #[test]
+    fn privilege_advice_only_for_eperm() {
+        assert!(privilege_hint("Operation not permitted (os error 1)").contains("CAP_BPF"));
+        assert!(privilege_hint("Permission denied (os error 13)").is_empty(), "EACCES is the verifier's");
     }
 }

@@ -4,9 +4,10 @@
 //! asks every selected, running collector at once, each on its own blocking
 //! thread, and waits for all of them up to one deadline; a collector that
 //! errors or misses the deadline gets `pmoas_scrape_collector_success 0` and
-//! the scrape answers with everything else. A collector still busy with a
-//! previous, timed-out scrape is not asked again until it returns, so a hung
-//! collector costs one thread, not one per scrape.
+//! the scrape answers with everything else. Scrapes may overlap (two
+//! Prometheus servers); but a collector that missed a deadline and is still
+//! running is not asked again until it returns, so a hung collector costs one
+//! thread, not one per scrape.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -50,7 +51,8 @@ impl CollectorState {
 struct Slot {
     info: &'static CollectorInfo,
     state: RwLock<CollectorState>,
-    busy: Arc<AtomicBool>,
+    /// A call missed its deadline and has not returned yet.
+    hung: Arc<AtomicBool>,
 }
 
 /// The enabled collectors.
@@ -102,7 +104,7 @@ impl Registry {
                 .map(|info| Slot {
                     info,
                     state: RwLock::new(CollectorState::Starting),
-                    busy: Arc::new(AtomicBool::new(false)),
+                    hung: Arc::new(AtomicBool::new(false)),
                 })
                 .collect(),
         }
@@ -176,20 +178,20 @@ impl Registry {
             match state {
                 CollectorState::Running(c) => {
                     ProgramStatus::export(&c.programs(), &mut out);
-                    if slot.busy.swap(true, Ordering::AcqRel) {
-                        tracing::warn!(collector = name, "collector is still busy with an earlier scrape; skipped");
+                    if slot.hung.load(Ordering::Acquire) {
+                        tracing::warn!(collector = name, "collector still hangs in an earlier scrape; skipped");
                         report(&mut out, name, false, Duration::ZERO);
                         continue;
                     }
-                    let busy = BusyGuard(slot.busy.clone());
+                    let (call, done) = Call::new(&slot.hung);
                     let started = Instant::now();
                     let handle = tokio::task::spawn_blocking(move || {
-                        let _busy = busy; // cleared when collect returns or panics
+                        let _done = done; // marks the call finished, even on panic
                         let mut set = MetricSet::new();
                         let result = c.collect(&mut set);
                         (result, set)
                     });
-                    pending.push((name, started, handle));
+                    pending.push((name, started, handle, call));
                 }
                 CollectorState::Failed { programs, .. } => {
                     ProgramStatus::export(&programs, &mut out);
@@ -199,7 +201,7 @@ impl Registry {
             }
         }
 
-        for (name, started, handle) in pending {
+        for (name, started, handle, call) in pending {
             match tokio::time::timeout_at(deadline, handle).await {
                 Ok(Ok((Ok(()), set))) => {
                     out.merge(set);
@@ -217,6 +219,7 @@ impl Registry {
                 }
                 Err(_) => {
                     tracing::warn!(collector = name, ?timeout, "collector timed out; scrape answered without it");
+                    call.timed_out();
                     report(&mut out, name, false, started.elapsed());
                 }
             }
@@ -225,11 +228,36 @@ impl Registry {
     }
 }
 
-struct BusyGuard(Arc<AtomicBool>);
+/// One collect call, as the scrape sees it.
+struct Call {
+    finished: Arc<AtomicBool>,
+    hung: Arc<AtomicBool>,
+}
 
-impl Drop for BusyGuard {
+/// The same call, as the blocking task holds it: dropped when `collect`
+/// returns or panics.
+struct Done(Call);
+
+impl Call {
+    fn new(hung: &Arc<AtomicBool>) -> (Call, Done) {
+        let finished = Arc::new(AtomicBool::new(false));
+        (Call { finished: finished.clone(), hung: hung.clone() }, Done(Call { finished, hung: hung.clone() }))
+    }
+
+    /// Whichever of "finished" and "timed out" comes second decides, so
+    /// the flag cannot stay set by a race.
+    fn timed_out(&self) {
+        self.hung.store(true, Ordering::Release);
+        if self.finished.load(Ordering::Acquire) {
+            self.hung.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Done {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.finished.store(true, Ordering::Release);
+        self.0.hung.store(false, Ordering::Release);
     }
 }
 
@@ -318,6 +346,25 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(700)).await;
         let m = r.scrape(&ScrapeFilter::all(), Duration::from_secs(2)).await;
         assert_eq!(success(&m, "slow"), Some(1.0), "answers again once it returned");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overlapping_scrapes_both_get_answers() {
+        let r = Arc::new(Registry::new(&[&SLOW]));
+        r.set_state(
+            "slow",
+            CollectorState::Running(Arc::new(Fake {
+                name: "slow",
+                behaviour: || {
+                    std::thread::sleep(Duration::from_millis(200));
+                    Ok(())
+                },
+            })),
+        );
+        let all = ScrapeFilter::all();
+        let (a, b) = tokio::join!(r.scrape(&all, Duration::from_secs(2)), r.scrape(&all, Duration::from_secs(2)));
+        assert_eq!(success(&a, "slow"), Some(1.0));
+        assert_eq!(success(&b, "slow"), Some(1.0), "two Prometheus servers may scrape at once");
     }
 
     #[tokio::test]

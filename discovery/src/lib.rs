@@ -171,7 +171,8 @@ impl Discovery {
     /// The labels of a cgroup id, O(1) for every id seen before.
     pub fn lookup(&self, id: u64) -> Lookup {
         if id == NODE_ID {
-            return Lookup::Live(Arc::new(Workload::node()));
+            static NODE: std::sync::OnceLock<Arc<Workload>> = std::sync::OnceLock::new();
+            return Lookup::Live(NODE.get_or_init(|| Arc::new(Workload::node())).clone());
         }
         let mut entries = self.lock();
         if let Some(e) = entries.get(&id) {
