@@ -5,8 +5,8 @@
  * bpf-programs/src/types.rs, and both sides assert the sizes, so a change on
  * one side that is not made on the other fails the build.
  *
- * Only fixed-width types: this header is included before and without
- * vmlinux.h by nothing else, but must not depend on kernel-internal types.
+ * Only fixed-width __u8..__u64 fields (from vmlinux.h) and explicit padding:
+ * no kernel-internal types, nothing whose layout Rust would see differently.
  */
 #ifndef PMOAS_TYPES_H
 #define PMOAS_TYPES_H
