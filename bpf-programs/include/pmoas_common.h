@@ -21,9 +21,13 @@
 #ifndef AF_INET6
 #define AF_INET6 10
 #endif
-#ifndef E2BIG
+/* errno values (include/uapi/asm-generic/errno*.h) */
+#define ENOMEM 12
+#define EBUSY 16
+#define EINVAL 22
 #define E2BIG 7
-#endif
+#define EAGAIN 11
+#define EHOSTUNREACH 113
 #ifndef IPPROTO_TCP
 #define IPPROTO_TCP 6
 #endif

@@ -511,13 +511,19 @@ static __always_inline __u64 skb_tcp_segs(const struct sk_buff *skb)
 	return segs ? segs : 1;
 }
 
-/* Hook: tcp:tcp_retransmit_skb, kernels >= 6.13 (err argument): the
- * tracepoint also fires for attempts that never went out (err != 0), which
- * TcpRetransSegs does not count either. */
+/*
+ * Hook: tcp:tcp_retransmit_skb, kernels with its `err` argument (6.13+),
+ * which fire also for attempts that stopped early. TcpRetransSegs counts a
+ * retransmit just before handing it to IP, so: the early returns of
+ * __tcp_retransmit_skb (-EBUSY still queued, -EAGAIN no buffer, -ENOMEM,
+ * -EINVAL, -EHOSTUNREACH no route) count nothing; anything later (0, a
+ * NET_XMIT_* drop > 0, or an error from below TCP) counts as the kernel
+ * counted it.
+ */
 SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(socket_retransmit, const struct sock *sk, const struct sk_buff *skb, int err)
 {
-	if (err)
+	if (err == -EBUSY || err == -EAGAIN || err == -ENOMEM || err == -EINVAL || err == -EHOSTUNREACH)
 		return 0;
 	count_retransmits(sk, skb_tcp_segs(skb));
 	return 0;

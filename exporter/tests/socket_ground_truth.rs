@@ -77,11 +77,8 @@ fn envoy_and_nginx_agree_with_the_exporter() {
     let Some((pod, exp)) = setup("envoy_and_nginx_agree_with_the_exporter", opts) else {
         return;
     };
-    let s = &pod.state;
-    let sidecar = container_labels(&pod, &s.sidecar_id, "sidecar");
-    let app = container_labels(&pod, &s.app_id, "app");
-    let client_container = format!("pmoas-testbed-{}-client", s.name);
-    let client = vec![("pod", ""), ("container", client_container.as_str()), ("role", "")];
+    let w = Workloads::of(&pod);
+    let (sidecar, app, client) = (w.sidecar(), w.app(), w.client());
 
     // Ground truth first, then the exporter: every connection the truth
     // fetches make is then on both sides of the comparison.
@@ -181,11 +178,8 @@ fn bytes_failures_and_resets_are_exact() {
     let Some((pod, exp)) = setup("bytes_failures_and_resets_are_exact", PodOptions::default()) else {
         return;
     };
-    let s = &pod.state;
-    let sidecar = container_labels(&pod, &s.sidecar_id, "sidecar");
-    let app = container_labels(&pod, &s.app_id, "app");
-    let client_container = format!("pmoas-testbed-{}-client", s.name);
-    let client = vec![("pod", ""), ("container", client_container.as_str()), ("role", "")];
+    let w = Workloads::of(&pod);
+    let (sidecar, app, client) = (w.sidecar(), w.app(), w.client());
 
     // 1. Sidecar -> app over loopback, known sizes.
     let before = exp.scrape();
@@ -210,7 +204,7 @@ fn bytes_failures_and_resets_are_exact() {
     // 2. Host client -> app across namespaces: peer=node both ways.
     let before = exp.scrape();
     let srv = server(&pod, Place::App, &["--listen", "0.0.0.0:7001", "--count", "10", "--send", "1500"]);
-    let addr = format!("{}:7001", s.pod_ip);
+    let addr = format!("{}:7001", pod.state.pod_ip);
     let c = tool(&pod, Place::Client, &["tcp-client", "--connect", &addr, "--count", "10", "--send", "500"]);
     finish(srv);
     assert_eq!(c["bytes_received"].as_u64(), Some(15_000), "{c}");

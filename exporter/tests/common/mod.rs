@@ -262,9 +262,30 @@ pub fn finish(child: std::process::Child) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON report")
 }
 
-/// The W labels of a testbed container.
-pub fn container_labels<'a>(pod: &'a Pod, id: &'a str, role: &'a str) -> Vec<(&'static str, &'a str)> {
-    vec![("pod", pod.state.uid.as_str()), ("container", &id[..12]), ("role", role)]
+/// The W labels of the testbed's workloads, as discovery names them
+/// without the Kubernetes API: pod UID, 12-character container ID, role;
+/// the client outside the pod is named after its cgroup.
+pub struct Workloads<'a> {
+    pod: &'a Pod,
+    client: String,
+}
+
+impl<'a> Workloads<'a> {
+    pub fn of(pod: &'a Pod) -> Workloads<'a> {
+        Workloads { pod, client: format!("pmoas-testbed-{}-client", pod.state.name) }
+    }
+
+    pub fn sidecar(&self) -> Vec<(&'static str, &str)> {
+        vec![("pod", self.pod.state.uid.as_str()), ("container", &self.pod.state.sidecar_id[..12]), ("role", "sidecar")]
+    }
+
+    pub fn app(&self) -> Vec<(&'static str, &str)> {
+        vec![("pod", self.pod.state.uid.as_str()), ("container", &self.pod.state.app_id[..12]), ("role", "app")]
+    }
+
+    pub fn client(&self) -> Vec<(&'static str, &str)> {
+        vec![("pod", ""), ("container", self.client.as_str()), ("role", "")]
+    }
 }
 
 pub fn with<'a>(
