@@ -42,6 +42,28 @@ struct {
 	__type(value, __u64);
 } lost_events SEC(".maps");
 
+/*
+ * Target selection (--target.namespace/pod/pod-label). User space sets
+ * pmoas_filter_targets before loading when a selection is given, and keeps
+ * target_cgroups filled with the watched cgroup ids; without a selection
+ * the check is a constant the verifier removes.
+ */
+const volatile __u8 pmoas_filter_targets = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PMOAS_TARGET_MAP_SIZE);
+	__type(key, __u64);
+	__type(value, __u8);
+} target_cgroups SEC(".maps");
+
+static __always_inline bool pmoas_watched(__u64 cgroup_id)
+{
+	if (!pmoas_filter_targets)
+		return true;
+	return bpf_map_lookup_elem(&target_cgroups, &cgroup_id) != NULL;
+}
+
 static __always_inline void pmoas_count_lost(__u32 reason)
 {
 	__u64 *slot = bpf_map_lookup_elem(&lost_events, &reason);

@@ -24,6 +24,8 @@
 #define PMOAS_SOCKET_HIST_MAP_SIZE 16384
 /* Addresses that belong to this node (host and pod network namespaces). */
 #define PMOAS_LOCAL_ADDR_MAP_SIZE 4096
+/* Watched cgroups under a target selection (--target.*). */
+#define PMOAS_TARGET_MAP_SIZE 16384
 
 /* ---- lost events: index into the lost_events per-CPU array ---- */
 #define PMOAS_LOST_AGGREGATION_MAP_FULL 0

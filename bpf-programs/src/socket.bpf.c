@@ -390,6 +390,11 @@ int BPF_PROG(socket_state_change, const struct sock *sk, const int oldstate, con
 		return 0;
 	if (!is_tcp(sk))
 		return 0;
+	/* The socket's owner (a child's is its listener's) must be watched;
+	 * a client outside the selection then leaves no endpoint for its
+	 * server, which names it by address. */
+	if (!pmoas_watched(pmoas_sock_cgroup_id(sk)))
+		return 0;
 	now = bpf_ktime_get_ns();
 
 	switch (newstate) {
@@ -432,7 +437,8 @@ static __always_inline int on_accept_exit(long fd)
 	struct sock *sk;
 	__u64 key, now;
 
-	if (fd < 0)
+	/* The accepting task is the listener's owner: filter before the walk. */
+	if (fd < 0 || !pmoas_watched(bpf_get_current_cgroup_id()))
 		return 0;
 	/* A BTF pointer: task->files->fdt are direct loads. */
 	task = bpf_get_current_task_btf();
@@ -493,8 +499,12 @@ static __always_inline __u64 any_sock_cgroup_id(const struct sock *sk)
 
 static __always_inline void count_retransmits(const struct sock *sk, __u64 segs)
 {
-	struct pmoas_socket_counters *cnt = counters_for(any_sock_cgroup_id(sk), PMOAS_PEER_NONE, 0);
+	__u64 cgroup_id = any_sock_cgroup_id(sk);
+	struct pmoas_socket_counters *cnt;
 
+	if (!pmoas_watched(cgroup_id))
+		return;
+	cnt = counters_for(cgroup_id, PMOAS_PEER_NONE, 0);
 	if (cnt)
 		__sync_fetch_and_add(&cnt->retransmits, segs);
 }
@@ -551,8 +561,12 @@ int BPF_PROG(socket_retransmit_synack, const struct sock *sk, const struct reque
 SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(socket_send_reset, const struct sock *sk, const struct sk_buff *skb)
 {
-	struct pmoas_socket_counters *cnt = counters_for(any_sock_cgroup_id(sk), PMOAS_PEER_NONE, 0);
+	__u64 cgroup_id = any_sock_cgroup_id(sk);
+	struct pmoas_socket_counters *cnt;
 
+	if (!pmoas_watched(cgroup_id))
+		return 0;
+	cnt = counters_for(cgroup_id, PMOAS_PEER_NONE, 0);
 	if (cnt)
 		__sync_fetch_and_add(&cnt->resets_sent, 1);
 	return 0;
@@ -562,10 +576,14 @@ int BPF_PROG(socket_send_reset, const struct sock *sk, const struct sk_buff *skb
 SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(socket_receive_reset, struct sock *sk)
 {
-	struct pmoas_socket_counters *cnt = counters_for(any_sock_cgroup_id(sk), PMOAS_PEER_NONE, 0);
+	__u64 cgroup_id = any_sock_cgroup_id(sk);
+	struct pmoas_socket_counters *cnt;
 	__u64 key = (__u64)sk;
 	struct pmoas_conn_info *c;
 
+	if (!pmoas_watched(cgroup_id))
+		return 0;
+	cnt = counters_for(cgroup_id, PMOAS_PEER_NONE, 0);
 	if (cnt)
 		__sync_fetch_and_add(&cnt->resets_received, 1);
 	/* tcp_done() follows: tell on_closed() our FIN was not acknowledged. */

@@ -15,6 +15,10 @@ pub const SOCKET_PENDING_MAP_SIZE: u32 = 65536;
 pub const SOCKET_COUNTER_MAP_SIZE: u32 = 16384;
 pub const SOCKET_HIST_MAP_SIZE: u32 = 16384;
 pub const LOCAL_ADDR_MAP_SIZE: u32 = 4096;
+pub const TARGET_MAP_SIZE: u32 = 16384;
+
+/// The `const volatile` that turns the kernel's target filter on.
+pub const FILTER_TARGETS_GLOBAL: &str = "pmoas_filter_targets";
 
 /// Reasons indexed in every object's `lost_events` per-CPU array, in order.
 /// The names are the `reason` label of `pmoas_ebpf_events_lost_total`.

@@ -22,7 +22,18 @@ pub const PROGRAM_ATTACHED: Desc = Desc::gauge(
 
 pub const EVENTS_LOST: Desc = Desc::counter(
     "pmoas_ebpf_events_lost_total",
-    "Events the eBPF programs could not record (full maps, full ring buffers, unparsable data).",
+    "Events the eBPF programs could not record (full maps, full ring buffers, unparsable data, \
+     runs the kernel skipped because the program was already running on that CPU).",
+);
+
+pub const PROGRAM_RUNS: Desc = Desc::counter(
+    "pmoas_ebpf_program_runs_total",
+    "Runs of an eBPF program (counted while kernel.bpf_stats_enabled=1).",
+);
+
+pub const PROGRAM_RUN_SECONDS: Desc = Desc::counter(
+    "pmoas_ebpf_program_run_seconds_total",
+    "Time spent in an eBPF program, in the traced tasks (counted while kernel.bpf_stats_enabled=1).",
 );
 
 /// Where a program attaches.
@@ -127,6 +138,7 @@ pub fn load(
     collector: &'static str,
     object: &[u8],
     map_sizes: &[(&'static str, u32)],
+    globals: &[(&'static str, u8)],
     specs: &[ProgramSpec],
 ) -> Result<LoadedObject, LoadError> {
     preflight()?;
@@ -137,6 +149,9 @@ pub fn load(
         let mut loader = EbpfLoader::new();
         for (map, size) in map_sizes {
             loader.map_max_entries(map, *size);
+        }
+        for (name, value) in globals {
+            loader.override_global(name, value, true);
         }
         loader.load(object).map_err(|source| {
             let hint = privilege_hint(&source.to_string());
@@ -353,6 +368,86 @@ fn nix_mount_tracefs() -> std::io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
+/// What the kernel counts about one attached program (its fdinfo).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub run_time_ns: u64,
+    pub run_count: u64,
+    /// Invocations skipped because the same program was already running on
+    /// that CPU (a softirq interrupting a run in process context): the
+    /// event is lost.
+    pub recursion_misses: u64,
+}
+
+fn parse_fdinfo(text: &str) -> ProgramStats {
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim_start_matches(':').trim().parse().ok())
+            .unwrap_or(0)
+    };
+    ProgramStats {
+        run_time_ns: field("run_time_ns"),
+        run_count: field("run_cnt"),
+        recursion_misses: field("recursion_misses"),
+    }
+}
+
+/// The kernel's counters of every attached program of an object.
+pub fn program_stats(ebpf: &Ebpf, programs: &[ProgramStatus]) -> Vec<(&'static str, ProgramStats)> {
+    use std::os::fd::{AsFd, AsRawFd};
+    programs
+        .iter()
+        .filter(|s| s.attached)
+        .filter_map(|s| {
+            let fd = ebpf.program(s.program)?.fd().ok()?.as_fd().as_raw_fd();
+            let text = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+            Some((s.program, parse_fdinfo(&text)))
+        })
+        .collect()
+}
+
+/// Exports per-program run counters, and the programs' recursion misses as
+/// `pmoas_ebpf_events_lost_total{reason="recursion"}`.
+pub fn export_program_stats(collector: &'static str, stats: &[(&'static str, ProgramStats)], out: &mut MetricSet) {
+    out.declare(&PROGRAM_RUNS);
+    out.declare(&PROGRAM_RUN_SECONDS);
+    for (program, s) in stats {
+        let labels = vec![("collector", collector.to_string()), ("program", program.to_string())];
+        out.counter(&PROGRAM_RUNS, labels.clone(), s.run_count as f64);
+        out.counter(&PROGRAM_RUN_SECONDS, labels, s.run_time_ns as f64 / 1e9);
+    }
+    let misses: u64 = stats.iter().map(|(_, s)| s.recursion_misses).sum();
+    out.counter(
+        &EVENTS_LOST,
+        vec![("collector", collector.to_string()), ("reason", "recursion".to_string())],
+        misses as f64,
+    );
+}
+
+/// Keeps an object's `target_cgroups` allow-map equal to the cgroups
+/// discovery says are watched (`--target.*`), from now on.
+pub fn follow_targets(
+    collector: &'static str,
+    map: aya::maps::Map,
+    discovery: &pmoas_discovery::Discovery,
+) -> anyhow::Result<()> {
+    let map: aya::maps::HashMap<MapData, u64, u8> = aya::maps::HashMap::try_from(map)?;
+    let map = std::sync::Mutex::new(map);
+    discovery.subscribe_targets(Box::new(move |update: &pmoas_discovery::TargetUpdate| {
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+        for id in &update.removed {
+            let _ = map.remove(id);
+        }
+        for id in &update.added {
+            if let Err(e) = map.insert(id, 1, 0) {
+                tracing::warn!(collector, cgroup = id, error = %e, "cannot watch a selected cgroup (target map full?)");
+            }
+        }
+    }));
+    Ok(())
+}
+
 /// Reads an object's `lost_events` map into `pmoas_ebpf_events_lost_total`.
 /// Only the reasons a collector can have are exported (always, at 0 too,
 /// so that alerts on them have a series to watch).
@@ -460,6 +555,13 @@ mod tests {
         let s = unattached("t", SPECS, "no BTF");
         assert_eq!(s.iter().map(|p| p.program).collect::<Vec<_>>(), vec!["main", "new", "syscall"]);
         assert!(s.iter().all(|p| !p.attached && p.error.as_deref() == Some("no BTF")));
+    }
+
+    #[test]
+    fn fdinfo_counters() {
+        let text = "prog_type:\t26\nprog_jited:\t1\nrun_time_ns:\t820548\nrun_cnt:\t501\nrecursion_misses:\t2\nverified_insns:\t4640\n";
+        assert_eq!(parse_fdinfo(text), ProgramStats { run_time_ns: 820548, run_count: 501, recursion_misses: 2 });
+        assert_eq!(parse_fdinfo("garbage"), ProgramStats::default());
     }
 
     #[test]

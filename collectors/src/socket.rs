@@ -272,7 +272,7 @@ struct Inner {
 pub struct SocketCollector {
     // Field order: `inner` (the maps) drops before `ebpf` detaches programs.
     inner: Mutex<Inner>,
-    _ebpf: Mutex<aya::Ebpf>,
+    ebpf: Mutex<aya::Ebpf>,
     programs: Vec<ProgramStatus>,
     discovery: Arc<Discovery>,
     config: SocketConfig,
@@ -293,7 +293,9 @@ impl SocketCollector {
             ("socket_counters", cfg.max_series),
             ("socket_histograms", cfg.max_series),
         ];
-        let loaded = ebpf::load(INFO.name, pmoas_bpf::SOCKET, &sizes, PROGRAMS).map_err(|e| {
+        let filter = ctx.discovery.targets_enabled();
+        let globals = [(t::FILTER_TARGETS_GLOBAL, u8::from(filter))];
+        let loaded = ebpf::load(INFO.name, pmoas_bpf::SOCKET, &sizes, &globals, PROGRAMS).map_err(|e| {
             let programs = match &e {
                 ebpf::LoadError::NothingAttached { programs, .. } => programs.clone(),
                 other => ebpf::unattached(INFO.name, PROGRAMS, &other.to_string()),
@@ -320,9 +322,14 @@ impl SocketCollector {
         })()
         .map_err(|e| fail(e, programs.clone()))?;
 
+        if filter {
+            let map = take(&mut bpf, "target_cgroups").map_err(|e| fail(e, programs.clone()))?;
+            ebpf::follow_targets(INFO.name, map, &ctx.discovery).map_err(|e| fail(e.to_string(), programs.clone()))?;
+        }
+
         let collector = SocketCollector {
             inner: Mutex::new(inner),
-            _ebpf: Mutex::new(bpf),
+            ebpf: Mutex::new(bpf),
             programs,
             discovery: ctx.discovery.clone(),
             config: cfg,
@@ -344,6 +351,8 @@ impl Collector for SocketCollector {
             inner.refresh_local_addrs(&self.discovery);
         }
         inner.lost.export(out)?;
+        let stats = ebpf::program_stats(&self.ebpf.lock().unwrap_or_else(|p| p.into_inner()), &self.programs);
+        ebpf::export_program_stats(INFO.name, &stats, out);
         inner.collect(&self.discovery, out)
     }
 
@@ -550,13 +559,7 @@ mod tests {
     use super::*;
 
     fn pod_container(pod: &str, container: &str, role: Role) -> Workload {
-        Workload {
-            namespace: String::new(),
-            pod: pod.into(),
-            container: container.into(),
-            role,
-            pod_uid: Some(pod.into()),
-        }
+        Workload { pod: pod.into(), container: container.into(), role, pod_uid: Some(pod.into()), ..Workload::node() }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Format as _, Serialized, Toml};
 use pmoas_collectors::{CATALOG, CollectorInfo, CollectorsConfig};
-use pmoas_discovery::DiscoveryConfig;
+use pmoas_discovery::{DiscoveryConfig, EngineConfig, KubernetesConfig, SidecarConfig, TargetConfig};
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub use settings::{SETTINGS, Setting};
@@ -33,13 +33,17 @@ pub use settings::{SETTINGS, Setting};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Exactly these collectors, instead of the default ones.
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "list_or_csv")]
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "some_list_or_csv")]
     pub collectors: Option<Vec<String>>,
     pub collector: CollectorsConfig,
     pub web: WebConfig,
     pub log: LogConfig,
     pub scrape: ScrapeConfig,
     pub discovery: DiscoveryConfig,
+    pub kubernetes: KubernetesConfig,
+    pub engine: EngineConfig,
+    pub sidecar: SidecarConfig,
+    pub target: TargetConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -110,17 +114,10 @@ impl Default for ScrapeConfig {
     }
 }
 
-fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum ListOrCsv {
-        List(Vec<String>),
-        Csv(String),
-    }
-    Ok(Option::<ListOrCsv>::deserialize(d)?.map(|v| match v {
-        ListOrCsv::List(l) => l.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-        ListOrCsv::Csv(s) => s.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-    }))
+/// A present `collectors` key is a list (possibly given as "a,b"); an
+/// absent one means the defaults.
+fn some_list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    pmoas_discovery::target::list_or_csv(d).map(Some)
 }
 
 /// A configuration that cannot be used, naming what is wrong and where.
@@ -182,6 +179,9 @@ impl Config {
         if self.scrape.timeout.is_zero() {
             return Err(ConfigError::Key { key: "scrape.timeout", reason: "must be more than 0s".into() });
         }
+        pmoas_discovery::Classifier::new(&self.sidecar)
+            .map_err(|reason| ConfigError::Key { key: "sidecar.rules", reason })?;
+        pmoas_discovery::Targets::new(&self.target).map_err(|reason| ConfigError::Key { key: "target", reason })?;
         let socket = &self.collector.socket;
         for (key, v) in [
             ("collector.socket.max_tracked_connections", socket.max_tracked_connections),
@@ -228,6 +228,17 @@ impl Config {
             key: "web.listen_address",
             reason: format!("`{raw}` is not host:port, [v6]:port or :port"),
         })
+    }
+
+    /// What discovery is configured by.
+    pub fn discovery_settings(&self) -> pmoas_discovery::Settings {
+        pmoas_discovery::Settings {
+            discovery: self.discovery.clone(),
+            kubernetes: self.kubernetes.clone(),
+            engine: self.engine.clone(),
+            sidecar: self.sidecar.clone(),
+            target: self.target.clone(),
+        }
     }
 
     /// The effective configuration as TOML (for `--config.check`).

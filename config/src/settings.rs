@@ -15,6 +15,8 @@ pub enum Kind {
     Switch,
     /// `collector.<name>.enabled`: `--collector.<name>` / `--no-collector.<name>`.
     CollectorToggle,
+    /// `--key VALUE`, repeatable; the values are joined with this separator.
+    Repeated(&'static str),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,11 +26,22 @@ pub struct Setting {
     pub value_name: &'static str,
     pub help: &'static str,
     pub kind: Kind,
+    /// A second, shorter flag (`--kubeconfig`).
+    pub alias: Option<&'static str>,
 }
 
 impl Setting {
     const fn value(key: &'static str, value_name: &'static str, help: &'static str) -> Setting {
-        Setting { key, value_name, help, kind: Kind::Value }
+        Setting { key, value_name, help, kind: Kind::Value, alias: None }
+    }
+
+    const fn repeated(
+        key: &'static str,
+        value_name: &'static str,
+        separator: &'static str,
+        help: &'static str,
+    ) -> Setting {
+        Setting { key, value_name, help, kind: Kind::Repeated(separator), alias: None }
     }
 
     /// `--web.listen-address` (for a toggle: `--collector.socket`).
@@ -79,6 +92,7 @@ pub const SETTINGS: &[Setting] = &[
         value_name: "",
         help: "Start from no collector; add the wanted ones with --collector.<name>",
         kind: Kind::Switch,
+        alias: None,
     },
     Setting::value(
         "collector.socket.max_tracked_connections",
@@ -116,6 +130,62 @@ pub const SETTINGS: &[Setting] = &[
         "How long the series of a vanished workload keep being served",
     ),
     Setting::value("discovery.rescan_interval", "DURATION", "How often the cgroup tree is rescanned for containers"),
+    Setting::value(
+        "kubernetes.enabled",
+        "auto|true|false",
+        "Name workloads from the Kubernetes API: auto = when in a cluster or a kubeconfig is found",
+    ),
+    Setting {
+        key: "kubernetes.kubeconfig",
+        value_name: "PATH",
+        help: "kubeconfig to reach the API with (default: in-cluster, $KUBECONFIG, ~/.kube/config)",
+        kind: Kind::Value,
+        alias: Some("kubeconfig"),
+    },
+    Setting::value(
+        "kubernetes.node_name",
+        "NAME",
+        "This node's name, to watch its pods only (default: $NODE_NAME, else the host name)",
+    ),
+    Setting::value(
+        "engine.enabled",
+        "auto|true|false",
+        "Name containers through the Docker-compatible API of Docker or Podman: auto = when a socket is found",
+    ),
+    Setting::value(
+        "engine.socket",
+        "PATH",
+        "Engine API socket (default: /run/podman/podman.sock, /var/run/docker.sock, /run/docker.sock)",
+    ),
+    Setting::value("engine.poll_interval", "DURATION", "How often the engine's container list is read"),
+    Setting::value(
+        "sidecar.mode",
+        "auto|rules|none",
+        "Sidecar classification: auto = custom rules, built-in meshes, process names; rules = custom rules only; none = no sidecars",
+    ),
+    Setting::repeated(
+        "sidecar.rules",
+        "RULE",
+        ";",
+        "Custom sidecar rule KIND=FIELD:REGEX[,FIELD:REGEX...], FIELD one of container, image, process, pod_label, pod_annotation; repeatable, first match wins",
+    ),
+    Setting::repeated(
+        "target.namespace",
+        "NAMES",
+        ",",
+        "Watch only pods in these namespaces (comma-separated, repeatable)",
+    ),
+    Setting::repeated(
+        "target.pod",
+        "PATTERNS",
+        ",",
+        "Watch only pods whose name matches one of these anchored regexes",
+    ),
+    Setting::value(
+        "target.pod_label",
+        "SELECTOR",
+        "Watch only pods whose labels match this selector (Kubernetes syntax: app=web,tier in (a,b),!canary)",
+    ),
 ];
 
 /// Every setting, with one `collector.<name>.enabled` toggle per collector.
@@ -131,6 +201,7 @@ pub fn all() -> impl Iterator<Item = &'static Setting> {
             value_name: "",
             help: c.help,
             kind: Kind::CollectorToggle,
+            alias: None,
         });
         which.into_iter().cloned().chain(toggles).chain(rest.into_iter().cloned()).collect()
     })

@@ -147,8 +147,18 @@ fn settings_table_covers_every_key() {
     let mut keys = BTreeSet::new();
     leaves("", &toml::Value::try_from(Config::default()).unwrap(), &mut keys);
     // Optional keys, absent from the defaults.
-    keys.insert("collectors".into());
-    keys.insert("discovery.cgroup2".into());
+    for optional in [
+        "collectors",
+        "discovery.cgroup2",
+        "kubernetes.kubeconfig",
+        "kubernetes.node_name",
+        "engine.socket",
+        "target.namespace",
+        "target.pod",
+        "target.pod_label",
+    ] {
+        keys.insert(optional.into());
+    }
     for c in pmoas_collectors::CATALOG {
         keys.insert(format!("collector.{}.enabled", c.name));
     }

@@ -1,36 +1,61 @@
 //! Who owns a cgroup: the `namespace`, `pod`, `container` and `role` labels
-//! of every per-workload series.
+//! of every per-workload series, and which workloads are watched.
 //!
 //! Kernel programs key everything by cgroup v2 id; collectors ask
-//! [`Discovery::lookup`] at scrape time, so a workload that appeared after
-//! its first event, or metadata that arrived late, never mislabels a series.
+//! [`Discovery::lookup`] at scrape time (O(1) for every id seen before), so
+//! a workload that appeared after its first event, or metadata that arrived
+//! late, never mislabels a series.
 //!
-//! Sources, most specific first (this crate has the last two; the Kubernetes
-//! API and container engines come with the discovery issue):
-//! - cgroup path layouts of kubelet, containerd, CRI-O, Docker and Podman
-//!   ([`layout`]): pod UID and container ID;
-//! - process names ([`process`]): a container running a known proxy is the
-//!   pod's sidecar, every other container of a pod is an app.
+//! Sources, the most specific first:
+//! - the Kubernetes API ([`kubernetes`]): this node's pods, joined to cgroups
+//!   by container id (`containerStatuses[].containerID`) and pod UID;
+//! - container engines ([`engine`], the Docker-compatible API of Docker and
+//!   Podman): names, images, labels, Podman pods, Compose projects;
+//! - the cgroup path itself ([`layout`]: kubelet, containerd, CRI-O, Docker,
+//!   Podman layouts) and process names ([`process`]).
 //!
-//! Without a pod, `namespace`, `pod` and `role` are empty and `container` is
-//! the cgroup's last path component (a systemd unit, for example).
+//! Roles come from [`classify`]; the watched set from [`target`].
 
 pub mod cgroupfs;
+pub mod classify;
+pub mod engine;
+pub mod kubernetes;
 pub mod layout;
+pub mod metadata;
 pub mod netns;
 pub mod process;
+pub mod target;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 pub use cgroupfs::{CgroupFs, NoCgroupV2};
+pub use classify::{Classifier, SidecarConfig, SidecarMode, SidecarRule};
+pub use engine::EngineConfig;
+pub use kubernetes::KubernetesConfig;
 use layout::CgroupOwner;
+pub use metadata::{MetadataStore, Source};
+pub use target::{TargetConfig, Targets};
+
+/// Use a source: `auto` (when it is configured or present), always, never.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Toggle {
+    #[default]
+    Auto,
+    #[serde(alias = "on", alias = "yes")]
+    True,
+    #[serde(alias = "off", alias = "no")]
+    False,
+}
 
 /// A container's role in its pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -59,9 +84,17 @@ pub struct Workload {
     pub pod: String,
     pub container: String,
     pub role: Role,
-    /// The pod's identity (Kubernetes UID, Podman pod id) for "same pod?"
-    /// questions; `None` outside pods.
+    /// The pod's identity (Kubernetes UID, Podman pod id, `compose:<project>`)
+    /// for "same pod?" questions; `None` outside pods.
     pub pod_uid: Option<String>,
+    pub image: String,
+    /// Which sidecar it is (`istio`, `linkerd`, ..., a custom kind); empty
+    /// for apps.
+    pub sidecar_kind: String,
+    /// The source that named it.
+    pub source: Source,
+    /// Watched under the target selection.
+    pub selected: bool,
 }
 
 impl Workload {
@@ -74,6 +107,10 @@ impl Workload {
             container: String::new(),
             role: Role::None,
             pod_uid: None,
+            image: String::new(),
+            sidecar_kind: String::new(),
+            source: Source::Cgroupfs,
+            selected: true,
         }
     }
 
@@ -81,15 +118,22 @@ impl Workload {
     pub fn same_pod(&self, other: &Workload) -> bool {
         self.pod_uid.is_some() && self.pod_uid == other.pod_uid
     }
+
+    /// A container (of a pod or not), as opposed to a pod-level cgroup or a
+    /// host process.
+    pub fn is_container(&self) -> bool {
+        !self.container.is_empty() && (self.pod_uid.is_some() || self.source != Source::Cgroupfs)
+    }
 }
 
-/// Settings of discovery (config file `[discovery]`).
+/// Settings of discovery itself (config file `[discovery]`).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiscoveryConfig {
     /// Where the host's /proc is (a DaemonSet mounts it at /host/proc).
     pub procfs: PathBuf,
     /// The cgroup v2 mount; found in /proc/self/mountinfo when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup2: Option<PathBuf>,
     /// How long the series of a workload that is gone keep being served.
     #[serde(with = "humantime_serde")]
@@ -108,6 +152,16 @@ impl Default for DiscoveryConfig {
             rescan_interval: Duration::from_secs(5),
         }
     }
+}
+
+/// Everything discovery is configured by.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Settings {
+    pub discovery: DiscoveryConfig,
+    pub kubernetes: KubernetesConfig,
+    pub engine: EngineConfig,
+    pub sidecar: SidecarConfig,
+    pub target: TargetConfig,
 }
 
 /// What [`Discovery::lookup`] knows of a cgroup id.
@@ -130,52 +184,170 @@ impl Lookup {
     }
 }
 
-/// Counts for `pmoas_discovery_workloads{source,kind}`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DiscoveryStats {
-    pub pods: usize,
-    pub containers: usize,
+/// A change of the watched cgroups, for the kernel's allow-maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetUpdate {
+    pub added: Vec<u64>,
+    pub removed: Vec<u64>,
 }
+
+type TargetSubscriber = Box<dyn Fn(&TargetUpdate) + Send + Sync>;
 
 struct Entry {
     workload: Arc<Workload>,
     relative_path: String,
+    /// The metadata generation the workload was resolved at.
+    generation: u64,
     gone_since: Option<Instant>,
-    /// The role came from processes we saw; otherwise ask again later.
-    role_settled: bool,
+    /// Resolved without the processes it will run: look again.
+    settled: bool,
 }
 
-/// The cgroup id -> workload map, kept up to date by [`Discovery::rescan`].
+/// The cgroup id -> workload map, kept up to date by [`Discovery::rescan`]
+/// and the metadata sources.
 pub struct Discovery {
     fs: CgroupFs,
     procfs: PathBuf,
     grace: Duration,
+    rescan_interval: Duration,
+    store: Arc<MetadataStore>,
+    classifier: Classifier,
+    targets: Targets,
+    kubernetes: KubernetesConfig,
+    engine: EngineConfig,
     entries: Mutex<HashMap<u64, Entry>>,
+    errors: HashMap<Source, Arc<AtomicU64>>,
+    selected: Mutex<HashSet<u64>>,
+    subscribers: Mutex<Vec<TargetSubscriber>>,
+    resolved_generation: AtomicU64,
+    kick_tx: Mutex<Sender<()>>,
+    kick_rx: Mutex<Option<Receiver<()>>>,
 }
 
 const NODE_ID: u64 = 0;
 
+/// Why discovery cannot start.
+#[derive(Debug)]
+pub struct DiscoveryError(pub String);
+
+impl std::fmt::Display for DiscoveryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DiscoveryError {}
+
 impl Discovery {
-    pub fn new(config: &DiscoveryConfig) -> std::io::Result<Discovery> {
-        Ok(Self::with_cgroupfs(CgroupFs::detect(config.cgroup2.as_deref())?, config))
+    pub fn new(settings: &Settings) -> Result<Discovery, DiscoveryError> {
+        let fs = CgroupFs::detect(settings.discovery.cgroup2.as_deref())
+            .map_err(|e| DiscoveryError(format!("reading /proc/self/mountinfo: {e}")))?;
+        Self::with_cgroupfs(fs, settings)
     }
 
-    pub fn with_cgroupfs(fs: CgroupFs, config: &DiscoveryConfig) -> Discovery {
-        Discovery { fs, procfs: config.procfs.clone(), grace: config.grace_period, entries: Mutex::new(HashMap::new()) }
+    pub fn with_cgroupfs(fs: CgroupFs, settings: &Settings) -> Result<Discovery, DiscoveryError> {
+        let classifier = Classifier::new(&settings.sidecar).map_err(DiscoveryError)?;
+        let targets = Targets::new(&settings.target).map_err(DiscoveryError)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        Ok(Discovery {
+            fs,
+            procfs: settings.discovery.procfs.clone(),
+            grace: settings.discovery.grace_period,
+            rescan_interval: settings.discovery.rescan_interval,
+            store: Arc::new(MetadataStore::default()),
+            classifier,
+            targets,
+            kubernetes: settings.kubernetes.clone(),
+            engine: settings.engine.clone(),
+            entries: Mutex::new(HashMap::new()),
+            errors: [Source::Kubernetes, Source::Engine, Source::Cgroupfs]
+                .into_iter()
+                .map(|s| (s, Arc::new(AtomicU64::new(0))))
+                .collect(),
+            selected: Mutex::new(HashSet::new()),
+            subscribers: Mutex::new(Vec::new()),
+            resolved_generation: AtomicU64::new(0),
+            kick_tx: Mutex::new(tx),
+            kick_rx: Mutex::new(Some(rx)),
+        })
     }
 
     pub fn cgroupfs(&self) -> &CgroupFs {
         &self.fs
     }
 
+    pub fn procfs(&self) -> &Path {
+        &self.procfs
+    }
+
+    /// The metadata the sources keep (tests and the fake sources write it).
+    pub fn store(&self) -> &Arc<MetadataStore> {
+        &self.store
+    }
+
+    /// Starts the Kubernetes watch and the engine poller on `runtime`.
+    pub fn start_sources(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        let kick: Arc<dyn Fn() + Send + Sync> = {
+            let me = Arc::downgrade(self);
+            Arc::new(move || {
+                if let Some(d) = me.upgrade() {
+                    d.kick();
+                }
+            })
+        };
+        runtime.spawn(kubernetes::run(
+            self.kubernetes.clone(),
+            self.store.clone(),
+            self.errors[&Source::Kubernetes].clone(),
+            kick.clone(),
+        ));
+        runtime.spawn(engine::run(self.engine.clone(), self.store.clone(), self.errors[&Source::Engine].clone(), kick));
+    }
+
+    /// Asks the rescan loop to look again now (metadata changed).
+    pub fn kick(&self) {
+        let _ = self.kick_tx.lock().unwrap_or_else(|p| p.into_inner()).send(());
+    }
+
+    /// Rescans every `rescan_interval`, or at once when kicked, until
+    /// `stop`. Runs on the caller's thread.
+    pub fn run_rescans(&self, stop: &AtomicBool) {
+        let Some(rx) = self.kick_rx.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let tick = Duration::from_millis(200).min(self.rescan_interval);
+        let mut last = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            match rx.recv_timeout(tick) {
+                Ok(()) => {
+                    while rx.try_recv().is_ok() {}
+                    self.rescan();
+                    last = Instant::now();
+                }
+                Err(RecvTimeoutError::Timeout) if last.elapsed() >= self.rescan_interval => {
+                    self.rescan();
+                    last = Instant::now();
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
     /// The labels of a cgroup id, O(1) for every id seen before.
     pub fn lookup(&self, id: u64) -> Lookup {
         if id == NODE_ID {
-            static NODE: std::sync::OnceLock<Arc<Workload>> = std::sync::OnceLock::new();
+            static NODE: OnceLock<Arc<Workload>> = OnceLock::new();
             return Lookup::Live(NODE.get_or_init(|| Arc::new(Workload::node())).clone());
         }
+        let generation = self.store.generation();
         let mut entries = self.lock();
-        if let Some(e) = entries.get(&id) {
+        if let Some(e) = entries.get_mut(&id) {
+            if e.generation != generation && e.gone_since.is_none() {
+                // Metadata changed since: name it again (cheap, in memory).
+                let (w, settled) = self.resolve(&e.relative_path);
+                e.workload = Arc::new(w);
+                e.settled = settled;
+                e.generation = generation;
+            }
             return match e.gone_since {
                 None => Lookup::Live(e.workload.clone()),
                 Some(_) => Lookup::Gone(e.workload.clone()),
@@ -183,7 +355,7 @@ impl Discovery {
         }
         match self.fs.path_of(id) {
             Ok(path) => {
-                let entry = self.entry_for(&path);
+                let entry = self.entry_for(&path, generation);
                 let w = entry.workload.clone();
                 entries.insert(id, entry);
                 Lookup::Live(w)
@@ -196,60 +368,234 @@ impl Discovery {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn entry_for(&self, relative_path: &str) -> Entry {
-        let owner = layout::parse(relative_path);
-        let (workload, role_settled) = match owner {
+    fn entry_for(&self, relative_path: &str, generation: u64) -> Entry {
+        let (workload, settled) = self.resolve(relative_path);
+        Entry {
+            workload: Arc::new(workload),
+            relative_path: relative_path.to_string(),
+            generation,
+            gone_since: None,
+            settled,
+        }
+    }
+
+    /// Names a cgroup from the most specific source that knows it.
+    fn resolve(&self, relative_path: &str) -> (Workload, bool) {
+        let dir = self.fs.v2_dir(relative_path);
+        let procfs = self.procfs.clone();
+        let processes = move || -> Option<Vec<String>> {
+            let dir = dir.as_ref()?;
+            let names: Vec<String> =
+                process::cgroup_pids(dir).into_iter().flat_map(|pid| process::process_names(&procfs, pid)).collect();
+            (!names.is_empty()).then_some(names)
+        };
+        match layout::parse(relative_path) {
             CgroupOwner::Container(c) => {
                 let short = c.container_id.chars().take(12).collect::<String>();
-                let (role, settled) = match &c.pod_uid {
-                    Some(_) => {
-                        match self.fs.v2_dir(relative_path).and_then(|d| process::runs_sidecar(&self.procfs, &d)) {
-                            Some(true) => (Role::Sidecar, true),
-                            Some(false) => (Role::App, true),
-                            None => (Role::App, false),
-                        }
+                // 1. Kubernetes, by container id, then by pod UID.
+                if let Some(pod) = self.store.pod_of_container(&c.container_id)
+                    && let Some(meta) = pod.container_by_id(&c.container_id)
+                {
+                    let facts = classify::Facts {
+                        container: Some(&meta.name),
+                        image: Some(&meta.image),
+                        kind: Some(meta.kind),
+                        pod: Some(&pod),
+                        processes: &processes,
+                    };
+                    let v = self.classifier.classify(&facts);
+                    return self.pod_workload(&pod, meta.name.clone(), meta.image.clone(), v, Source::Kubernetes);
+                }
+                if let Some(pod) = c.pod_uid.as_deref().and_then(|uid| self.store.pod(uid)) {
+                    // The sandbox, or a container the status does not name yet.
+                    let facts = classify::Facts {
+                        container: None,
+                        image: None,
+                        kind: None,
+                        pod: Some(&pod),
+                        processes: &processes,
+                    };
+                    let v = self.classifier.classify(&facts);
+                    let (w, _) = self.pod_workload(&pod, short, String::new(), v, Source::Kubernetes);
+                    return (w, false);
+                }
+                // 2. The container engine.
+                if let Some(e) = self.store.engine_container(&c.container_id) {
+                    return self.engine_workload(&e, c.pod_uid.as_deref(), &processes);
+                }
+                // 3. The path and the processes.
+                match &c.pod_uid {
+                    Some(uid) => {
+                        let facts = classify::Facts {
+                            container: None,
+                            image: None,
+                            kind: None,
+                            pod: None,
+                            processes: &processes,
+                        };
+                        let v = self.classifier.classify(&facts);
+                        let selected = self.targets.selects("", uid, &BTreeMap::new());
+                        let w = Workload {
+                            namespace: String::new(),
+                            pod: uid.clone(),
+                            container: short,
+                            role: v.role,
+                            pod_uid: Some(uid.clone()),
+                            image: String::new(),
+                            sidecar_kind: v.kind,
+                            source: Source::Cgroupfs,
+                            selected: !self.targets.enabled() || selected,
+                        };
+                        (w, v.settled)
                     }
-                    None => (Role::None, true),
-                };
-                let w = Workload {
-                    namespace: String::new(),
-                    pod: c.pod_uid.clone().unwrap_or_default(),
-                    container: short,
-                    role,
-                    pod_uid: c.pod_uid,
-                };
-                (w, settled)
+                    None => {
+                        (Workload { container: short, selected: !self.targets.enabled(), ..Workload::node() }, true)
+                    }
+                }
             }
-            CgroupOwner::Pod { pod_uid, .. } => {
-                (Workload { pod: pod_uid.clone(), pod_uid: Some(pod_uid), ..Workload::node() }, true)
-            }
+            CgroupOwner::Pod { pod_uid, .. } => match self.store.pod(&pod_uid) {
+                Some(pod) => {
+                    let selected = self.targets.selects(&pod.namespace, &pod.name, &pod.labels);
+                    let w = Workload {
+                        namespace: pod.namespace.clone(),
+                        pod: pod.name.clone(),
+                        pod_uid: Some(pod_uid),
+                        source: Source::Kubernetes,
+                        selected: !self.targets.enabled() || selected,
+                        ..Workload::node()
+                    };
+                    (w, true)
+                }
+                None => (
+                    Workload {
+                        pod: pod_uid.clone(),
+                        pod_uid: Some(pod_uid),
+                        selected: !self.targets.enabled(),
+                        ..Workload::node()
+                    },
+                    true,
+                ),
+            },
             CgroupOwner::Other => {
                 let last = relative_path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("");
-                (Workload { container: last.to_string(), ..Workload::node() }, true)
+                (Workload { container: last.to_string(), selected: !self.targets.enabled(), ..Workload::node() }, true)
             }
+        }
+    }
+
+    fn pod_workload(
+        &self,
+        pod: &metadata::PodMeta,
+        container: String,
+        image: String,
+        v: classify::Classification,
+        source: Source,
+    ) -> (Workload, bool) {
+        let selected = !self.targets.enabled() || self.targets.selects(&pod.namespace, &pod.name, &pod.labels);
+        let w = Workload {
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            container,
+            role: v.role,
+            pod_uid: Some(pod.uid.clone()),
+            image,
+            sidecar_kind: v.kind,
+            source,
+            selected,
         };
-        Entry { workload: Arc::new(workload), relative_path: relative_path.to_string(), gone_since: None, role_settled }
+        (w, v.settled)
+    }
+
+    /// A container named by Docker or Podman: kubelet labels when it has
+    /// them, else its Podman pod or Compose project, else itself.
+    fn engine_workload(
+        &self,
+        e: &metadata::EngineContainer,
+        path_pod: Option<&str>,
+        processes: &dyn Fn() -> Option<Vec<String>>,
+    ) -> (Workload, bool) {
+        let l = &e.labels;
+        let kubelet = (
+            l.get("io.kubernetes.pod.namespace"),
+            l.get("io.kubernetes.pod.name"),
+            l.get("io.kubernetes.container.name"),
+        );
+        let (namespace, pod, container, pod_uid) = if let (Some(ns), Some(pod), Some(c)) = kubelet {
+            let uid = l
+                .get("io.kubernetes.pod.uid")
+                .cloned()
+                .or(path_pod.map(str::to_string))
+                .unwrap_or_else(|| format!("{ns}/{pod}"));
+            (ns.clone(), pod.clone(), c.clone(), Some(uid))
+        } else if let Some(pod) = &e.pod_name {
+            // `podman kube play` names containers <pod>-<container>.
+            let c = e.name.strip_prefix(&format!("{pod}-")).unwrap_or(&e.name).to_string();
+            (String::new(), pod.clone(), c, e.pod_id.clone().or(path_pod.map(str::to_string)))
+        } else if let Some(project) = l.get("com.docker.compose.project") {
+            let service = l.get("com.docker.compose.service").cloned().unwrap_or_else(|| e.name.clone());
+            (String::new(), project.clone(), service, Some(format!("compose:{project}")))
+        } else {
+            let w = Workload {
+                container: e.name.clone(),
+                image: e.image.clone(),
+                source: Source::Engine,
+                selected: !self.targets.enabled(),
+                ..Workload::node()
+            };
+            return (w, true);
+        };
+        let pod_meta = metadata::PodMeta {
+            uid: pod_uid.clone().unwrap_or_default(),
+            namespace: namespace.clone(),
+            name: pod.clone(),
+            labels: l.clone(),
+            annotations: BTreeMap::new(),
+            containers: Vec::new(),
+        };
+        let facts = classify::Facts {
+            container: Some(&container),
+            image: Some(&e.image),
+            kind: None,
+            pod: Some(&pod_meta),
+            processes,
+        };
+        let v = self.classifier.classify(&facts);
+        let selected = !self.targets.enabled() || self.targets.selects(&namespace, &pod, l);
+        let w = Workload {
+            namespace,
+            pod,
+            container,
+            role: v.role,
+            pod_uid,
+            image: e.image.clone(),
+            sidecar_kind: v.kind,
+            source: Source::Engine,
+            selected,
+        };
+        (w, v.settled)
     }
 
     /// Walks the v2 tree: registers every container and pod cgroup, marks
     /// the ones that disappeared, forgets those gone longer than the grace
-    /// period, and settles roles of containers whose processes started since.
+    /// period, names again what metadata changed for, and tells the
+    /// subscribers which cgroups are watched now.
     pub fn rescan(&self) {
         let Ok(root) = self.fs.v2_root() else { return };
         let root = root.to_path_buf();
         let mut present: HashMap<u64, String> = HashMap::new();
         let mut stack = vec![(root.clone(), 0usize)];
         while let Some((dir, depth)) = stack.pop() {
-            let Ok(meta) = fs::metadata(&dir) else {
-                continue;
-            };
+            let Ok(meta) = fs::metadata(&dir) else { continue };
             let rel = format!("/{}", dir.strip_prefix(&root).unwrap_or(Path::new("")).display());
             present.insert(meta.ino(), rel);
             // Container cgroups sit a handful of levels deep; bound the walk.
             if depth >= 8 {
                 continue;
             }
-            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            let Ok(rd) = fs::read_dir(&dir) else {
+                self.errors[&Source::Cgroupfs].fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
             for e in rd.flatten() {
                 if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                     stack.push((e.path(), depth + 1));
@@ -258,6 +604,8 @@ impl Discovery {
         }
 
         let now = Instant::now();
+        let generation = self.store.generation();
+        let renamed = self.resolved_generation.swap(generation, Ordering::AcqRel) != generation;
         let mut entries = self.lock();
         // Entries below the walk's depth bound: ask the filesystem directly.
         for (id, e) in entries.iter() {
@@ -272,13 +620,13 @@ impl Discovery {
             match entries.get_mut(id) {
                 Some(e) => {
                     e.gone_since = None;
-                    if !e.role_settled {
-                        *e = self.entry_for(&e.relative_path.clone());
+                    if !e.settled || renamed || e.generation != generation {
+                        *e = self.entry_for(&e.relative_path.clone(), generation);
                     }
                 }
                 None => {
                     if !matches!(layout::parse(rel), CgroupOwner::Other) {
-                        entries.insert(*id, self.entry_for(rel));
+                        entries.insert(*id, self.entry_for(rel, generation));
                     }
                 }
             }
@@ -290,26 +638,85 @@ impl Discovery {
             let since = *e.gone_since.get_or_insert(now);
             now.duration_since(since) < self.grace
         });
+        let selected: HashSet<u64> = entries
+            .iter()
+            .filter(|(_, e)| e.gone_since.is_none() && e.workload.selected && e.workload.pod_uid.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        drop(entries);
+        self.publish_targets(selected);
     }
 
-    /// Live pods and containers known now.
-    pub fn stats(&self) -> DiscoveryStats {
+    fn publish_targets(&self, now: HashSet<u64>) {
+        if !self.targets.enabled() {
+            return;
+        }
+        let mut current = self.selected.lock().unwrap_or_else(|p| p.into_inner());
+        let update = TargetUpdate {
+            added: now.difference(&current).copied().collect(),
+            removed: current.difference(&now).copied().collect(),
+        };
+        if update.added.is_empty() && update.removed.is_empty() {
+            return;
+        }
+        *current = now;
+        drop(current);
+        for s in self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            s(&update);
+        }
+    }
+
+    /// Is a target selection in force (so the kernel must filter)?
+    pub fn targets_enabled(&self) -> bool {
+        self.targets.enabled()
+    }
+
+    /// Calls `f` with every change of the watched cgroups, starting with
+    /// the ones watched now.
+    pub fn subscribe_targets(&self, f: TargetSubscriber) {
+        let initial = TargetUpdate {
+            added: self.selected.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect(),
+            removed: Vec::new(),
+        };
+        f(&initial);
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(f);
+    }
+
+    /// Pods and containers known now, per source.
+    pub fn stats(&self) -> Vec<(Source, usize, usize)> {
+        let mut out = self.store.counts();
         let entries = self.lock();
         let mut pods = HashSet::new();
         let mut containers = 0;
         for e in entries.values().filter(|e| e.gone_since.is_none()) {
             if let Some(uid) = &e.workload.pod_uid {
                 pods.insert(uid.clone());
-                if !e.workload.container.is_empty() {
-                    containers += 1;
-                }
-            } else if !e.workload.container.is_empty()
-                && matches!(layout::parse(&e.relative_path), CgroupOwner::Container(_))
-            {
+            }
+            if matches!(layout::parse(&e.relative_path), CgroupOwner::Container(_)) {
                 containers += 1;
             }
         }
-        DiscoveryStats { pods: pods.len(), containers }
+        out.push((Source::Cgroupfs, pods.len(), containers));
+        out
+    }
+
+    /// Failures per source so far (`pmoas_discovery_errors_total`).
+    pub fn errors(&self) -> Vec<(Source, u64)> {
+        let mut v: Vec<(Source, u64)> = self.errors.iter().map(|(s, n)| (*s, n.load(Ordering::Relaxed))).collect();
+        v.sort();
+        v
+    }
+
+    /// Live containers (for `pmoas_container_info`).
+    pub fn containers(&self) -> Vec<Arc<Workload>> {
+        let entries = self.lock();
+        let mut seen = HashSet::new();
+        entries
+            .values()
+            .filter(|e| e.gone_since.is_none() && e.workload.is_container())
+            .filter(|e| seen.insert(e.workload.clone()))
+            .map(|e| e.workload.clone())
+            .collect()
     }
 
     /// One live process of every known pod (to look into its network
@@ -319,26 +726,17 @@ impl Discovery {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for e in entries.values().filter(|e| e.gone_since.is_none()) {
-            let Some(uid) = &e.workload.pod_uid else {
-                continue;
-            };
+            let Some(uid) = &e.workload.pod_uid else { continue };
             if seen.contains(uid) {
                 continue;
             }
-            let Some(dir) = self.fs.v2_dir(&e.relative_path) else {
-                continue;
-            };
+            let Some(dir) = self.fs.v2_dir(&e.relative_path) else { continue };
             if let Some(pid) = process::cgroup_pids(&dir).first() {
                 seen.insert(uid.clone());
                 out.push((uid.clone(), *pid));
             }
         }
         out
-    }
-
-    /// The procfs this discovery reads.
-    pub fn procfs(&self) -> &Path {
-        &self.procfs
     }
 }
 

@@ -1,7 +1,9 @@
 //! Discovery over a fake cgroup tree and a fake /proc.
 
 use super::*;
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
+use std::sync::Mutex;
 
 const UID: &str = "0f1e2d3c-4b5a-6978-8a9b-abcdef012345";
 const UID_: &str = "0f1e2d3c_4b5a_6978_8a9b_abcdef012345";
@@ -44,15 +46,29 @@ impl Fixture {
         fs::metadata(&dir).unwrap().ino()
     }
 
-    fn discovery(&self, grace: Duration) -> Discovery {
-        let config = DiscoveryConfig {
-            procfs: self.procfs.clone(),
-            cgroup2: Some(self.root.clone()),
-            grace_period: grace,
-            ..DiscoveryConfig::default()
-        };
-        Discovery::with_cgroupfs(CgroupFs::detect(Some(&self.root)).unwrap(), &config)
+    fn settings(&self, grace: Duration) -> Settings {
+        Settings {
+            discovery: DiscoveryConfig {
+                procfs: self.procfs.clone(),
+                cgroup2: Some(self.root.clone()),
+                grace_period: grace,
+                ..DiscoveryConfig::default()
+            },
+            ..Settings::default()
+        }
     }
+
+    fn discovery(&self, grace: Duration) -> Discovery {
+        self.with_settings(self.settings(grace))
+    }
+
+    fn with_settings(&self, settings: Settings) -> Discovery {
+        Discovery::with_cgroupfs(CgroupFs::detect(Some(&self.root)).unwrap(), &settings).unwrap()
+    }
+}
+
+fn cgroupfs_stats(d: &Discovery) -> (usize, usize) {
+    d.stats().into_iter().find(|(s, _, _)| *s == Source::Cgroupfs).map(|(_, p, c)| (p, c)).unwrap()
 }
 
 #[test]
@@ -93,7 +109,7 @@ fn rescan_finds_containers_settles_roles_and_expires_the_gone() {
     let id = f.cgroup(&rel, &[]);
     let d = f.discovery(Duration::from_millis(50));
     d.rescan();
-    assert_eq!(d.stats(), DiscoveryStats { pods: 1, containers: 1 });
+    assert_eq!(cgroupfs_stats(&d), (1, 1));
     assert_eq!(d.lookup(id).workload().unwrap().role, Role::App);
 
     f.cgroup(&rel, &[(400, "envoy")]);
@@ -106,8 +122,139 @@ fn rescan_finds_containers_settles_roles_and_expires_the_gone() {
     d.rescan();
     assert!(matches!(d.lookup(id), Lookup::Gone(_)), "gone but within grace");
     // the pod cgroup itself is still there
-    assert_eq!(d.stats(), DiscoveryStats { pods: 1, containers: 0 });
+    assert_eq!(cgroupfs_stats(&d), (1, 0));
     std::thread::sleep(Duration::from_millis(80));
     d.rescan();
     assert!(matches!(d.lookup(id), Lookup::Unknown), "forgotten after grace");
+}
+
+fn k8s_pod(
+    uid: &str,
+    ns: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    containers: &[(&str, &str, &str)],
+) -> metadata::PodMeta {
+    metadata::PodMeta {
+        uid: uid.into(),
+        namespace: ns.into(),
+        name: name.into(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        annotations: BTreeMap::new(),
+        containers: containers
+            .iter()
+            .map(|(n, image, id)| metadata::ContainerMeta {
+                name: n.to_string(),
+                image: image.to_string(),
+                kind: metadata::ContainerKind::Regular,
+                id: Some(id.to_string()),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn kubernetes_metadata_names_containers_and_late_metadata_relabels() {
+    let f = Fixture::new();
+    let envoy = f.cgroup(&format!("{}/cri-containerd-{ENVOY_ID}.scope", f.pod_dir()), &[(100, "pilot-agent")]);
+    let nginx = f.cgroup(&format!("{}/cri-containerd-{NGINX_ID}.scope", f.pod_dir()), &[(200, "nginx")]);
+    let d = f.discovery(Duration::from_secs(60));
+    // Before the API answered: names from the path.
+    assert_eq!(d.lookup(nginx).workload().unwrap().pod, UID);
+
+    d.store().upsert_pod(k8s_pod(
+        UID,
+        "shop",
+        "web-7d9f",
+        &[("app", "web")],
+        &[("istio-proxy", "docker.io/istio/proxyv2:1.24.0", ENVOY_ID), ("web", "nginx:1.27", NGINX_ID)],
+    ));
+    let e = d.lookup(envoy).workload().unwrap().clone();
+    assert_eq!(
+        (e.namespace.as_str(), e.pod.as_str(), e.container.as_str(), e.role, e.sidecar_kind.as_str(), e.source),
+        ("shop", "web-7d9f", "istio-proxy", Role::Sidecar, "istio", Source::Kubernetes)
+    );
+    let n = d.lookup(nginx).workload().unwrap().clone();
+    assert_eq!((n.container.as_str(), n.role, n.image.as_str()), ("web", Role::App, "nginx:1.27"));
+    assert!(e.same_pod(&n));
+
+    // The pod goes away from the API: names fall back, nothing panics.
+    d.store().remove_pod(UID);
+    assert_eq!(d.lookup(nginx).workload().unwrap().pod, UID);
+}
+
+#[test]
+fn target_selection_feeds_the_subscribers() {
+    let f = Fixture::new();
+    let other_uid = "11111111-2222-3333-4444-555555555555";
+    let other_dir = format!("/kubepods.slice/kubepods-pod{}.slice", other_uid.replace('-', "_"));
+    let web = f.cgroup(&format!("{}/cri-containerd-{NGINX_ID}.scope", f.pod_dir()), &[(200, "nginx")]);
+    let db = f.cgroup(&format!("{other_dir}/cri-containerd-{ENVOY_ID}.scope"), &[(300, "postgres")]);
+    let host = f.cgroup("/system.slice/sshd.service", &[(400, "sshd")]);
+    let mut settings = f.settings(Duration::from_secs(60));
+    settings.target = TargetConfig { namespace: vec!["shop".into()], pod: vec![], pod_label: Some("app=web".into()) };
+    let d = f.with_settings(settings);
+    d.store().upsert_pod(k8s_pod(UID, "shop", "web-1", &[("app", "web")], &[("web", "nginx", NGINX_ID)]));
+    d.store().upsert_pod(k8s_pod(other_uid, "shop", "db-0", &[("app", "db")], &[("db", "postgres", ENVOY_ID)]));
+    assert!(d.targets_enabled());
+
+    let seen: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let sink = seen.clone();
+    d.subscribe_targets(Box::new(move |u: &TargetUpdate| {
+        let mut s = sink.lock().unwrap();
+        s.extend(&u.added);
+        for r in &u.removed {
+            s.remove(r);
+        }
+    }));
+    d.rescan();
+    let pod_cgroup = fs::metadata(f.root.join(f.pod_dir().trim_start_matches('/'))).unwrap().ino();
+    assert_eq!(*seen.lock().unwrap(), HashSet::from([web, pod_cgroup]), "only the web pod is watched");
+    assert!(!d.lookup(db).workload().unwrap().selected);
+    assert!(!d.lookup(host).workload().unwrap().selected, "host processes are not in a selected pod");
+
+    // The db pod is relabelled into the selection: the kernel is told.
+    d.store().upsert_pod(k8s_pod(other_uid, "shop", "db-0", &[("app", "web")], &[("db", "postgres", ENVOY_ID)]));
+    d.rescan();
+    assert!(seen.lock().unwrap().contains(&db));
+    d.store().remove_pod(other_uid);
+    d.rescan();
+    assert!(!seen.lock().unwrap().contains(&db), "a pod that left the selection is removed");
+}
+
+#[test]
+fn engine_names_podman_pods_compose_projects_and_plain_containers() {
+    let f = Fixture::new();
+    let pod_id = "a".repeat(64);
+    let podman_envoy = f.cgroup(&format!("/libpod_parent/{pod_id}/libpod-{ENVOY_ID}"), &[(500, "envoy")]);
+    let compose = f.cgroup(&format!("/system.slice/docker-{NGINX_ID}.scope"), &[(600, "nginx")]);
+    let d = f.discovery(Duration::from_secs(60));
+    let engine = |id: &str, name: &str, labels: &[(&str, &str)], pod: Option<(&str, &str)>| metadata::EngineContainer {
+        id: id.into(),
+        name: name.into(),
+        image: "img".into(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        pod_id: pod.map(|p| p.0.to_string()),
+        pod_name: pod.map(|p| p.1.to_string()),
+    };
+    d.store().replace_engine(vec![
+        engine(ENVOY_ID, "demo-istio-proxy", &[("app", "demo")], Some((&pod_id, "demo"))),
+        engine(
+            NGINX_ID,
+            "shop-web-1",
+            &[("com.docker.compose.project", "shop"), ("com.docker.compose.service", "web")],
+            None,
+        ),
+    ]);
+    let p = d.lookup(podman_envoy).workload().unwrap().clone();
+    assert_eq!(
+        (p.pod.as_str(), p.container.as_str(), p.role, p.sidecar_kind.as_str(), p.source),
+        ("demo", "istio-proxy", Role::Sidecar, "istio", Source::Engine)
+    );
+    assert_eq!(p.pod_uid.as_deref(), Some(pod_id.as_str()));
+    let c = d.lookup(compose).workload().unwrap().clone();
+    assert_eq!((c.pod.as_str(), c.container.as_str(), c.role), ("shop", "web", Role::App));
+    let stats = d.stats();
+    assert!(stats.contains(&(Source::Engine, 1, 2)), "{stats:?}");
+    assert_eq!(d.containers().len(), 2);
 }

@@ -107,7 +107,25 @@ pub fn command() -> Command {
                 if let Some(d) = default_of(&defaults, s.key) {
                     help.push_str(&format!(" [default: {d}]"));
                 }
-                cmd = cmd.arg(Arg::new(s.key).long(s.long()).value_name(s.value_name).num_args(1).help(help));
+                let mut arg = Arg::new(s.key).long(s.long()).value_name(s.value_name).num_args(1).help(help);
+                if let Some(alias) = s.alias {
+                    arg = arg.visible_alias(alias);
+                }
+                cmd = cmd.arg(arg);
+            }
+            Kind::Repeated(_) => {
+                let mut help = format!("{} [env: {env}]", s.help);
+                if let Some(d) = default_of(&defaults, s.key).filter(|d| d != "[]") {
+                    help.push_str(&format!(" [default: {d}]"));
+                }
+                cmd = cmd.arg(
+                    Arg::new(s.key)
+                        .long(s.long())
+                        .value_name(s.value_name)
+                        .num_args(1)
+                        .action(ArgAction::Append)
+                        .help(help),
+                );
             }
             Kind::Switch => {
                 cmd = cmd.arg(
@@ -169,6 +187,11 @@ fn from_matches(m: ArgMatches) -> Invocation {
             Kind::Value => {
                 if let Some(v) = m.get_one::<String>(s.key) {
                     overrides.push((s.key, v.clone()));
+                }
+            }
+            Kind::Repeated(separator) => {
+                if let Some(vs) = m.get_many::<String>(s.key) {
+                    overrides.push((s.key, vs.cloned().collect::<Vec<_>>().join(separator)));
                 }
             }
             Kind::Switch => {

@@ -99,9 +99,8 @@ async fn serve_until_signal(config: Config) -> anyhow::Result<Arc<Registry>> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (--web.listen-address): {e}"))?;
     let listen = listener.local_addr().unwrap_or(listen);
 
-    let discovery = Arc::new(
-        Discovery::new(&config.discovery).map_err(|e| anyhow::anyhow!("reading /proc/self/mountinfo failed: {e}"))?,
-    );
+    let discovery =
+        Arc::new(Discovery::new(&config.discovery_settings()).map_err(|e| anyhow::anyhow!("discovery: {e}"))?);
     for problem in [
         discovery.cgroupfs().v2_root().err().map(|e| e.to_string()),
         ebpf::check_privileges().err(),
@@ -113,8 +112,9 @@ async fn serve_until_signal(config: Config) -> anyhow::Result<Arc<Registry>> {
         tracing::error!("{problem}; the collectors that need it will report failed, the exporter keeps serving");
     }
     discovery.rescan();
+    discovery.start_sources(&tokio::runtime::Handle::current());
     let stop = Arc::new(AtomicBool::new(false));
-    spawn_rescans(discovery.clone(), config.discovery.rescan_interval, stop.clone());
+    spawn_rescans(discovery.clone(), stop.clone());
 
     let enabled = config.enabled_collectors()?;
     if enabled.is_empty() {
@@ -152,19 +152,8 @@ async fn serve_until_signal(config: Config) -> anyhow::Result<Arc<Registry>> {
     Ok(registry)
 }
 
-fn spawn_rescans(discovery: Arc<Discovery>, every: Duration, stop: Arc<AtomicBool>) {
-    let spawned = std::thread::Builder::new().name("discovery".into()).spawn(move || {
-        let tick = Duration::from_millis(100).min(every);
-        let mut waited = Duration::ZERO;
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(tick);
-            waited += tick;
-            if waited >= every {
-                waited = Duration::ZERO;
-                discovery.rescan();
-            }
-        }
-    });
+fn spawn_rescans(discovery: Arc<Discovery>, stop: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new().name("discovery".into()).spawn(move || discovery.run_rescans(&stop));
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the discovery thread; new containers are found at scrape time only");
     }

@@ -24,6 +24,14 @@ use tokio::sync::watch;
 pub const BUILD_INFO: Desc = Desc::gauge("pmoas_build_info", "Build of this exporter (always 1).");
 pub const DISCOVERY_WORKLOADS: Desc =
     Desc::gauge("pmoas_discovery_workloads", "Pods and containers discovery knows now, per source.");
+pub const DISCOVERY_ERRORS: Desc = Desc::counter(
+    "pmoas_discovery_errors_total",
+    "Failures of a discovery source (API errors, unreadable sockets or cgroups, malformed objects).",
+);
+pub const CONTAINER_INFO: Desc = Desc::gauge(
+    "pmoas_container_info",
+    "One series per live container with its image and sidecar kind (1), for joins in PromQL.",
+);
 
 /// What every request handler shares.
 pub struct AppState {
@@ -172,9 +180,32 @@ fn exporter_metrics(state: &AppState, set: &mut MetricSet) {
         vec![("version", env!("CARGO_PKG_VERSION").to_string()), ("revision", env!("PMOAS_REVISION").to_string())],
         1.0,
     );
-    let stats = state.discovery.stats();
-    for (kind, n) in [("pod", stats.pods), ("container", stats.containers)] {
-        set.gauge(&DISCOVERY_WORKLOADS, vec![("source", "cgroupfs".to_string()), ("kind", kind.to_string())], n as f64);
+    for (source, pods, containers) in state.discovery.stats() {
+        for (kind, n) in [("pod", pods), ("container", containers)] {
+            set.gauge(
+                &DISCOVERY_WORKLOADS,
+                vec![("source", source.as_label().into()), ("kind", kind.into())],
+                n as f64,
+            );
+        }
+    }
+    for (source, n) in state.discovery.errors() {
+        set.counter(&DISCOVERY_ERRORS, vec![("source", source.as_label().into())], n as f64);
+    }
+    set.declare(&CONTAINER_INFO);
+    for w in state.discovery.containers() {
+        set.gauge(
+            &CONTAINER_INFO,
+            vec![
+                ("namespace", w.namespace.clone()),
+                ("pod", w.pod.clone()),
+                ("container", w.container.clone()),
+                ("role", w.role.as_label().into()),
+                ("image", w.image.clone()),
+                ("sidecar_kind", w.sidecar_kind.clone()),
+            ],
+            1.0,
+        );
     }
 }
 
@@ -213,19 +244,24 @@ fn landing_page(state: &AppState) -> String {
             progs
         ));
     }
-    let stats = state.discovery.stats();
+    let sources = state
+        .discovery
+        .stats()
+        .into_iter()
+        .map(|(s, pods, containers)| format!("{}: {pods} pod(s), {containers} container(s)", s.as_label()))
+        .collect::<Vec<_>>()
+        .join("; ");
     format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>pmoas exporter</title>\
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td{{vertical-align:top;padding:.4em;border-bottom:1px solid #ddd}}\
 .running{{color:#070}}.failed{{color:#a00}}.starting{{color:#a60}}</style></head><body>\
 <h1>pmoas exporter</h1><p>{version} &middot; listening on {listen}</p>\
 <p><a href=\"{path}\">Metrics</a> &middot; <a href=\"/healthz\">/healthz</a> &middot; <a href=\"/readyz\">/readyz</a></p>\
-<p>Discovery knows {pods} pod(s) and {containers} container(s).</p>\
+<p>Discovery: {sources}.</p>\
 <h2>Collectors</h2><table>{rows}</table></body></html>\n",
         version = html_escape(&crate::cli::version_text()),
         listen = state.listen,
         path = html_escape(&state.telemetry_path),
-        pods = stats.pods,
-        containers = stats.containers,
+        sources = html_escape(&sources),
     )
 }

@@ -14,6 +14,15 @@ use std::time::{Duration, Instant};
 use common::*;
 use pmoas_testbed::{Place, Pod, PodOptions};
 
+/// One ground-truth test at a time: their loads would otherwise crowd two
+/// cores, and each exporter counts every pod's events, which makes the
+/// kernel skip more nested program runs than a node with one exporter would.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serialize() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn setup(test: &str, opts: PodOptions) -> Option<(Pod, Exporter)> {
     if !can_run(test, &testbed_problems()) {
         return None;
@@ -28,8 +37,61 @@ fn setup(test: &str, opts: PodOptions) -> Option<(Pod, Exporter)> {
     Some((pod, exporter))
 }
 
-fn delta(after: &Metrics, before: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
-    after.sum(name, labels) - before.sum(name, labels)
+/// What changed between two scrapes, and how to compare it with the truth.
+///
+/// Comparisons are exact, with one allowance the kernel itself reports: a
+/// program's run is skipped when the same program is already running on
+/// that CPU (a softirq interrupting it in process context). Each skipped run
+/// may lose one event; the exporter exports their number as
+/// `pmoas_ebpf_events_lost_total{reason="recursion"}`, and only by that many
+/// events may a count fall short. Usually there are none.
+struct Window<'a> {
+    before: &'a Metrics,
+    after: &'a Metrics,
+    skipped: f64,
+}
+
+impl<'a> Window<'a> {
+    fn new(before: &'a Metrics, after: &'a Metrics) -> Window<'a> {
+        let lost =
+            |m: &Metrics| m.sum("pmoas_ebpf_events_lost_total", &[("collector", "socket"), ("reason", "recursion")]);
+        let skipped = lost(after) - lost(before);
+        if skipped > 0.0 {
+            eprintln!(
+                "note: the kernel skipped {skipped} nested program runs in this window; counts may fall short by that many events"
+            );
+        }
+        Window { before, after, skipped }
+    }
+
+    fn delta(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.after.sum(name, labels) - self.before.sum(name, labels)
+    }
+
+    /// `name{labels}` grew by `truth`: exactly, or short by at most
+    /// `per_event` for each skipped run.
+    fn exact(&self, name: &str, labels: &[(&str, &str)], truth: f64, per_event: f64, what: &str) {
+        let ours = self.delta(name, labels);
+        let slack = self.skipped * per_event;
+        assert!(
+            ours <= truth && truth - ours <= slack,
+            "{what}: pmoas {ours}, truth {truth} (skipped runs: {})\n{name} {labels:?}:\n{}",
+            self.skipped,
+            self.after.describe(name, labels)
+        );
+    }
+
+    /// Nothing was lost but what the kernel skipped.
+    fn nothing_lost(&self) {
+        let all =
+            self.after.sum("pmoas_ebpf_events_lost_total", &[]) - self.before.sum("pmoas_ebpf_events_lost_total", &[]);
+        assert_eq!(
+            all,
+            self.skipped,
+            "lost events other than skipped runs:\n{}",
+            self.after.describe("pmoas_ebpf_events_lost_total", &[])
+        );
+    }
 }
 
 fn stat_delta(after: &HashMap<String, u64>, before: &HashMap<String, u64>, pred: impl Fn(&str) -> bool) -> f64 {
@@ -38,30 +100,23 @@ fn stat_delta(after: &HashMap<String, u64>, before: &HashMap<String, u64>, pred:
 }
 
 /// `n` exchanges between a client and a server, each `up` bytes from the
-/// client and `down` bytes back, closed gracefully: both ends counted them
-/// exactly, with the given labels (peer included).
-fn assert_exchanges(
-    before: &Metrics,
-    after: &Metrics,
-    client: &[(&str, &str)],
-    server: &[(&str, &str)],
-    n: u64,
-    up: u64,
-    down: u64,
-) {
-    let d = |name: &str, labels: &[(&str, &str)]| delta(after, before, name, labels);
+/// client and `down` bytes back, closed gracefully: both ends counted them,
+/// with the given labels (peer included).
+fn assert_exchanges(w: &Window<'_>, client: &[(&str, &str)], server: &[(&str, &str)], n: u64, up: u64, down: u64) {
+    let each = (up + down) as f64;
     let (n, up, down) = (n as f64, (n * up) as f64, (n * down) as f64);
-    assert_eq!(d("pmoas_tcp_connects_total", client), n, "client connects {client:?}");
-    assert_eq!(d("pmoas_tcp_accepts_total", server), n, "server accepts {server:?}");
-    assert_eq!(d("pmoas_tcp_sent_bytes_total", client), up, "client sent");
-    assert_eq!(d("pmoas_tcp_received_bytes_total", client), down, "client received");
-    assert_eq!(d("pmoas_tcp_sent_bytes_total", server), down, "server sent");
-    assert_eq!(d("pmoas_tcp_received_bytes_total", server), up, "server received");
+    w.exact("pmoas_tcp_connects_total", client, n, 1.0, "client connects");
+    w.exact("pmoas_tcp_accepts_total", server, n, 1.0, "server accepts");
+    w.exact("pmoas_tcp_sent_bytes_total", client, up, each, "client sent");
+    w.exact("pmoas_tcp_received_bytes_total", client, down, each, "client received");
+    w.exact("pmoas_tcp_sent_bytes_total", server, down, each, "server sent");
+    w.exact("pmoas_tcp_received_bytes_total", server, up, each, "server received");
     let outbound = [client, &[("direction", "outbound")]].concat();
     let inbound = [server, &[("direction", "inbound")]].concat();
-    assert_eq!(d("pmoas_tcp_connection_duration_seconds_count", &outbound), n, "client lifetimes");
-    assert_eq!(d("pmoas_tcp_connection_duration_seconds_count", &inbound), n, "server lifetimes");
-    assert_eq!(d("pmoas_tcp_connect_duration_seconds_count", client), n, "handshake samples");
+    w.exact("pmoas_tcp_connection_duration_seconds_count", &outbound, n, 1.0, "client lifetimes");
+    w.exact("pmoas_tcp_connection_duration_seconds_count", &inbound, n, 1.0, "server lifetimes");
+    w.exact("pmoas_tcp_connect_duration_seconds_count", client, n, 1.0, "handshake samples");
+    w.nothing_lost();
 }
 
 /// Lets in-flight FINs and ACKs on loopback land before a scrape.
@@ -71,6 +126,7 @@ fn settle() {
 
 #[test]
 fn envoy_and_nginx_agree_with_the_exporter() {
+    let _one = serialize();
     // nginx closes every 5th keep-alive connection, so Envoy keeps opening
     // new upstream connections during the load.
     let opts = PodOptions { nginx_http_extra: "keepalive_requests 5;".into(), ..Default::default() };
@@ -100,81 +156,71 @@ fn envoy_and_nginx_agree_with_the_exporter() {
     let envoy_after = pod.envoy_stats().unwrap();
     let after = exp.scrape();
 
+    let w = Window::new(&before, &after);
+
     // Sidecar accepts == every listener's downstream_cx_total (the inbound
-    // listener and the admin listener our truth fetches used).
+    // listener and the admin listener our truth fetches used), all from the
+    // host client and our fetches: peer `node`.
     let envoy_accepts = stat_delta(&envoy_after, &envoy_before, |k| {
         k.starts_with("listener.")
             && k.ends_with(".downstream_cx_total")
             && !k.contains(".worker_")
             && !k.contains(".main_thread.")
     });
-    let sidecar_accepts = delta(&after, &before, "pmoas_tcp_accepts_total", &sidecar);
-    assert_eq!(
-        sidecar_accepts,
+    assert!(envoy_accepts >= n as f64);
+    w.exact("pmoas_tcp_accepts_total", &sidecar, envoy_accepts, 1.0, "sidecar accepts vs Envoy downstream_cx_total");
+    w.exact(
+        "pmoas_tcp_accepts_total",
+        &with(sidecar.clone(), &[("peer", "node")]),
         envoy_accepts,
-        "sidecar accepts vs Envoy downstream_cx_total\n{}",
-        after.describe("pmoas_tcp_accepts_total", &sidecar)
-    );
-    assert!(sidecar_accepts >= n as f64);
-    // From the host client and from our admin fetches: all `node`.
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_accepts_total", &with(sidecar.clone(), &[("peer", "node")])),
-        envoy_accepts
+        1.0,
+        "... all from the node",
     );
 
     // Sidecar -> app connects == Envoy's upstream_cx_total.
     let upstream = stat_delta(&envoy_after, &envoy_before, |k| k == "cluster.app.upstream_cx_total");
-    let sidecar_connects =
-        delta(&after, &before, "pmoas_tcp_connects_total", &with(sidecar.clone(), &[("peer", "app")]));
-    assert_eq!(sidecar_connects, upstream, "sidecar->app connects vs Envoy upstream_cx_total");
     assert!(
         upstream >= (n / 5 - 5) as f64,
         "keepalive_requests 5 should force ~{} upstream connections, got {upstream}",
         n / 5
     );
+    let sidecar_app = with(sidecar.clone(), &[("peer", "app")]);
+    w.exact(
+        "pmoas_tcp_connects_total",
+        &sidecar_app,
+        upstream,
+        1.0,
+        "sidecar->app connects vs Envoy upstream_cx_total",
+    );
 
     // App accepts from the sidecar == nginx's own accepts counter.
-    let app_accepts = delta(&after, &before, "pmoas_tcp_accepts_total", &with(app.clone(), &[("peer", "sidecar")]));
-    assert_eq!(
-        app_accepts,
-        (stub_after - stub_before) as f64,
-        "app accepts (peer=sidecar) vs nginx stub_status accepts"
+    let nginx_accepts = (stub_after - stub_before) as f64;
+    let app_sidecar = with(app.clone(), &[("peer", "sidecar")]);
+    w.exact(
+        "pmoas_tcp_accepts_total",
+        &app_sidecar,
+        nginx_accepts,
+        1.0,
+        "app accepts (peer=sidecar) vs nginx stub_status",
     );
-    assert_eq!(delta(&after, &before, "pmoas_tcp_accepts_total", &with(app.clone(), &[("peer", "node")])), 0.0);
+    assert_eq!(w.delta("pmoas_tcp_accepts_total", &with(app.clone(), &[("peer", "node")])), 0.0);
 
-    // The client outside the pod counted its own connects.
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_connects_total", &with(client.clone(), &[("peer", "node")])),
-        n as f64
-    );
+    // The client outside the pod: its own count of connections.
+    let client_node = with(client.clone(), &[("peer", "node")]);
+    w.exact("pmoas_tcp_connects_total", &client_node, n as f64, 1.0, "client connects");
     // Histograms count one sample per event.
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_connect_duration_seconds_count", &with(client.clone(), &[("peer", "node")])),
-        n as f64
-    );
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_connect_duration_seconds_count", &with(sidecar.clone(), &[("peer", "app")])),
-        upstream
-    );
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_accept_wait_seconds_count", &sidecar),
-        sidecar_accepts,
-        "one accept-queue wait per accept"
-    );
-    assert_eq!(delta(&after, &before, "pmoas_tcp_accept_wait_seconds_count", &app), app_accepts);
-    assert!(
-        delta(
-            &after,
-            &before,
-            "pmoas_tcp_connection_duration_seconds_count",
-            &with(client, &[("direction", "outbound")])
-        ) >= n as f64 - 1.0
-    );
-    assert_eq!(after.sum("pmoas_ebpf_events_lost_total", &[]), 0.0, "no lost events");
+    w.exact("pmoas_tcp_connect_duration_seconds_count", &client_node, n as f64, 1.0, "client handshakes");
+    w.exact("pmoas_tcp_connect_duration_seconds_count", &sidecar_app, upstream, 1.0, "sidecar handshakes");
+    w.exact("pmoas_tcp_accept_wait_seconds_count", &sidecar, envoy_accepts, 1.0, "one accept-queue wait per accept");
+    w.exact("pmoas_tcp_accept_wait_seconds_count", &app, nginx_accepts, 1.0, "nginx accept waits");
+    let outbound = with(client, &[("direction", "outbound")]);
+    assert!(w.delta("pmoas_tcp_connection_duration_seconds_count", &outbound) >= n as f64 - 1.0 - w.skipped);
+    w.nothing_lost();
 }
 
 #[test]
 fn bytes_failures_and_resets_are_exact() {
+    let _one = serialize();
     let Some((pod, exp)) = setup("bytes_failures_and_resets_are_exact", PodOptions::default()) else {
         return;
     };
@@ -192,8 +238,7 @@ fn bytes_failures_and_resets_are_exact() {
     settle();
     let after = exp.scrape();
     assert_exchanges(
-        &before,
-        &after,
+        &Window::new(&before, &after),
         &with(sidecar.clone(), &[("peer", "app")]),
         &with(app.clone(), &[("peer", "sidecar")]),
         20,
@@ -211,8 +256,7 @@ fn bytes_failures_and_resets_are_exact() {
     settle();
     let after = exp.scrape();
     assert_exchanges(
-        &before,
-        &after,
+        &Window::new(&before, &after),
         &with(client, &[("peer", "node")]),
         &with(app.clone(), &[("peer", "node")]),
         10,
@@ -233,15 +277,22 @@ fn bytes_failures_and_resets_are_exact() {
     let rst_after = pod.netns_counters().unwrap();
     let out_rsts = (rst_after["Tcp.OutRsts"] - rst_before["Tcp.OutRsts"]) as f64;
     assert_eq!(out_rsts, 30.0, "the kernel sent exactly our resets");
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_resets_total", &with(app.clone(), &[("direction", "sent")])),
-        out_rsts
+    let w = Window::new(&before, &after);
+    w.exact(
+        "pmoas_tcp_resets_total",
+        &with(app.clone(), &[("direction", "sent")]),
+        out_rsts,
+        1.0,
+        "app resets sent vs TcpOutRsts",
     );
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_resets_total", &with(sidecar.clone(), &[("direction", "received")])),
-        30.0
+    w.exact(
+        "pmoas_tcp_resets_total",
+        &with(sidecar.clone(), &[("direction", "received")]),
+        30.0,
+        1.0,
+        "sidecar resets received",
     );
-    assert_eq!(delta(&after, &before, "pmoas_tcp_resets_total", &with(sidecar.clone(), &[("direction", "sent")])), 0.0);
+    assert_eq!(w.delta("pmoas_tcp_resets_total", &with(sidecar.clone(), &[("direction", "sent")])), 0.0);
 
     // 4. Connects to a closed port: failures, exactly; each also takes a RST.
     let before = exp.scrape();
@@ -249,54 +300,63 @@ fn bytes_failures_and_resets_are_exact() {
     assert_eq!(c["failed"].as_u64(), Some(25), "{c}");
     settle();
     let after = exp.scrape();
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_connect_failures_total", &app),
+    let w = Window::new(&before, &after);
+    w.exact("pmoas_tcp_connect_failures_total", &app, 25.0, 1.0, "failed connects");
+    w.exact(
+        "pmoas_tcp_connect_failures_total",
+        &with(app.clone(), &[("peer", "pod")]),
         25.0,
-        "{}",
-        after.describe("pmoas_tcp_connect_failures_total", &app)
+        1.0,
+        "... to a loopback peer",
     );
-    assert_eq!(
-        delta(&after, &before, "pmoas_tcp_connect_failures_total", &with(app.clone(), &[("peer", "pod")])),
-        25.0
+    assert_eq!(w.delta("pmoas_tcp_connects_total", &app), 0.0);
+    w.exact(
+        "pmoas_tcp_resets_total",
+        &with(app, &[("direction", "received")]),
+        25.0,
+        1.0,
+        "resets taken by the failed connects",
     );
-    assert_eq!(delta(&after, &before, "pmoas_tcp_connects_total", &app), 0.0);
-    assert_eq!(delta(&after, &before, "pmoas_tcp_resets_total", &with(app, &[("direction", "received")])), 25.0);
-    assert_eq!(after.sum("pmoas_ebpf_events_lost_total", &[]), 0.0);
+    w.nothing_lost();
 }
 
 #[test]
 fn retransmits_match_the_pod_namespace_under_loss() {
+    let _one = serialize();
     let Some((pod, exp)) = setup("retransmits_match_the_pod_namespace_under_loss", PodOptions::default()) else {
         return;
     };
-    // 1% of what reaches Envoy's listener is dropped: lost requests, lost
-    // ACKs of Envoy's responses and SYN-ACKs, so Envoy retransmits.
-    pod.iptables(&[
-        "-A",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "15006",
-        "-m",
-        "statistic",
-        "--mode",
-        "random",
-        "--probability",
-        "0.01",
-        "-j",
-        "DROP",
-    ])
-    .unwrap();
+    // 1% of the packets to and from Envoy's listener are dropped: lost
+    // requests and ACKs make the client and Envoy retransmit; lost
+    // responses, SYN-ACKs and FINs make Envoy retransmit, in the pod.
+    for chain in [["INPUT", "--dport"], ["OUTPUT", "--sport"]] {
+        pod.iptables(&[
+            "-A",
+            chain[0],
+            "-p",
+            "tcp",
+            chain[1],
+            "15006",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            "0.01",
+            "-j",
+            "DROP",
+        ])
+        .unwrap();
+    }
     let snmp_before = pod.netns_counters().unwrap();
     let before = exp.scrape();
 
     let report = tool(
         &pod,
         Place::Client,
-        &["http", "--connect", &pod.envoy_addr().to_string(), "--path", "/", "--count", "4000", "--concurrency", "16"],
+        &["http", "--connect", &pod.envoy_addr().to_string(), "--path", "/", "--count", "5000", "--concurrency", "16"],
     );
-    assert!(report["connected"].as_u64().unwrap() >= 3980, "{report}");
+    assert!(report["connected"].as_u64().unwrap() >= 4980, "{report}");
 
     // Retransmission timers of the last connections still run: wait until
     // the kernel's counter has been still for 2 s.
@@ -315,14 +375,26 @@ fn retransmits_match_the_pod_namespace_under_loss() {
     let after = exp.scrape();
 
     let truth = (snmp_after["Tcp.RetransSegs"] - snmp_before["Tcp.RetransSegs"]) as f64;
-    let ours = delta(&after, &before, "pmoas_tcp_retransmits_total", &[("pod", pod.state.uid.as_str())]);
-    eprintln!("retransmits: pod namespace TcpRetransSegs +{truth}, pmoas +{ours}");
-    assert!(truth >= 10.0, "too few retransmissions to compare ({truth}); the drop rule did not bite");
-    assert!((ours - truth).abs() <= truth * 0.02, "pmoas {ours} vs kernel {truth}: more than 2% apart");
+    let w = Window::new(&before, &after);
+    let ours = w.delta("pmoas_tcp_retransmits_total", &[("pod", pod.state.uid.as_str())]);
+    eprintln!("retransmits: pod namespace TcpRetransSegs +{truth}, pmoas +{ours}, skipped runs {}", w.skipped);
+    assert!(truth >= 50.0, "too few retransmissions to compare ({truth}); the drop rules did not bite");
+    let kernel =
+        |k: &str| snmp_after.get(k).copied().unwrap_or(0) as f64 - snmp_before.get(k).copied().unwrap_or(0) as f64;
+    // Within 2%, after what the kernel says it skipped.
+    assert!(
+        (ours - truth).abs() <= truth * 0.02 + w.skipped,
+        "pmoas {ours} vs kernel {truth}: more than 2% apart (skipped runs {})\nper workload:\n{}\nkernel: TCPSynRetrans +{} TCPRetransFail +{}",
+        w.skipped,
+        after.describe("pmoas_tcp_retransmits_total", &[]),
+        kernel("TcpExt.TCPSynRetrans"),
+        kernel("TcpExt.TCPRetransFail")
+    );
 }
 
 #[test]
 fn series_of_a_vanished_pod_go_away_after_the_grace_period() {
+    let _one = serialize();
     if !can_run("series_of_a_vanished_pod_go_away_after_the_grace_period", &testbed_problems()) {
         return;
     }
