@@ -85,9 +85,12 @@ pub async fn get(socket: &Path, path: &str) -> Result<Vec<u8>, String> {
     Ok(body)
 }
 
-/// Parses `GET /containers/json`; `pods` maps Podman pod ids to names
-/// (`GET /libpod/pods/json`, when the engine is Podman).
-pub fn parse_containers(body: &[u8], pods: &BTreeMap<String, String>) -> Result<Vec<EngineContainer>, String> {
+/// Parses `GET /containers/json`; `pods` maps container ids to their
+/// Podman pod (id, name), from [`parse_pods`].
+pub fn parse_containers(
+    body: &[u8],
+    pods: &BTreeMap<String, (String, String)>,
+) -> Result<Vec<EngineContainer>, String> {
     let list: Vec<serde_json::Value> = serde_json::from_slice(body).map_err(|e| format!("containers list: {e}"))?;
     let mut out = Vec::with_capacity(list.len());
     for c in list {
@@ -105,8 +108,10 @@ pub fn parse_containers(body: &[u8], pods: &BTreeMap<String, String>) -> Result<
             .and_then(|l| l.as_object())
             .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
             .unwrap_or_default();
-        let pod_id = c.get("Pod").and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(str::to_string);
-        let pod_name = pod_id.as_ref().and_then(|p| pods.get(p).cloned());
+        let (pod_id, pod_name) = match pods.get(id) {
+            Some((pid, name)) => (Some(pid.clone()), Some(name.clone())),
+            None => (c.get("Pod").and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(str::to_string), None),
+        };
         out.push(EngineContainer {
             id: id.to_string(),
             name,
@@ -119,12 +124,22 @@ pub fn parse_containers(body: &[u8], pods: &BTreeMap<String, String>) -> Result<
     Ok(out)
 }
 
-fn parse_pods(body: &[u8]) -> BTreeMap<String, String> {
-    serde_json::from_slice::<Vec<serde_json::Value>>(body)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|p| Some((p.get("Id")?.as_str()?.to_string(), p.get("Name")?.as_str()?.to_string())))
-        .collect()
+/// Parses Podman's `GET /v4.0.0/libpod/pods/json` into container id ->
+/// (pod id, pod name).
+fn parse_pods(body: &[u8]) -> BTreeMap<String, (String, String)> {
+    let mut out = BTreeMap::new();
+    for p in serde_json::from_slice::<Vec<serde_json::Value>>(body).unwrap_or_default() {
+        let (Some(id), Some(name)) = (p.get("Id").and_then(|v| v.as_str()), p.get("Name").and_then(|v| v.as_str()))
+        else {
+            continue;
+        };
+        for c in p.get("Containers").and_then(|c| c.as_array()).into_iter().flatten() {
+            if let Some(cid) = c.get("Id").and_then(|v| v.as_str()) {
+                out.insert(cid.to_string(), (id.to_string(), name.to_string()));
+            }
+        }
+    }
+    out
 }
 
 /// Polls the engine until the process ends; `kick` after every change.
@@ -146,7 +161,7 @@ pub async fn run(
     loop {
         let result = async {
             // Podman answers libpod's pod list; Docker does not (no pods).
-            let pods = get(&socket, "/libpod/pods/json").await.map(|b| parse_pods(&b)).unwrap_or_default();
+            let pods = get(&socket, "/v4.0.0/libpod/pods/json").await.map(|b| parse_pods(&b)).unwrap_or_default();
             let body = get(&socket, "/containers/json").await?;
             parse_containers(&body, &pods)
         }
@@ -187,11 +202,12 @@ mod tests {
     fn docker_and_podman_container_lists() {
         let body = br#"[
           {"Id":"abc","Names":["/web"],"Image":"nginx:1.27","Labels":{"com.docker.compose.project":"shop","com.docker.compose.service":"web"},"State":"running"},
-          {"Id":"def","Names":["/mypod-istio-proxy"],"Image":"localhost/envoy:latest","Labels":{"app":"demo"},"Pod":"p1"},
+          {"Id":"def","Names":["/mypod-istio-proxy"],"Image":"localhost/envoy:latest","Labels":{"app":"demo"}},
           {"Names":["/no-id"]},
           {"Id":"ghi"}
         ]"#;
-        let pods = BTreeMap::from([("p1".to_string(), "mypod".to_string())]);
+        let pods = parse_pods(br#"[{"Id":"p1","Name":"mypod","Containers":[{"Id":"def","Names":"mypod-istio-proxy"},{"Id":"infra1","Names":"p1-infra"}]},{"Name":"no-id"}]"#);
+        assert_eq!(pods.len(), 2);
         let c = parse_containers(body, &pods).unwrap();
         assert_eq!(c.len(), 2 + 1, "entries without an id are skipped");
         assert_eq!((c[0].name.as_str(), c[0].labels["com.docker.compose.service"].as_str()), ("web", "web"));

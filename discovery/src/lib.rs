@@ -46,15 +46,35 @@ pub use metadata::{MetadataStore, Source};
 pub use target::{TargetConfig, Targets};
 
 /// Use a source: `auto` (when it is configured or present), always, never.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+/// Written `auto`, `true`/`on`/`yes` or `false`/`off`/`no`, quoted or not.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Toggle {
     #[default]
     Auto,
-    #[serde(alias = "on", alias = "yes")]
     True,
-    #[serde(alias = "off", alias = "no")]
     False,
+}
+
+impl<'de> Deserialize<'de> for Toggle {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Toggle, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Toggle::True),
+            Raw::Bool(false) => Ok(Toggle::False),
+            Raw::Text(t) => match t.to_ascii_lowercase().as_str() {
+                "auto" => Ok(Toggle::Auto),
+                "true" | "on" | "yes" => Ok(Toggle::True),
+                "false" | "off" | "no" => Ok(Toggle::False),
+                other => Err(serde::de::Error::custom(format!("`{other}`: expected auto, true or false"))),
+            },
+        }
+    }
 }
 
 /// A container's role in its pod.
@@ -528,6 +548,17 @@ impl Discovery {
                 .unwrap_or_else(|| format!("{ns}/{pod}"));
             (ns.clone(), pod.clone(), c.clone(), Some(uid))
         } else if let Some(pod) = &e.pod_name {
+            if e.name.ends_with("-infra") && e.image.contains("pause") {
+                // The pod's sandbox: the pod itself, not one of its containers.
+                let w = Workload {
+                    pod: pod.clone(),
+                    pod_uid: e.pod_id.clone().or(path_pod.map(str::to_string)),
+                    source: Source::Engine,
+                    selected: !self.targets.enabled() || self.targets.selects("", pod, l),
+                    ..Workload::node()
+                };
+                return (w, true);
+            }
             // `podman kube play` names containers <pod>-<container>.
             let c = e.name.strip_prefix(&format!("{pod}-")).unwrap_or(&e.name).to_string();
             (String::new(), pod.clone(), c, e.pod_id.clone().or(path_pod.map(str::to_string)))

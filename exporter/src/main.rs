@@ -79,9 +79,14 @@ fn run(args: RunArgs) -> ExitCode {
 
 fn init_logging(level: LogLevel, format: LogFormat) {
     let lvl = level.as_str();
-    // Aya's own chatter only when asked for debug output.
-    let aya = if matches!(level, LogLevel::Debug | LogLevel::Trace) { lvl } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::new(format!("{lvl},aya={aya},aya_obj={aya}"));
+    // Libraries' own chatter (eBPF loading, HTTP and TLS plumbing of the
+    // Kubernetes client) only at trace.
+    let libs = if level == LogLevel::Trace { "trace" } else { "warn" };
+    let mut directives = lvl.to_string();
+    for lib in ["aya", "aya_obj", "kube_client", "kube_runtime", "hyper", "hyper_util", "tower", "rustls", "h2"] {
+        directives.push_str(&format!(",{lib}={libs}"));
+    }
+    let filter = tracing_subscriber::EnvFilter::new(directives);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     match format {

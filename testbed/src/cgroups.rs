@@ -112,22 +112,33 @@ pub struct Layout {
     pub shared_parents: Vec<PathBuf>,
 }
 
-/// Creates the pod's container cgroups (systemd driver naming, BestEffort
-/// QoS, containerd) and a client cgroup outside any pod.
-pub fn kubelet_layout(uid: &str, sidecar_id: &str, app_id: &str, name: &str) -> Result<Layout> {
+/// Creates one container cgroup per id for a pod (systemd driver naming,
+/// BestEffort QoS, containerd), in every hierarchy; also returns the pod's
+/// and the shared parents, deepest first, for removal.
+pub fn pod_containers(uid: &str, ids: &[&str]) -> Result<(Vec<CgroupSet>, Vec<PathBuf>)> {
     let hier = hierarchies()?;
     let pod_slice =
         format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice", uid.replace('-', "_"));
-    let sidecar = create(&hier, &format!("{pod_slice}/cri-containerd-{sidecar_id}.scope"))?;
-    let app = create(&hier, &format!("{pod_slice}/cri-containerd-{app_id}.scope"))?;
-    let client = create(&hier, &format!("pmoas-testbed-{name}-client"))?;
-    let mut shared_parents = Vec::new();
+    let sets = ids
+        .iter()
+        .map(|id| create(&hier, &format!("{pod_slice}/cri-containerd-{id}.scope")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut parents = Vec::new();
     for h in &hier {
         let base = h.mount.join(h.own.trim_start_matches('/'));
-        shared_parents.push(base.join(&pod_slice));
-        shared_parents.push(base.join("kubepods.slice/kubepods-besteffort.slice"));
-        shared_parents.push(base.join("kubepods.slice"));
+        parents.push(base.join(&pod_slice));
+        parents.push(base.join("kubepods.slice/kubepods-besteffort.slice"));
+        parents.push(base.join("kubepods.slice"));
     }
+    Ok((sets, parents))
+}
+
+/// The testbed pod's containers and a client cgroup outside any pod.
+pub fn kubelet_layout(uid: &str, sidecar_id: &str, app_id: &str, name: &str) -> Result<Layout> {
+    let (mut sets, shared_parents) = pod_containers(uid, &[sidecar_id, app_id])?;
+    let app = sets.pop().expect("two sets");
+    let sidecar = sets.pop().expect("two sets");
+    let client = create(&hierarchies()?, &format!("pmoas-testbed-{name}-client"))?;
     Ok(Layout { sidecar, app, client, shared_parents })
 }
 

@@ -21,7 +21,10 @@
 //! ground truth the exporter is checked against.
 
 pub mod cgroups;
+pub mod fake_kube;
+pub mod lite;
 pub mod net;
+pub mod podman;
 pub mod procs;
 pub mod traffic;
 
@@ -156,7 +159,7 @@ fn on_path(bin: &str) -> bool {
         .any(|d| Path::new(d).join(bin).exists())
 }
 
-fn random_hex(bytes: usize) -> Result<String> {
+pub(crate) fn random_hex(bytes: usize) -> Result<String> {
     let mut buf = vec![0u8; bytes];
     use std::io::Read;
     fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;

@@ -1,0 +1,135 @@
+//! Discovery through a container engine's Docker-compatible API, with a
+//! real Podman: `podman kube play` of a two-container pod (an app and a
+//! sidecar named istio-proxy), traffic between them, and the labels and
+//! peers on the socket metrics it makes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use pmoas_testbed::podman::{self, Podman};
+
+const POD_YAML: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: shop
+  labels:
+    app: shop
+spec:
+  containers:
+  - name: app
+    image: localhost/pmoas-busybox:1
+    command: ["/bin/httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/"]
+  - name: istio-proxy
+    image: localhost/pmoas-busybox:1
+    command: ["/bin/httpd", "-f", "-p", "127.0.0.1:15000", "-h", "/"]
+"#;
+
+#[test]
+fn podman_pods_are_named_through_the_engine_api() {
+    let mut problems = testbed_problems();
+    problems.extend(podman::missing_prerequisites());
+    if !can_run("podman_pods_are_named_through_the_engine_api", &problems) {
+        return;
+    }
+    let podman = Podman::setup().expect("podman setup");
+    let pod = podman.play("shop", POD_YAML).expect("podman kube play");
+    let api = podman.serve().expect("podman API");
+    let socket = api.socket.to_str().unwrap().to_string();
+    let exp = Exporter::start(&[
+        "--collectors",
+        "socket",
+        "--kubernetes.enabled",
+        "false",
+        "--engine.socket",
+        &socket,
+        "--engine.poll-interval",
+        "500ms",
+        "--discovery.rescan-interval",
+        "200ms",
+    ]);
+    if !exp.socket_collector_runs("podman_pods_are_named_through_the_engine_api") {
+        return;
+    }
+    let info = |m: &Metrics, container: &str, role: &str| {
+        m.get("pmoas_container_info", &[("namespace", ""), ("pod", "shop"), ("container", container), ("role", role)])
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = exp.scrape();
+        if info(&m, "istio-proxy", "sidecar").is_some() && info(&m, "app", "app").is_some() {
+            assert_eq!(
+                m.get("pmoas_container_info", &[("container", "istio-proxy"), ("sidecar_kind", "istio")]),
+                Some(1.0)
+            );
+            assert_eq!(m.get("pmoas_container_info", &[("container", "app"), ("image", podman::IMAGE)]), Some(1.0));
+            assert!(
+                m.describe("pmoas_container_info", &[("container", "")]).is_empty(),
+                "the infra container is the pod, not a container"
+            );
+            assert_eq!(m.get("pmoas_discovery_workloads", &[("source", "engine"), ("kind", "pod")]), Some(1.0));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Podman's pod never named:\n{}\n{}",
+            m.describe("pmoas_container_info", &[]),
+            exp.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let before = exp.scrape();
+    for _ in 0..5 {
+        pod.exec("app", &["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:15000/index.html"]).unwrap();
+        pod.exec("istio-proxy", &["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/index.html"]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = exp.scrape();
+    let d = |name: &str, container: &str, role: &str, peer: &str| {
+        let l = [("namespace", ""), ("pod", "shop"), ("container", container), ("role", role), ("peer", peer)];
+        after.sum(name, &l) - before.sum(name, &l)
+    };
+    assert_eq!(
+        d("pmoas_tcp_connects_total", "app", "app", "sidecar"),
+        5.0,
+        "{}",
+        after.describe("pmoas_tcp_connects_total", &[("pod", "shop")])
+    );
+    assert_eq!(d("pmoas_tcp_accepts_total", "istio-proxy", "sidecar", "app"), 5.0);
+    assert_eq!(d("pmoas_tcp_connects_total", "istio-proxy", "sidecar", "app"), 5.0);
+    assert_eq!(d("pmoas_tcp_accepts_total", "app", "app", "sidecar"), 5.0);
+    drop(pod);
+    drop(api);
+}
+
+#[test]
+fn a_missing_engine_socket_is_reported_not_fatal() {
+    let exp = Exporter::start(&[
+        "--collector.disable-defaults",
+        "--kubernetes.enabled",
+        "false",
+        "--engine.enabled",
+        "true",
+        "--engine.socket",
+        "/nonexistent/podman.sock",
+        "--engine.poll-interval",
+        "200ms",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = exp.scrape();
+        if m.sum("pmoas_discovery_errors_total", &[("source", "engine")]) >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "engine failures not counted:\n{}",
+            m.describe("pmoas_discovery_errors_total", &[])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(exp.log_text().contains("/nonexistent/podman.sock"), "the log names the socket:\n{}", exp.log_text());
+    assert_eq!(exp.terminate().code(), Some(0));
+}

@@ -1,0 +1,190 @@
+//! A real container engine for discovery tests: Podman (Debian's 4.3), set
+//! up to work offline and apart from anything else on the host.
+//!
+//! Its own configuration and storage live in `target/pmoas-podman`
+//! (`CONTAINERS_CONF`, `CONTAINERS_STORAGE_CONF`): runc (crun refuses hybrid
+//! cgroups), the cgroupfs manager, file events, vfs storage, and one image
+//! made locally from busybox-static (`localhost/pmoas-busybox:1`). Pods are
+//! started with `podman kube play --network none`; the infra image is built
+//! by Podman itself from catatonit. [`Podman::serve`] runs `podman system
+//! service`, the Docker-compatible API, on a unix socket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+pub const IMAGE: &str = "localhost/pmoas-busybox:1";
+
+/// What Podman needs that may be missing.
+pub fn missing_prerequisites() -> Vec<String> {
+    let mut missing = Vec::new();
+    for (path, pkg) in [
+        ("/usr/bin/podman", "podman"),
+        ("/usr/sbin/runc", "runc"),
+        ("/usr/bin/catatonit", "catatonit"),
+        ("/bin/busybox", "busybox-static"),
+    ] {
+        if !Path::new(path).exists() {
+            missing.push(format!("{path} (apt-get install {pkg})"));
+        }
+    }
+    missing
+}
+
+/// Podman with the testbed's private configuration.
+pub struct Podman {
+    dir: PathBuf,
+}
+
+impl Podman {
+    /// Writes the configuration and makes the image, once.
+    pub fn setup() -> Result<Podman> {
+        let missing = missing_prerequisites();
+        if !missing.is_empty() {
+            bail!("podman tests need: {}", missing.join("; "));
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pmoas-podman");
+        std::fs::create_dir_all(&dir)?;
+        let dir = dir.canonicalize()?;
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=16384:16384\", \"nproc=8192:8192\"]\n\
+                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 events_logfile_path = \"{}\"\n",
+                dir.join("events.log").display()
+            ),
+        )?;
+        std::fs::write(
+            dir.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                dir.join("storage").display(),
+                dir.join("run").display()
+            ),
+        )?;
+        let p = Podman { dir };
+        if !p.run(&["image", "exists", IMAGE]).map(|o| o.status.success()).unwrap_or(false) {
+            p.make_image()?;
+        }
+        Ok(p)
+    }
+
+    /// `podman` with this configuration.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"));
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Result<std::process::Output> {
+        self.command().args(args).output().with_context(|| format!("podman {}", args.join(" ")))
+    }
+
+    fn checked(&self, args: &[&str]) -> Result<String> {
+        let out = self.run(args)?;
+        if !out.status.success() {
+            bail!("podman {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// busybox as an image: /bin/busybox and its applets, nothing else.
+    fn make_image(&self) -> Result<()> {
+        let root = self.dir.join("rootfs");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("bin"))?;
+        std::fs::copy("/bin/busybox", root.join("bin/busybox"))?;
+        for applet in ["sh", "httpd", "wget", "sleep", "cat", "echo"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+        }
+        std::fs::write(root.join("index.html"), "pmoas\n")?;
+        let tar = self.dir.join("rootfs.tar");
+        let status = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status()?;
+        if !status.success() {
+            bail!("tar of the busybox rootfs failed");
+        }
+        self.checked(&[
+            "import",
+            "--change",
+            "ENV PATH=/bin",
+            "--change",
+            "CMD [\"/bin/sh\"]",
+            tar.to_str().unwrap(),
+            IMAGE,
+        ])?;
+        Ok(())
+    }
+
+    /// `podman kube play --network none` of `yaml`; the pod's name.
+    pub fn play(&self, name: &str, yaml: &str) -> Result<PlayedPod<'_>> {
+        let file = self.dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, yaml)?;
+        // A leftover of an earlier run would make play fail.
+        let _ = self.run(&["pod", "rm", "-f", name]);
+        self.checked(&["kube", "play", "--network", "none", file.to_str().unwrap()])?;
+        Ok(PlayedPod { podman: self, name: name.to_string() })
+    }
+
+    /// Runs the Docker-compatible API on a unix socket until the returned
+    /// guard is dropped.
+    pub fn serve(&self) -> Result<ApiService> {
+        let socket = self.dir.join("podman.sock");
+        let _ = std::fs::remove_file(&socket);
+        let child = self
+            .command()
+            .args(["system", "service", "--time=0", &format!("unix://{}", socket.display())])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("service.log"))?)
+            .spawn()
+            .context("starting podman system service")?;
+        let svc = ApiService { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !svc.socket.exists() {
+            if Instant::now() > deadline {
+                bail!("podman system service did not create {}", svc.socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(svc)
+    }
+}
+
+/// A pod started by `kube play`; removed when dropped.
+pub struct PlayedPod<'a> {
+    podman: &'a Podman,
+    pub name: String,
+}
+
+impl PlayedPod<'_> {
+    /// Runs a command in one of its containers (`<pod>-<container>`).
+    pub fn exec(&self, container: &str, args: &[&str]) -> Result<String> {
+        let full = format!("{}-{container}", self.name);
+        let mut all = vec!["exec", full.as_str()];
+        all.extend_from_slice(args);
+        self.podman.checked(&all)
+    }
+}
+
+impl Drop for PlayedPod<'_> {
+    fn drop(&mut self) {
+        let _ = self.podman.run(&["pod", "rm", "-f", "-t", "0", &self.name]);
+    }
+}
+
+/// `podman system service`; stopped (by PID) when dropped.
+pub struct ApiService {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl Drop for ApiService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
