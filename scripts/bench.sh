@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the benchmarks (as root) and rewrites their sections of BENCHMARKS.md.
-#   scripts/bench.sh [--rounds N] [--seconds S] [--connections C]
+#   scripts/bench.sh [socket|discovery] [--rounds N] [--seconds S] [--connections C]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh test
-cargo build --release --quiet -p pmoas-exporter -p pmoas-bench
+cargo build --release --quiet -p pmoas-exporter -p pmoas-bench -p pmoas-testbed
 exec target/release/pmoas-bench "$@"

@@ -1,0 +1,163 @@
+//! Shared by the benchmarks: the exporter as a child process, its metrics,
+//! statistics, and the sections of BENCHMARKS.md.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    Ok(pmoas_testbed::traffic::http_get(addr, path)?)
+}
+
+/// Sum of the samples of `name` whose label text contains every `want`.
+pub fn metric(body: &str, name: &str, want: &[&str]) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| want.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+pub struct Exporter {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Exporter {
+    /// Starts the exporter with `args` (socket collector) and waits for the
+    /// first scrape in which the socket collector answered; how long it took.
+    pub fn start(bin: &Path, args: &[&str]) -> Result<(Exporter, Duration)> {
+        Self::start_until(bin, args, |body| {
+            metric(body, "pmoas_scrape_collector_success", &["collector=\"socket\""]) == 1.0
+        })
+    }
+
+    /// Starts the exporter and waits until a scrape satisfies `up`.
+    pub fn start_until(bin: &Path, args: &[&str], up: impl Fn(&str) -> bool) -> Result<(Exporter, Duration)> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let started = Instant::now();
+        let child = Command::new(bin)
+            .args(["--web.listen-address", &addr.to_string(), "--log.level", "warn"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let e = Exporter { child, addr };
+        loop {
+            if let Ok((200, body)) = http_get(addr, "/metrics")
+                && up(&body)
+            {
+                return Ok((e, started.elapsed()));
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("exporter not up after 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// user+system CPU seconds so far: the process's tick counters (which
+    /// keep the time of exited threads) or, finer, the sum of its live
+    /// threads' schedstat nanoseconds, whichever says more.
+    pub fn cpu_seconds(&self) -> f64 {
+        let pid = self.child.id();
+        let mut ns = 0u64;
+        if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in rd.flatten() {
+                if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+                    ns += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                }
+            }
+        }
+        self.cpu_ticks_seconds().max(ns as f64 / 1e9)
+    }
+
+    fn cpu_ticks_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // SAFETY: sysconf has no preconditions.
+        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+
+    /// (VmRSS, VmHWM) in MiB.
+    pub fn rss_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kb = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1024.0
+        };
+        (kb("VmRSS:"), kb("VmHWM:"))
+    }
+
+    pub fn stop(mut self) {
+        // SAFETY: our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s[((s.len() - 1) as f64 * p).round() as usize]
+}
+
+pub fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Replaces benchmark `name`'s section of BENCHMARKS.md (between
+/// `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->`), keeping the rest.
+pub fn write_section(path: &Path, name: &str, report: &str) -> Result<()> {
+    let (start, end) = (format!("<!-- bench:{name}:start -->"), format!("<!-- bench:{name}:end -->"));
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# pmoas benchmarks\n\n".into());
+    let section = format!("{start}\n{report}{end}");
+    let new = match (old.find(&start), old.find(&end)) {
+        (Some(a), Some(b)) if b > a => format!("{}{}{}", &old[..a], section, &old[b + end.len()..]),
+        _ => format!("{}\n\n{}\n", old.trim_end(), section),
+    };
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Turns kernel.bpf_stats_enabled on or off (the exporter then exports its
+/// programs' run time and runs).
+pub fn set_bpf_stats(on: bool) {
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", if on { "1" } else { "0" });
+}
+
+/// (run time in ns, runs) of the collector's programs, from a scrape.
+pub fn bpf_totals(body: &str) -> (f64, f64) {
+    (
+        metric(body, "pmoas_ebpf_program_run_seconds_total", &[]) * 1e9,
+        metric(body, "pmoas_ebpf_program_runs_total", &[]),
+    )
+}
+
+/// Machine and date line of a report.
+pub fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("{date} on {cpus} CPUs, kernel {}", kernel.trim())
+}
