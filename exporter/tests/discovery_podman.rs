@@ -100,6 +100,34 @@ fn podman_pods_are_named_through_the_engine_api() {
     assert_eq!(d("pmoas_tcp_accepts_total", "istio-proxy", "sidecar", "app"), 5.0);
     assert_eq!(d("pmoas_tcp_connects_total", "istio-proxy", "sidecar", "app"), 5.0);
     assert_eq!(d("pmoas_tcp_accepts_total", "app", "app", "sidecar"), 5.0);
+
+    // Without the rights to the socket: a clear log line, a counted error,
+    // and an exporter that keeps serving.
+    if std::path::Path::new("/usr/bin/setpriv").exists() {
+        let mut cmd = std::process::Command::new("/usr/bin/setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+            .arg(exporter_bin());
+        let denied = Exporter::start_with(
+            cmd,
+            &[
+                "--collector.disable-defaults",
+                "--kubernetes.enabled",
+                "false",
+                "--engine.socket",
+                &socket,
+                "--engine.poll-interval",
+                "200ms",
+            ],
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while denied.scrape().sum("pmoas_discovery_errors_total", &[("source", "engine")]) < 1.0 {
+            assert!(Instant::now() < deadline, "permission errors not counted:\n{}", denied.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = denied.log_text();
+        assert!(log.contains("Permission denied") && log.contains("access to the socket"), "{log}");
+        assert_eq!(denied.terminate().code(), Some(0));
+    }
     drop(pod);
     drop(api);
 }
