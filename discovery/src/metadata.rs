@@ -117,21 +117,14 @@ impl MetadataStore {
         if inner.pods.get(&pod.uid).is_some_and(|old| **old == pod) {
             return;
         }
-        remove_pod_index(&mut inner, &pod.uid);
-        for c in &pod.containers {
-            if let Some(id) = &c.id {
-                inner.container_pods.insert(id.clone(), pod.uid.clone());
-            }
-        }
-        inner.pods.insert(pod.uid.clone(), Arc::new(pod));
+        inner.insert_pod(pod);
         drop(inner);
         self.bump();
     }
 
     pub fn remove_pod(&self, uid: &str) {
         let mut inner = self.write();
-        if inner.pods.remove(uid).is_some() {
-            remove_pod_index(&mut inner, uid);
+        if inner.remove_pod(uid) {
             drop(inner);
             self.bump();
         }
@@ -143,12 +136,7 @@ impl MetadataStore {
         inner.pods.clear();
         inner.container_pods.clear();
         for pod in pods {
-            for c in &pod.containers {
-                if let Some(id) = &c.id {
-                    inner.container_pods.insert(id.clone(), pod.uid.clone());
-                }
-            }
-            inner.pods.insert(pod.uid.clone(), Arc::new(pod));
+            inner.insert_pod(pod);
         }
         drop(inner);
         self.bump();
@@ -195,8 +183,24 @@ impl MetadataStore {
     }
 }
 
-fn remove_pod_index(inner: &mut Inner, uid: &str) {
-    inner.container_pods.retain(|_, pod| pod != uid);
+impl Inner {
+    fn insert_pod(&mut self, pod: PodMeta) {
+        self.remove_pod(&pod.uid);
+        for id in pod.containers.iter().filter_map(|c| c.id.as_ref()) {
+            self.container_pods.insert(id.clone(), pod.uid.clone());
+        }
+        self.pods.insert(pod.uid.clone(), Arc::new(pod));
+    }
+
+    fn remove_pod(&mut self, uid: &str) -> bool {
+        let Some(old) = self.pods.remove(uid) else { return false };
+        for id in old.containers.iter().filter_map(|c| c.id.as_ref()) {
+            if self.container_pods.get(id).map(String::as_str) == Some(uid) {
+                self.container_pods.remove(id);
+            }
+        }
+        true
+    }
 }
 
 #[cfg(test)]
