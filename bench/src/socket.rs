@@ -3,7 +3,8 @@
 //! sidecar in alternating rounds without and with the exporter, so drift of
 //! the machine hits both sides alike. Measured: the throughput ratio, the
 //! exporter's CPU per 10k connections/s, the eBPF programs' run time, RSS,
-//! lost events, start-up to the first successful scrape, /metrics latency.
+//! lost events, start-up to the first successful scrape, what one syscall
+//! costs while the programs are attached, /metrics latency.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -15,6 +16,13 @@ use pmoas_testbed::{Place, Pod, PodOptions};
 
 use crate::Opts;
 use crate::common::*;
+
+/// ns per syscall, without and with the exporter (see [`syscall_ns`]).
+#[derive(Default)]
+struct Syscalls {
+    off: Vec<f64>,
+    on: Vec<f64>,
+}
 
 struct Wrk {
     requests_per_sec: f64,
@@ -93,26 +101,43 @@ struct OnRound {
     skipped: f64,
 }
 
+/// ns per 1-byte read(2) of /dev/zero, median of 3 runs of 1M reads: what
+/// any syscall of the node costs. A syscall tracepoint (the accept-wait
+/// program's) sends every syscall of every task through the kernel's slow
+/// path while it is attached.
+fn syscall_ns() -> Result<f64> {
+    use std::io::Read;
+    const READS: u32 = 1_000_000;
+    let mut zero = std::fs::File::open("/dev/zero")?;
+    let mut byte = [0u8; 1];
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        for _ in 0..READS {
+            zero.read_exact(&mut byte)?;
+        }
+        runs.push(t.elapsed().as_nanos() as f64 / f64::from(READS));
+    }
+    Ok(percentile(&runs, 0.5))
+}
+
 pub fn run(o: &Opts) -> Result<()> {
-    let missing = pmoas_testbed::missing_prerequisites();
-    if !missing.is_empty() {
-        bail!("the benchmark needs: {}", missing.join("; "));
-    }
-    if !o.exporter.is_file() {
-        bail!("{} missing: cargo build --release -p pmoas-exporter", o.exporter.display());
-    }
     let pod = Pod::up(&PodOptions::default())?;
     eprintln!("pmoas-bench: testbed {} up; warming up", pod.state.name);
     wrk(&pod, o, 10, || {})?;
 
-    // Start-up to the first successful scrape.
+    // Start-up to the first successful scrape; and the cost of one syscall
+    // with the exporter's programs attached (idle machine) and without.
     let mut startups = Vec::new();
+    let mut syscalls = Syscalls::default();
     for _ in 0..5 {
         let (e, took) = Exporter::start(&o.exporter, &["--collectors", "socket"])?;
         startups.push(took.as_secs_f64() * 1000.0);
+        syscalls.on.push(syscall_ns()?);
         e.stop();
+        syscalls.off.push(syscall_ns()?);
     }
-    eprintln!("pmoas-bench: start-up {:?} ms", startups);
+    eprintln!("pmoas-bench: start-up {startups:?} ms; syscall ns off {:?} on {:?}", syscalls.off, syscalls.on);
 
     let mut off: Vec<Wrk> = Vec::new();
     let mut on: Vec<OnRound> = Vec::new();
@@ -193,7 +218,7 @@ pub fn run(o: &Opts) -> Result<()> {
     let on_rps: Vec<f64> = on.iter().map(|r| r.wrk.requests_per_sec).collect();
     let ratio = mean(&on_rps) / mean(&off_rps);
     let cpu_per_10k: Vec<f64> = on.iter().map(|r| r.cpu_percent * 10_000.0 / r.conns_per_sec.max(1.0)).collect();
-    let report = render(o, &off, &on, ratio, &cpu_per_10k, &startups, &scrape_ms, page_bytes, series);
+    let report = render(o, &off, &on, ratio, &cpu_per_10k, &startups, &syscalls, &scrape_ms, page_bytes, series);
     write_section(&o.out, "socket", &report)?;
     println!("{report}");
     Ok(())
@@ -207,6 +232,7 @@ fn render(
     ratio: f64,
     cpu_per_10k: &[f64],
     startups: &[f64],
+    syscalls: &Syscalls,
     scrape_ms: &[f64],
     page_bytes: usize,
     series: usize,
@@ -291,6 +317,13 @@ fn render(
         startups.len(),
         percentile(startups, 0.5),
         percentile(startups, 1.0)
+    );
+    let (sys_off, sys_on) = (percentile(&syscalls.off, 0.5), percentile(&syscalls.on, 0.5));
+    let _ = writeln!(
+        s,
+        "| one syscall (1-byte read of /dev/zero), idle machine, median of {} alternations: off / on, added | {sys_off:.0} / {sys_on:.0} ns, +{:.0} ns | (no target; reported) |",
+        syscalls.off.len(),
+        sys_on - sys_off
     );
     let _ = writeln!(
         s,

@@ -497,14 +497,21 @@ static __always_inline __u64 any_sock_cgroup_id(const struct sock *sk)
 	return pmoas_sock_cgroup_id(sk);
 }
 
-static __always_inline void count_retransmits(const struct sock *sk, __u64 segs)
+/* The peer-less counters of a socket's owner; NULL when the owner is not
+ * watched (--target.*) or the counter map is full. */
+static __always_inline struct pmoas_socket_counters *owner_counters(const struct sock *sk)
 {
 	__u64 cgroup_id = any_sock_cgroup_id(sk);
-	struct pmoas_socket_counters *cnt;
 
 	if (!pmoas_watched(cgroup_id))
-		return;
-	cnt = counters_for(cgroup_id, PMOAS_PEER_NONE, 0);
+		return NULL;
+	return counters_for(cgroup_id, PMOAS_PEER_NONE, 0);
+}
+
+static __always_inline void count_retransmits(const struct sock *sk, __u64 segs)
+{
+	struct pmoas_socket_counters *cnt = owner_counters(sk);
+
 	if (cnt)
 		__sync_fetch_and_add(&cnt->retransmits, segs);
 }
@@ -561,12 +568,8 @@ int BPF_PROG(socket_retransmit_synack, const struct sock *sk, const struct reque
 SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(socket_send_reset, const struct sock *sk, const struct sk_buff *skb)
 {
-	__u64 cgroup_id = any_sock_cgroup_id(sk);
-	struct pmoas_socket_counters *cnt;
+	struct pmoas_socket_counters *cnt = owner_counters(sk);
 
-	if (!pmoas_watched(cgroup_id))
-		return 0;
-	cnt = counters_for(cgroup_id, PMOAS_PEER_NONE, 0);
 	if (cnt)
 		__sync_fetch_and_add(&cnt->resets_sent, 1);
 	return 0;
@@ -576,17 +579,14 @@ int BPF_PROG(socket_send_reset, const struct sock *sk, const struct sk_buff *skb
 SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(socket_receive_reset, struct sock *sk)
 {
-	__u64 cgroup_id = any_sock_cgroup_id(sk);
-	struct pmoas_socket_counters *cnt;
+	struct pmoas_socket_counters *cnt = owner_counters(sk);
 	__u64 key = (__u64)sk;
 	struct pmoas_conn_info *c;
 
-	if (!pmoas_watched(cgroup_id))
-		return 0;
-	cnt = counters_for(cgroup_id, PMOAS_PEER_NONE, 0);
 	if (cnt)
 		__sync_fetch_and_add(&cnt->resets_received, 1);
-	/* tcp_done() follows: tell on_closed() our FIN was not acknowledged. */
+	/* tcp_done() follows: tell on_closed() our FIN was not acknowledged
+	 * (only watched sockets have an entry). */
 	c = bpf_map_lookup_elem(&socket_conns, &key);
 	if (c)
 		__sync_fetch_and_or(&c->flags, PMOAS_CONN_RESET);

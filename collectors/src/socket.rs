@@ -107,10 +107,6 @@ impl Default for SocketConfig {
     }
 }
 
-/// What socket.bpf.c counts in `lost_events` (see pmoas_types.h).
-const LOST_REASONS: &[&str] =
-    &["aggregation_map_full", "connection_map_full", "pending_map_full", "local_addr_map_full"];
-
 /// The programs of socket.bpf.c, in attach order.
 pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
@@ -312,7 +308,8 @@ impl SocketCollector {
                 counters: PerCpuHashMap::try_from(take(&mut bpf, "socket_counters")?).map_err(|e| e.to_string())?,
                 histograms: PerCpuHashMap::try_from(take(&mut bpf, "socket_histograms")?).map_err(|e| e.to_string())?,
                 local_addrs: BpfHashMap::try_from(take(&mut bpf, "local_addrs")?).map_err(|e| e.to_string())?,
-                lost: LostEvents::take(INFO.name, &mut bpf, LOST_REASONS).map_err(|e| e.to_string())?,
+                // socket.bpf.c counts every reason pmoas_types.h has so far.
+                lost: LostEvents::take(INFO.name, &mut bpf, &t::LOST_REASONS).map_err(|e| e.to_string())?,
                 resolved: HashMap::new(),
                 carry_counters: HashMap::new(),
                 carry_hists: HashMap::new(),

@@ -218,18 +218,16 @@ impl Classifier {
             }
             let re =
                 |field: &str, v: &Option<String>| v.as_deref().map(Regex::new).transpose().map_err(|e| ctx(field, e));
+            let key = |field: &str, v: &Option<String>| {
+                v.as_deref().map(KeyMatch::parse).transpose().map_err(|e| ctx(field, e))
+            };
             rules.push(CompiledRule {
                 kind: r.kind.clone(),
                 container: re("container", &r.container)?,
                 image: re("image", &r.image)?,
                 process: re("process", &r.process)?,
-                pod_label: r.pod_label.as_deref().map(KeyMatch::parse).transpose().map_err(|e| ctx("pod_label", e))?,
-                pod_annotation: r
-                    .pod_annotation
-                    .as_deref()
-                    .map(KeyMatch::parse)
-                    .transpose()
-                    .map_err(|e| ctx("pod_annotation", e))?,
+                pod_label: key("pod_label", &r.pod_label)?,
+                pod_annotation: key("pod_annotation", &r.pod_annotation)?,
             });
         }
         Ok(Classifier { mode: config.mode, rules })

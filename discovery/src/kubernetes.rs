@@ -84,32 +84,21 @@ pub fn pod_meta(pod: &Pod) -> Option<PodMeta> {
     let regular_ids = ids(status.and_then(|s| s.container_statuses.as_ref()));
     let init_ids = ids(status.and_then(|s| s.init_container_statuses.as_ref()));
     let ephemeral_ids = ids(status.and_then(|s| s.ephemeral_container_statuses.as_ref()));
+    let container = |name: &String, image: &Option<String>, kind: ContainerKind, ids: &BTreeMap<String, String>| {
+        ContainerMeta { name: name.clone(), image: image.clone().unwrap_or_default(), kind, id: ids.get(name).cloned() }
+    };
 
     let mut containers = Vec::new();
     for c in spec.map(|s| s.containers.iter()).into_iter().flatten() {
-        containers.push(ContainerMeta {
-            name: c.name.clone(),
-            image: c.image.clone().unwrap_or_default(),
-            kind: ContainerKind::Regular,
-            id: regular_ids.get(&c.name).cloned(),
-        });
+        containers.push(container(&c.name, &c.image, ContainerKind::Regular, &regular_ids));
     }
     for c in spec.and_then(|s| s.init_containers.as_ref()).into_iter().flatten() {
         let native = c.restart_policy.as_deref() == Some("Always");
-        containers.push(ContainerMeta {
-            name: c.name.clone(),
-            image: c.image.clone().unwrap_or_default(),
-            kind: if native { ContainerKind::NativeSidecar } else { ContainerKind::Init },
-            id: init_ids.get(&c.name).cloned(),
-        });
+        let kind = if native { ContainerKind::NativeSidecar } else { ContainerKind::Init };
+        containers.push(container(&c.name, &c.image, kind, &init_ids));
     }
     for c in spec.and_then(|s| s.ephemeral_containers.as_ref()).into_iter().flatten() {
-        containers.push(ContainerMeta {
-            name: c.name.clone(),
-            image: c.image.clone().unwrap_or_default(),
-            kind: ContainerKind::Ephemeral,
-            id: ephemeral_ids.get(&c.name).cloned(),
-        });
+        containers.push(container(&c.name, &c.image, ContainerKind::Ephemeral, &ephemeral_ids));
     }
     Some(PodMeta {
         uid,

@@ -221,6 +221,8 @@ struct Entry {
     gone_since: Option<Instant>,
     /// Resolved without the processes it will run: look again.
     settled: bool,
+    /// Its path names a container (kept: stats() asks on every scrape).
+    container_cgroup: bool,
 }
 
 /// The cgroup id -> workload map, kept up to date by [`Discovery::rescan`]
@@ -396,6 +398,7 @@ impl Discovery {
             generation,
             gone_since: None,
             settled,
+            container_cgroup: matches!(layout::parse(relative_path), CgroupOwner::Container(_)),
         }
     }
 
@@ -454,7 +457,6 @@ impl Discovery {
                             processes: &processes,
                         };
                         let v = self.classifier.classify(&facts);
-                        let selected = self.targets.selects("", uid, &BTreeMap::new());
                         let w = Workload {
                             namespace: String::new(),
                             pod: uid.clone(),
@@ -464,33 +466,38 @@ impl Discovery {
                             image: String::new(),
                             sidecar_kind: v.kind,
                             source: Source::Cgroupfs,
-                            selected: !self.targets.enabled() || selected,
+                            selected: self.targets.selects("", uid, &BTreeMap::new()),
                         };
                         (w, v.settled)
                     }
-                    None => {
-                        (Workload { container: short, selected: !self.targets.enabled(), ..Workload::node() }, true)
-                    }
+                    None => (
+                        Workload {
+                            container: short,
+                            selected: self.targets.selects_outside_pods(),
+                            ..Workload::node()
+                        },
+                        true,
+                    ),
                 }
             }
             CgroupOwner::Pod { pod_uid, .. } => match self.store.pod(&pod_uid) {
                 Some(pod) => {
-                    let selected = self.targets.selects(&pod.namespace, &pod.name, &pod.labels);
                     let w = Workload {
                         namespace: pod.namespace.clone(),
                         pod: pod.name.clone(),
                         pod_uid: Some(pod_uid),
                         source: Source::Kubernetes,
-                        selected: !self.targets.enabled() || selected,
+                        selected: self.targets.selects(&pod.namespace, &pod.name, &pod.labels),
                         ..Workload::node()
                     };
                     (w, true)
                 }
+                // Known by its UID only, like its containers above.
                 None => (
                     Workload {
+                        selected: self.targets.selects("", &pod_uid, &BTreeMap::new()),
                         pod: pod_uid.clone(),
                         pod_uid: Some(pod_uid),
-                        selected: !self.targets.enabled(),
                         ..Workload::node()
                     },
                     true,
@@ -498,7 +505,14 @@ impl Discovery {
             },
             CgroupOwner::Other => {
                 let last = relative_path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("");
-                (Workload { container: last.to_string(), selected: !self.targets.enabled(), ..Workload::node() }, true)
+                (
+                    Workload {
+                        container: last.to_string(),
+                        selected: self.targets.selects_outside_pods(),
+                        ..Workload::node()
+                    },
+                    true,
+                )
             }
         }
     }
@@ -511,7 +525,7 @@ impl Discovery {
         v: classify::Classification,
         source: Source,
     ) -> (Workload, bool) {
-        let selected = !self.targets.enabled() || self.targets.selects(&pod.namespace, &pod.name, &pod.labels);
+        let selected = self.targets.selects(&pod.namespace, &pod.name, &pod.labels);
         let w = Workload {
             namespace: pod.namespace.clone(),
             pod: pod.name.clone(),
@@ -554,7 +568,7 @@ impl Discovery {
                     pod: pod.clone(),
                     pod_uid: e.pod_id.clone().or(path_pod.map(str::to_string)),
                     source: Source::Engine,
-                    selected: !self.targets.enabled() || self.targets.selects("", pod, l),
+                    selected: self.targets.selects("", pod, l),
                     ..Workload::node()
                 };
                 return (w, true);
@@ -570,7 +584,7 @@ impl Discovery {
                 container: e.name.clone(),
                 image: e.image.clone(),
                 source: Source::Engine,
-                selected: !self.targets.enabled(),
+                selected: self.targets.selects_outside_pods(),
                 ..Workload::node()
             };
             return (w, true);
@@ -591,7 +605,7 @@ impl Discovery {
             processes,
         };
         let v = self.classifier.classify(&facts);
-        let selected = !self.targets.enabled() || self.targets.selects(&namespace, &pod, l);
+        let selected = self.targets.selects(&namespace, &pod, l);
         let w = Workload {
             namespace,
             pod,
@@ -723,7 +737,7 @@ impl Discovery {
             if let Some(uid) = &e.workload.pod_uid {
                 pods.insert(uid.clone());
             }
-            if matches!(layout::parse(&e.relative_path), CgroupOwner::Container(_)) {
+            if e.container_cgroup {
                 containers += 1;
             }
         }

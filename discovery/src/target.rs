@@ -175,7 +175,14 @@ impl Targets {
         !self.namespaces.is_empty() || !self.pods.is_empty() || self.labels.is_some()
     }
 
-    /// Is a pod with this namespace, name and labels watched?
+    /// Are workloads outside pods (host processes, plain containers)
+    /// watched? Only without a selection.
+    pub fn selects_outside_pods(&self) -> bool {
+        !self.enabled()
+    }
+
+    /// Is a pod with this namespace, name and labels watched? (Always,
+    /// without a selection.)
     pub fn selects(&self, namespace: &str, name: &str, labels: &BTreeMap<String, String>) -> bool {
         (self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace))
             && (self.pods.is_empty() || self.pods.iter().any(|r| r.is_match(name)))

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use pmoas_testbed::fake_kube::{FakeKube, fixture};
@@ -20,12 +20,6 @@ const ISTIO_POD: &str = "productpage-v1-7d9f8c6b5-x2kqp";
 /// One at a time: each starts pods and an exporter of its own.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn random_id() -> String {
-    let a = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap().trim().replace('-', "");
-    let b = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap().trim().replace('-', "");
-    format!("{a}{b}")
-}
-
 /// The testbed pod, announced by the API as an Istio-injected pod.
 fn istio_fixture(pod: &Pod) -> serde_json::Value {
     fixture(
@@ -35,7 +29,7 @@ fn istio_fixture(pod: &Pod) -> serde_json::Value {
             ("NODE", NODE),
             ("SIDECAR_ID", &pod.state.sidecar_id),
             ("APP_ID", &pod.state.app_id),
-            ("INIT_ID", &random_id()),
+            ("INIT_ID", &pmoas_testbed::random_hex(32).unwrap()),
             ("POD_IP", &pod.state.pod_ip.to_string()),
         ],
     )
@@ -49,7 +43,7 @@ fn lite_fixture(name: &str, lite: &LitePod, node: &str) -> serde_json::Value {
             ("NODE", node),
             ("SIDECAR_ID", &lite.containers[0].id),
             ("APP_ID", &lite.containers[1].id),
-            ("INIT_ID", &random_id()),
+            ("INIT_ID", &pmoas_testbed::random_hex(32).unwrap()),
             ("POD_IP", "10.244.1.23"),
         ],
     )
@@ -75,23 +69,8 @@ fn start_exporter(kube: &FakeKube, dir: &std::path::Path, extra: &[&str]) -> Exp
     Exporter::start(&args)
 }
 
-/// Scrapes until `pred` holds (metadata arrives asynchronously).
-fn eventually(exp: &Exporter, what: &str, pred: impl Fn(&Metrics) -> bool) -> Metrics {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let m = exp.scrape();
-        if pred(&m) {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within 15 s\ncontainer_info:\n{}\nlog:\n{}",
-            m.describe("pmoas_container_info", &[]),
-            exp.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+/// Metadata arrives asynchronously: how long a scrape may wait for it.
+const WITHIN: Duration = Duration::from_secs(15);
 
 fn tmpdir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("pmoas-{name}-{}", std::process::id()));
@@ -133,7 +112,7 @@ fn kubernetes_names_pods_and_their_sidecars() {
             &[("namespace", ns), ("container", container), ("role", role), ("sidecar_kind", kind)],
         )
     };
-    let m = eventually(&exp, "all three pods named", |m| {
+    let m = exp.eventually("all three pods named", WITHIN, |m| {
         info(m, "bookinfo", "istio-proxy", "sidecar", "istio").is_some()
             && info(m, "emojivoto", "linkerd-proxy", "sidecar", "linkerd").is_some()
             && info(m, "shop", "mesh-agent", "sidecar", "native").is_some()
@@ -181,7 +160,7 @@ fn kubernetes_names_pods_and_their_sidecars() {
     let uid = pod.state.uid.clone();
     kube.delete(&uid);
     pod.down().unwrap();
-    let m = eventually(&exp, "the deleted pod's series are gone", |m| {
+    let m = exp.eventually("the deleted pod's series are gone", WITHIN, |m| {
         m.describe("pmoas_tcp_accepts_total", &[("namespace", "bookinfo")]).is_empty()
             && m.describe("pmoas_tcp_accepts_total", &[("pod", &uid)]).is_empty()
             && info(m, "bookinfo", "istio-proxy", "sidecar", "istio").is_none()
@@ -204,19 +183,19 @@ fn api_outages_and_malformed_objects_are_survived() {
     let named = |m: &Metrics| {
         m.get("pmoas_container_info", &[("container", "linkerd-proxy"), ("sidecar_kind", "linkerd")]).is_some()
     };
-    eventually(&exp, "named", named);
+    exp.eventually("named", WITHIN, named);
     let errors = |m: &Metrics| m.sum("pmoas_discovery_errors_total", &[("source", "kubernetes")]);
     let e0 = errors(&exp.scrape());
 
     // An object without uid or name: ignored, counted, nothing else changes.
     kube.send_raw("ADDED", json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "broken"}}));
-    let m = eventually(&exp, "the malformed pod counted", |m| errors(m) > e0);
+    let m = exp.eventually("the malformed pod counted", WITHIN, |m| errors(m) > e0);
     assert!(named(&m));
 
     // The API fails: the last known pods stay, failures are counted.
     let e1 = errors(&m);
     kube.set_failing(true);
-    let m = eventually(&exp, "API failures counted", |m| errors(m) > e1);
+    let m = exp.eventually("API failures counted", WITHIN, |m| errors(m) > e1);
     assert!(named(&m), "last known state kept during the outage");
     assert_eq!(m.get("pmoas_scrape_collector_success", &[("collector", "socket")]), Some(1.0));
 
@@ -224,7 +203,7 @@ fn api_outages_and_malformed_objects_are_survived() {
     kube.set_failing(false);
     let native = LitePod::create(&[Some("mesh-agent"), Some("checkout")]).unwrap();
     kube.apply(lite_fixture("native-sidecar-pod", &native, NODE));
-    eventually(&exp, "recovered after the outage", |m| {
+    exp.eventually("recovered after the outage", WITHIN, |m| {
         m.get("pmoas_container_info", &[("container", "mesh-agent"), ("sidecar_kind", "native")]).is_some()
     });
     assert!(exp.log_text().contains("Kubernetes watch failed"), "the outage is in the log");
@@ -245,7 +224,7 @@ fn target_selection_filters_in_the_kernel() {
     if !exp.socket_collector_runs("target_selection_filters_in_the_kernel") {
         return;
     }
-    eventually(&exp, "named", |m| m.get("pmoas_container_info", &[("container", "istio-proxy")]).is_some());
+    exp.eventually("named", WITHIN, |m| m.get("pmoas_container_info", &[("container", "istio-proxy")]).is_some());
     // Give the rescan a moment to hand the selection to the kernel.
     std::thread::sleep(Duration::from_millis(500));
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use pmoas_testbed::podman::{self, Podman};
@@ -55,30 +55,16 @@ fn podman_pods_are_named_through_the_engine_api() {
     let info = |m: &Metrics, container: &str, role: &str| {
         m.get("pmoas_container_info", &[("namespace", ""), ("pod", "shop"), ("container", container), ("role", role)])
     };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let m = exp.scrape();
-        if info(&m, "istio-proxy", "sidecar").is_some() && info(&m, "app", "app").is_some() {
-            assert_eq!(
-                m.get("pmoas_container_info", &[("container", "istio-proxy"), ("sidecar_kind", "istio")]),
-                Some(1.0)
-            );
-            assert_eq!(m.get("pmoas_container_info", &[("container", "app"), ("image", podman::IMAGE)]), Some(1.0));
-            assert!(
-                m.describe("pmoas_container_info", &[("container", "")]).is_empty(),
-                "the infra container is the pod, not a container"
-            );
-            assert_eq!(m.get("pmoas_discovery_workloads", &[("source", "engine"), ("kind", "pod")]), Some(1.0));
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Podman's pod never named:\n{}\n{}",
-            m.describe("pmoas_container_info", &[]),
-            exp.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let m = exp.eventually("Podman's pod named", Duration::from_secs(15), |m| {
+        info(m, "istio-proxy", "sidecar").is_some() && info(m, "app", "app").is_some()
+    });
+    assert_eq!(m.get("pmoas_container_info", &[("container", "istio-proxy"), ("sidecar_kind", "istio")]), Some(1.0));
+    assert_eq!(m.get("pmoas_container_info", &[("container", "app"), ("image", podman::IMAGE)]), Some(1.0));
+    assert!(
+        m.describe("pmoas_container_info", &[("container", "")]).is_empty(),
+        "the infra container is the pod, not a container"
+    );
+    assert_eq!(m.get("pmoas_discovery_workloads", &[("source", "engine"), ("kind", "pod")]), Some(1.0));
 
     let before = exp.scrape();
     for _ in 0..5 {
@@ -103,31 +89,28 @@ fn podman_pods_are_named_through_the_engine_api() {
 
     // Without the rights to the socket: a clear log line, a counted error,
     // and an exporter that keeps serving.
-    if std::path::Path::new("/usr/bin/setpriv").exists() {
-        let mut cmd = std::process::Command::new("/usr/bin/setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
-            .arg(exporter_bin());
-        let denied = Exporter::start_with(
-            cmd,
-            &[
-                "--collector.disable-defaults",
-                "--kubernetes.enabled",
-                "false",
-                "--engine.socket",
-                &socket,
-                "--engine.poll-interval",
-                "200ms",
-            ],
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while denied.scrape().sum("pmoas_discovery_errors_total", &[("source", "engine")]) < 1.0 {
-            assert!(Instant::now() < deadline, "permission errors not counted:\n{}", denied.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let log = denied.log_text();
-        assert!(log.contains("Permission denied") && log.contains("access to the socket"), "{log}");
-        assert_eq!(denied.terminate().code(), Some(0));
-    }
+    // (setpriv is util-linux, a prerequisite of the testbed.)
+    let mut cmd = std::process::Command::new("/usr/bin/setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(exporter_bin());
+    let denied = Exporter::start_with(
+        cmd,
+        &[
+            "--collector.disable-defaults",
+            "--kubernetes.enabled",
+            "false",
+            "--engine.socket",
+            &socket,
+            "--engine.poll-interval",
+            "200ms",
+        ],
+    );
+    denied.eventually("permission errors counted", Duration::from_secs(10), |m| {
+        m.sum("pmoas_discovery_errors_total", &[("source", "engine")]) >= 1.0
+    });
+    let log = denied.log_text();
+    assert!(log.contains("Permission denied") && log.contains("access to the socket"), "{log}");
+    assert_eq!(denied.terminate().code(), Some(0));
     drop(pod);
     drop(api);
 }
@@ -145,19 +128,9 @@ fn a_missing_engine_socket_is_reported_not_fatal() {
         "--engine.poll-interval",
         "200ms",
     ]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = exp.scrape();
-        if m.sum("pmoas_discovery_errors_total", &[("source", "engine")]) >= 1.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "engine failures not counted:\n{}",
-            m.describe("pmoas_discovery_errors_total", &[])
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    exp.eventually("engine failures counted", Duration::from_secs(10), |m| {
+        m.sum("pmoas_discovery_errors_total", &[("source", "engine")]) >= 1.0
+    });
     assert!(exp.log_text().contains("/nonexistent/podman.sock"), "the log names the socket:\n{}", exp.log_text());
     assert_eq!(exp.terminate().code(), Some(0));
 }

@@ -89,9 +89,15 @@ fn endpoints_bad_requests_and_sigterm() {
 
 #[test]
 fn without_privileges_it_keeps_serving_and_says_what_is_missing() {
+    let mut problems = Vec::new();
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/usr/bin/setpriv").exists() {
-        pmoas_testbed::report_skip("without_privileges_it_keeps_serving", "needs root and setpriv to drop privileges");
+    if unsafe { libc::geteuid() } != 0 {
+        problems.push("root, to drop privileges".to_string());
+    }
+    if !std::path::Path::new("/usr/bin/setpriv").exists() {
+        problems.push("/usr/bin/setpriv (apt-get install util-linux)".to_string());
+    }
+    if !can_run("without_privileges_it_keeps_serving_and_says_what_is_missing", &problems) {
         return;
     }
     // The exporter as `nobody`, no capabilities at all.

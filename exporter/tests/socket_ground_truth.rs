@@ -436,19 +436,8 @@ fn series_of_a_vanished_pod_go_away_after_the_grace_period() {
     assert_eq!(m.get("pmoas_scrape_collector_success", &[("collector", "socket")]), Some(1.0));
 
     // Within the grace period the series stay; after it they are gone.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let m = exp.scrape();
-        if m.sum("pmoas_tcp_accepts_total", &[("pod", &uid)]) == 0.0
+    exp.eventually("series of the vanished pod gone", Duration::from_secs(15), |m| {
+        m.sum("pmoas_tcp_accepts_total", &[("pod", &uid)]) == 0.0
             && m.describe("pmoas_tcp_accepts_total", &[("pod", &uid)]).is_empty()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "series of the vanished pod still served:\n{}",
-            m.describe("pmoas_tcp_accepts_total", &[("pod", &uid)])
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    });
 }

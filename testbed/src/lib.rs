@@ -159,14 +159,16 @@ fn on_path(bin: &str) -> bool {
         .any(|d| Path::new(d).join(bin).exists())
 }
 
-pub(crate) fn random_hex(bytes: usize) -> Result<String> {
+/// `bytes` random bytes as hex (a container id is 32).
+pub fn random_hex(bytes: usize) -> Result<String> {
     let mut buf = vec![0u8; bytes];
     use std::io::Read;
     fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn random_uuid() -> Result<String> {
+/// A random RFC 4122 UUID, as Kubernetes gives pods.
+pub fn random_uuid() -> Result<String> {
     Ok(fs::read_to_string("/proc/sys/kernel/random/uuid")?.trim().to_string())
 }
 

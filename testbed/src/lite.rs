@@ -52,7 +52,7 @@ impl LitePod {
     /// A pod with one container per entry; `Some(name)` runs an idle
     /// process called `name` in it, `None` leaves it empty.
     pub fn create(processes: &[Option<&str>]) -> Result<LitePod> {
-        let uid = fs::read_to_string("/proc/sys/kernel/random/uuid")?.trim().to_string();
+        let uid = crate::random_uuid()?;
         let ids: Vec<String> = (0..processes.len()).map(|_| crate::random_hex(32)).collect::<Result<_>>()?;
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let (sets, parents) = cgroups::pod_containers(&uid, &id_refs)?;

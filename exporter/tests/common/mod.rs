@@ -124,6 +124,26 @@ impl Exporter {
         )
     }
 
+    /// Scrapes until `pred` holds (metadata arrives asynchronously); the
+    /// scrape that satisfied it. Fails after `within`, with the
+    /// container_info series and the log.
+    pub fn eventually(&self, what: &str, within: Duration, pred: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + within;
+        loop {
+            let m = self.scrape();
+            if pred(&m) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {within:?}\ncontainer_info:\n{}\nlog:\n{}",
+                m.describe("pmoas_container_info", &[]),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// SIGTERM and wait; the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         // SAFETY: kill(2) on our own child.
@@ -172,34 +192,31 @@ impl Metrics {
         Metrics { series }
     }
 
-    /// Sum of every series of `name` whose labels include `want`.
-    pub fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+    /// Every series of `name` whose labels include `want`.
+    fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        want: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = &'a (String, BTreeMap<String, String>, f64)> + 'a {
         self.series
             .iter()
-            .filter(|(n, l, _)| n == name && want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
-            .map(|(_, _, v)| v)
-            .sum()
+            .filter(move |(n, l, _)| n == name && want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+    }
+
+    /// Sum of every series of `name` whose labels include `want`.
+    pub fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+        self.matching(name, want).map(|(_, _, v)| v).sum()
     }
 
     /// The one series of `name` with these labels, if any.
     pub fn get(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
-        let hits: Vec<f64> = self
-            .series
-            .iter()
-            .filter(|(n, l, _)| n == name && want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
-            .map(|(_, _, v)| *v)
-            .collect();
+        let hits: Vec<f64> = self.matching(name, want).map(|(_, _, v)| *v).collect();
         (hits.len() == 1).then(|| hits[0])
     }
 
     /// Label sets of `name` matching `want`, for messages.
     pub fn describe(&self, name: &str, want: &[(&str, &str)]) -> String {
-        self.series
-            .iter()
-            .filter(|(n, l, _)| n == name && want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
-            .map(|(_, l, v)| format!("{l:?} = {v}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.matching(name, want).map(|(_, l, v)| format!("{l:?} = {v}")).collect::<Vec<_>>().join("\n")
     }
 }
 
