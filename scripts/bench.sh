@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks (as root) and rewrites their sections of BENCHMARKS.md.
-#   scripts/bench.sh [socket|discovery] [--rounds N] [--seconds S] [--connections C]
+#   scripts/bench.sh [socket|discovery|cgroup|all] [--rounds N] [--seconds S] [--connections C]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh test

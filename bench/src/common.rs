@@ -161,3 +161,79 @@ pub fn machine() -> String {
         .unwrap_or_default();
     format!("{date} on {cpus} CPUs, kernel {}", kernel.trim())
 }
+
+/// What wrk measured in one round.
+pub struct Wrk {
+    pub requests_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+/// How wrk uses its connections: a new one per request (a cost per
+/// connection), or keep-alive (a cost per packet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connections {
+    Close,
+    KeepAlive,
+}
+
+fn parse_latency_ms(v: &str) -> f64 {
+    let num: String = v.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match &v[num.len()..] {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+/// wrk from the client cgroup through the pod's Envoy for `seconds`;
+/// `during` runs every 250 ms meanwhile (scrapes, samples).
+pub fn wrk(
+    pod: &pmoas_testbed::Pod,
+    o: &crate::Opts,
+    seconds: u64,
+    connections: Connections,
+    mut during: impl FnMut(),
+) -> Result<Wrk> {
+    let url = format!("http://{}/", pod.envoy_addr());
+    let mut args = vec!["-t2".to_string(), format!("-c{}", o.connections), format!("-d{seconds}s"), "--latency".into()];
+    if connections == Connections::Close {
+        args.extend(["-H".to_string(), "Connection: close".to_string()]);
+    }
+    args.push(url);
+    let child = pod
+        .command(pmoas_testbed::Place::Client, "wrk")
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting wrk (apt-get install wrk)")?;
+    let pid = child.id();
+    let until = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < until && Path::new(&format!("/proc/{pid}")).exists() {
+        std::thread::sleep(Duration::from_millis(250));
+        during();
+    }
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let field = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_string()));
+    let requests_per_sec =
+        field("Requests/sec:").and_then(|v| v.parse().ok()).context("no Requests/sec in wrk output")?;
+    let errors = text
+        .lines()
+        .find(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
+        .map(|l| l.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    Ok(Wrk {
+        requests_per_sec,
+        p50_ms: field("50%").map(|v| parse_latency_ms(&v)).unwrap_or(f64::NAN),
+        p99_ms: field("99%").map(|v| parse_latency_ms(&v)).unwrap_or(f64::NAN),
+        errors,
+    })
+}

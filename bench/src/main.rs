@@ -3,11 +3,14 @@
 //!
 //! - `socket`: exporter off vs on through a real sidecar ([`socket`]);
 //! - `discovery`: 500 pods from a fake Kubernetes API, and one watched pod of
-//!   50 busy ones vs all of them ([`discovery`]).
+//!   50 busy ones vs all of them ([`discovery`]);
+//! - `cgroup`: the cgroup collector with 100 containers (scrape time, CPU),
+//!   and its per-packet cgroup_skb programs through a real sidecar ([`cgroup`]).
 //!
-//! Run: `scripts/bench.sh [socket|discovery] [--rounds N] [--seconds S]`
+//! Run: `scripts/bench.sh [socket|discovery|cgroup|all] [--rounds N] [--seconds S]`
 //! (builds release binaries; as root).
 
+mod cgroup;
 mod common;
 mod discovery;
 mod socket;
@@ -57,10 +60,12 @@ fn run() -> Result<()> {
     match which.as_str() {
         "socket" => socket::run(&o),
         "discovery" => discovery::run(&o),
+        "cgroup" => cgroup::run(&o),
         "all" => {
             socket::run(&o)?;
-            discovery::run(&o)
+            discovery::run(&o)?;
+            cgroup::run(&o)
         }
-        other => bail!("unknown benchmark `{other}` (socket, discovery, all)"),
+        other => bail!("unknown benchmark `{other}` (socket, discovery, cgroup, all)"),
     }
 }

@@ -7,12 +7,10 @@
 //! costs while the programs are attached, /metrics latency.
 
 use std::fmt::Write as _;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use pmoas_testbed::{Place, Pod, PodOptions};
+use anyhow::{Result, bail};
+use pmoas_testbed::{Pod, PodOptions};
 
 use crate::Opts;
 use crate::common::*;
@@ -22,69 +20,6 @@ use crate::common::*;
 struct Syscalls {
     off: Vec<f64>,
     on: Vec<f64>,
-}
-
-struct Wrk {
-    requests_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
-fn parse_latency_ms(v: &str) -> f64 {
-    let num: String = v.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
-    let n: f64 = num.parse().unwrap_or(f64::NAN);
-    match &v[num.len()..] {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        _ => f64::NAN,
-    }
-}
-
-fn wrk(pod: &Pod, o: &Opts, seconds: u64, during: impl FnMut()) -> Result<Wrk> {
-    let url = format!("http://{}/", pod.envoy_addr());
-    let child = pod
-        .command(Place::Client, "wrk")
-        .args([
-            "-t2",
-            &format!("-c{}", o.connections),
-            &format!("-d{seconds}s"),
-            "--latency",
-            "-H",
-            "Connection: close",
-            &url,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting wrk (apt-get install wrk)")?;
-    let mut during = during;
-    let pid = child.id();
-    let until = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < until && Path::new(&format!("/proc/{pid}")).exists() {
-        std::thread::sleep(Duration::from_millis(250));
-        during();
-    }
-    let out = child.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    }
-    let field = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_string()));
-    let requests_per_sec =
-        field("Requests/sec:").and_then(|v| v.parse().ok()).context("no Requests/sec in wrk output")?;
-    let errors = text
-        .lines()
-        .find(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
-        .map(|l| l.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
-    Ok(Wrk {
-        requests_per_sec,
-        p50_ms: field("50%").map(|v| parse_latency_ms(&v)).unwrap_or(f64::NAN),
-        p99_ms: field("99%").map(|v| parse_latency_ms(&v)).unwrap_or(f64::NAN),
-        errors,
-    })
 }
 
 struct OnRound {
@@ -124,7 +59,7 @@ fn syscall_ns() -> Result<f64> {
 pub fn run(o: &Opts) -> Result<()> {
     let pod = Pod::up(&PodOptions::default())?;
     eprintln!("pmoas-bench: testbed {} up; warming up", pod.state.name);
-    wrk(&pod, o, 10, || {})?;
+    wrk(&pod, o, 10, Connections::Close, || {})?;
 
     // Start-up to the first successful scrape; and the cost of one syscall
     // with the exporter's programs attached (idle machine) and without.
@@ -149,7 +84,7 @@ pub fn run(o: &Opts) -> Result<()> {
         let order = if round % 2 == 0 { [false, true] } else { [true, false] };
         for with_exporter in order {
             if !with_exporter {
-                let w = wrk(&pod, o, o.seconds, || {})?;
+                let w = wrk(&pod, o, o.seconds, Connections::Close, || {})?;
                 eprintln!("pmoas-bench: round {round} off: {:.0} req/s", w.requests_per_sec);
                 off.push(w);
                 continue;
@@ -164,7 +99,7 @@ pub fn run(o: &Opts) -> Result<()> {
             let mut last_scrape = Instant::now();
             // Scrape every 5 s during the load, harder than Prometheus's
             // usual 15 s: its cost is in the CPU figure.
-            let w = wrk(&pod, o, o.seconds, || {
+            let w = wrk(&pod, o, o.seconds, Connections::Close, || {
                 if last_scrape.elapsed() >= Duration::from_secs(5) {
                     let _ = http_get(e.addr, "/metrics");
                     last_scrape = Instant::now();

@@ -26,6 +26,9 @@
 #define PMOAS_LOCAL_ADDR_MAP_SIZE 4096
 /* Watched cgroups under a target selection (--target.*). */
 #define PMOAS_TARGET_MAP_SIZE 16384
+/* cgroups with network, block I/O or OOM counters (cgroup collector): every
+ * container of the node plus the host's services that use the network. */
+#define PMOAS_CGROUP_COUNTER_MAP_SIZE 4096
 
 /* ---- lost events: index into the lost_events per-CPU array ---- */
 #define PMOAS_LOST_AGGREGATION_MAP_FULL 0
@@ -113,5 +116,23 @@ struct pmoas_endpoint_key {
 	__u8 pad[6];
 };
 _Static_assert(sizeof(struct pmoas_endpoint_key) == 32, "pmoas_endpoint_key layout");
+
+/* ---- cgroup collector ---- */
+
+/* Value of cgroup_counters, keyed by the cgroup v2 id (__u64). Network bytes
+ * are L3 bytes (IP header included) as the cgroup_skb hooks see them; block
+ * I/O bytes are bios as submitted (the same point io.stat counts at). */
+struct pmoas_cgroup_counters {
+	__u64 net_rx_bytes;
+	__u64 net_rx_packets;
+	__u64 net_tx_bytes;
+	__u64 net_tx_packets;
+	__u64 fs_read_bytes;
+	__u64 fs_reads;
+	__u64 fs_write_bytes;
+	__u64 fs_writes;
+	__u64 oom_kills;
+};
+_Static_assert(sizeof(struct pmoas_cgroup_counters) == 72, "pmoas_cgroup_counters layout");
 
 #endif /* PMOAS_TYPES_H */

@@ -5,6 +5,7 @@
 //! | collector | C source            | object          |
 //! |-----------|---------------------|-----------------|
 //! | socket    | `src/socket.bpf.c`  | [`SOCKET`]      |
+//! | cgroup    | `src/cgroup.bpf.c`  | [`CGROUP`]      |
 //!
 //! [`types`] mirrors the structs of `include/pmoas_types.h` that cross the
 //! kernel/user boundary.
@@ -13,3 +14,6 @@ pub mod types;
 
 /// The socket collector's programs and maps (`src/socket.bpf.c`).
 pub static SOCKET: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socket.bpf.o"));
+
+/// The cgroup collector's programs and maps (`src/cgroup.bpf.c`).
+pub static CGROUP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgroup.bpf.o"));

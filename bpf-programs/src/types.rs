@@ -16,6 +16,7 @@ pub const SOCKET_COUNTER_MAP_SIZE: u32 = 16384;
 pub const SOCKET_HIST_MAP_SIZE: u32 = 16384;
 pub const LOCAL_ADDR_MAP_SIZE: u32 = 4096;
 pub const TARGET_MAP_SIZE: u32 = 16384;
+pub const CGROUP_COUNTER_MAP_SIZE: u32 = 4096;
 
 /// The `const volatile` that turns the kernel's target filter on.
 pub const FILTER_TARGETS_GLOBAL: &str = "pmoas_filter_targets";
@@ -106,7 +107,38 @@ impl SocketCounters {
     }
 }
 
+/// `struct pmoas_cgroup_counters`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupCounters {
+    pub net_rx_bytes: u64,
+    pub net_rx_packets: u64,
+    pub net_tx_bytes: u64,
+    pub net_tx_packets: u64,
+    pub fs_read_bytes: u64,
+    pub fs_reads: u64,
+    pub fs_write_bytes: u64,
+    pub fs_writes: u64,
+    pub oom_kills: u64,
+}
+
+impl CgroupCounters {
+    /// Adds another set of counters (another CPU's copy) into this one.
+    pub fn merge(&mut self, o: &CgroupCounters) {
+        self.net_rx_bytes += o.net_rx_bytes;
+        self.net_rx_packets += o.net_rx_packets;
+        self.net_tx_bytes += o.net_tx_bytes;
+        self.net_tx_packets += o.net_tx_packets;
+        self.fs_read_bytes += o.fs_read_bytes;
+        self.fs_reads += o.fs_reads;
+        self.fs_write_bytes += o.fs_write_bytes;
+        self.fs_writes += o.fs_writes;
+        self.oom_kills += o.oom_kills;
+    }
+}
+
 const _: () = assert!(size_of::<Log2Hist>() == 392);
+const _: () = assert!(size_of::<CgroupCounters>() == 72);
 const _: () = assert!(size_of::<SocketKey>() == 24);
 const _: () = assert!(size_of::<SocketCounters>() == 64);
 
@@ -115,3 +147,4 @@ const _: () = assert!(size_of::<SocketCounters>() == 64);
 unsafe impl aya::Pod for Log2Hist {}
 unsafe impl aya::Pod for SocketKey {}
 unsafe impl aya::Pod for SocketCounters {}
+unsafe impl aya::Pod for CgroupCounters {}

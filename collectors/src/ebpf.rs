@@ -9,7 +9,7 @@ use std::fs;
 use std::path::Path;
 
 use aya::maps::{MapData, PerCpuArray};
-use aya::programs::{BtfTracePoint, ProgramError, TracePoint};
+use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use pmoas_bpf::types::LOST_REASONS;
 
@@ -44,6 +44,9 @@ pub enum Hook {
     TracePoint { category: &'static str, name: &'static str },
     /// A BTF-typed raw tracepoint (`SEC("tp_btf/<name>")`).
     BtfTracePoint { name: &'static str },
+    /// A cgroup_skb program on the root of the cgroup v2 hierarchy, shared
+    /// with other programs there (`BPF_F_ALLOW_MULTI`).
+    CgroupSkb { ingress: bool },
 }
 
 impl fmt::Display for Hook {
@@ -51,6 +54,8 @@ impl fmt::Display for Hook {
         match self {
             Hook::TracePoint { category, name } => write!(f, "tracepoint/{category}/{name}"),
             Hook::BtfTracePoint { name } => write!(f, "tp_btf/{name}"),
+            Hook::CgroupSkb { ingress: true } => f.write_str("cgroup_skb/ingress"),
+            Hook::CgroupSkb { ingress: false } => f.write_str("cgroup_skb/egress"),
         }
     }
 }
@@ -134,12 +139,15 @@ pub struct LoadedObject {
 }
 
 /// Loads `object`, resizes maps, and attaches every program it can.
+/// `cgroup_root` is the cgroup v2 mount, where [`Hook::CgroupSkb`]
+/// programs attach.
 pub fn load(
     collector: &'static str,
     object: &[u8],
     map_sizes: &[(&'static str, u32)],
     globals: &[(&'static str, u8)],
     specs: &[ProgramSpec],
+    cgroup_root: Option<&Path>,
 ) -> Result<LoadedObject, LoadError> {
     preflight()?;
     // One kernel BTF at a time: the loader parses its own for CO-RE and
@@ -165,7 +173,7 @@ pub fn load(
         ))
     })?;
 
-    let statuses = attach_all(collector, specs, |spec| attach(&mut ebpf, spec, &btf));
+    let statuses = attach_all(collector, specs, |spec| attach(&mut ebpf, spec, &btf, cgroup_root));
     drop(btf);
     release_freed_memory();
 
@@ -229,7 +237,7 @@ fn release_freed_memory() {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<(), String> {
+fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf, cgroup_root: Option<&Path>) -> Result<(), String> {
     let program = ebpf
         .program_mut(spec.program)
         .ok_or_else(|| format!("program {} is not in the object (build mismatch)", spec.program))?;
@@ -246,6 +254,21 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf) -> Result<(), String> 
             tp.attach()?;
             Ok(())
         })(),
+        Hook::CgroupSkb { ingress } => {
+            let root =
+                cgroup_root.ok_or_else(|| format!("{} attaches to the cgroup v2 root; none is mounted", spec.hook))?;
+            let dir =
+                fs::File::open(root).map_err(|e| format!("opening the cgroup v2 root {}: {e}", root.display()))?;
+            (|| {
+                let prog: &mut CgroupSkb = program.try_into()?;
+                prog.load()?;
+                let kind = if ingress { CgroupSkbAttachType::Ingress } else { CgroupSkbAttachType::Egress };
+                // A bpf_link on a cgroup always shares it with other programs; the
+                // kernel refuses BPF_F_ALLOW_MULTI as a link flag (EINVAL).
+                prog.attach(&dir, kind, CgroupAttachMode::Single)?;
+                Ok(())
+            })()
+        }
     };
     result.map_err(|e| describe_program_error(&e, spec))
 }
@@ -423,6 +446,28 @@ pub fn export_program_stats(collector: &'static str, stats: &[(&'static str, Pro
         vec![("collector", collector.to_string()), ("reason", "recursion".to_string())],
         misses as f64,
     );
+}
+
+/// Every entry of a per-CPU hash map with its CPUs summed by `merge`. A key
+/// deleted while the map is walked is skipped.
+pub fn read_summed<K: aya::Pod, V: aya::Pod + Default>(
+    map: &aya::maps::PerCpuHashMap<MapData, K, V>,
+    merge: impl Fn(&mut V, &V),
+) -> anyhow::Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let (key, per_cpu) = match item {
+            Ok(kv) => kv,
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut sum = V::default();
+        for v in per_cpu.iter() {
+            merge(&mut sum, v);
+        }
+        out.push((key, sum));
+    }
+    Ok(out)
 }
 
 /// Keeps an object's `target_cgroups` allow-map equal to the cgroups

@@ -10,7 +10,9 @@
 //! | collector | user side          | kernel side                        |
 //! |-----------|--------------------|------------------------------------|
 //! | socket    | [`socket`]         | `bpf-programs/src/socket.bpf.c`    |
+//! | cgroup    | [`cgroup`]         | `bpf-programs/src/cgroup.bpf.c`    |
 
+pub mod cgroup;
 pub mod ebpf;
 pub mod histogram;
 pub mod metrics;
@@ -46,7 +48,7 @@ pub struct CollectorInfo {
 }
 
 /// Every collector this build has.
-pub const CATALOG: &[CollectorInfo] = &[socket::INFO];
+pub const CATALOG: &[CollectorInfo] = &[socket::INFO, cgroup::INFO];
 
 /// The collectors enabled by default.
 pub fn default_collectors() -> Vec<&'static str> {
@@ -70,6 +72,7 @@ pub struct CollectorsConfig {
     /// Start from no collector instead of the default ones.
     pub disable_defaults: bool,
     pub socket: socket::SocketConfig,
+    pub cgroup: cgroup::CgroupConfig,
 }
 
 impl CollectorsConfig {
@@ -77,6 +80,7 @@ impl CollectorsConfig {
     pub fn enabled_override(&self, name: &str) -> Option<bool> {
         match name {
             "socket" => self.socket.enabled,
+            "cgroup" => self.cgroup.enabled,
             _ => None,
         }
     }
@@ -93,6 +97,7 @@ pub struct BuildContext {
 pub fn build(name: &str, ctx: &BuildContext) -> Result<Arc<dyn Collector>, BuildError> {
     match name {
         "socket" => Ok(Arc::new(socket::SocketCollector::new(ctx)?)),
+        "cgroup" => Ok(Arc::new(cgroup::CgroupCollector::new(ctx)?)),
         other => Err(BuildError::Unknown(UnknownCollector(other.to_string()))),
     }
 }

@@ -13,6 +13,37 @@ use prometheus_client::metrics::MetricType;
 /// Label pairs of one series, in the order they are rendered.
 pub type Labels = Vec<(&'static str, String)>;
 
+/// The common workload labels `namespace, pod, container, role` of a
+/// per-workload series (empty for the node itself).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkloadLabels {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub role: &'static str,
+}
+
+impl WorkloadLabels {
+    pub fn of(w: &pmoas_discovery::Workload) -> WorkloadLabels {
+        WorkloadLabels {
+            namespace: w.namespace.clone(),
+            pod: w.pod.clone(),
+            container: w.container.clone(),
+            role: w.role.as_label(),
+        }
+    }
+
+    /// The four labels, in contract order.
+    pub fn labels(&self) -> Labels {
+        vec![
+            ("namespace", self.namespace.clone()),
+            ("pod", self.pod.clone()),
+            ("container", self.container.clone()),
+            ("role", self.role.to_string()),
+        ]
+    }
+}
+
 /// Type of a metric family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ebpf::{self, Hook, LostEvents, ProgramSpec, ProgramStatus};
 use crate::histogram::Log2Buckets;
-use crate::metrics::{Desc, Labels, MetricSet};
+use crate::metrics::{Desc, Labels, MetricSet, WorkloadLabels};
 use crate::{BuildContext, BuildError, Collector, CollectorInfo};
 
 pub const INFO: CollectorInfo = CollectorInfo {
@@ -178,32 +178,18 @@ pub fn peer_label(own: &Workload, class: u8, peer: Option<&Workload>) -> &'stati
 /// The workload labels of a series.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Series {
-    namespace: String,
-    pod: String,
-    container: String,
-    role: &'static str,
+    workload: WorkloadLabels,
     /// Empty for series without a peer (retransmits, resets, accept wait).
     peer: &'static str,
 }
 
 impl Series {
     fn new(w: &Workload, peer: &'static str) -> Series {
-        Series {
-            namespace: w.namespace.clone(),
-            pod: w.pod.clone(),
-            container: w.container.clone(),
-            role: w.role.as_label(),
-            peer,
-        }
+        Series { workload: WorkloadLabels::of(w), peer }
     }
 
     fn labels(&self, with_peer: bool) -> Labels {
-        let mut l: Labels = vec![
-            ("namespace", self.namespace.clone()),
-            ("pod", self.pod.clone()),
-            ("container", self.container.clone()),
-            ("role", self.role.to_string()),
-        ];
+        let mut l = self.workload.labels();
         if with_peer {
             l.push(("peer", self.peer.to_string()));
         }
@@ -226,23 +212,6 @@ type Triple = (u64, u64, u8);
 
 fn triple(k: &SocketKey) -> Triple {
     (k.cgroup_id, k.peer_cgroup_id, k.peer_class)
-}
-
-/// Values that can be summed (per CPU, per series, into the carry).
-trait Mergeable: Clone + Default {
-    fn merge_from(&mut self, other: &Self);
-}
-
-impl Mergeable for SocketCounters {
-    fn merge_from(&mut self, other: &Self) {
-        self.merge(other)
-    }
-}
-
-impl Mergeable for Log2Hist {
-    fn merge_from(&mut self, other: &Self) {
-        self.merge(other)
-    }
 }
 
 /// A value kept in user space after its kernel key was deleted, with the
@@ -291,7 +260,7 @@ impl SocketCollector {
         ];
         let filter = ctx.discovery.targets_enabled();
         let globals = [(t::FILTER_TARGETS_GLOBAL, u8::from(filter))];
-        let loaded = ebpf::load(INFO.name, pmoas_bpf::SOCKET, &sizes, &globals, PROGRAMS).map_err(|e| {
+        let loaded = ebpf::load(INFO.name, pmoas_bpf::SOCKET, &sizes, &globals, PROGRAMS, None).map_err(|e| {
             let programs = match &e {
                 ebpf::LoadError::NothingAttached { programs, .. } => programs.clone(),
                 other => ebpf::unattached(INFO.name, PROGRAMS, &other.to_string()),
@@ -358,26 +327,6 @@ impl Collector for SocketCollector {
     }
 }
 
-fn read_summed<V: aya::Pod + Mergeable>(
-    map: &PerCpuHashMap<MapData, SocketKey, V>,
-) -> anyhow::Result<Vec<(SocketKey, V)>> {
-    let mut out = Vec::new();
-    for item in map.iter() {
-        let (key, per_cpu) = match item {
-            Ok(kv) => kv,
-            // A key deleted between get_next_key and lookup: skip it.
-            Err(aya::maps::MapError::KeyNotFound) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let mut sum = V::default();
-        for v in per_cpu.iter() {
-            sum.merge_from(v);
-        }
-        out.push((key, sum));
-    }
-    Ok(out)
-}
-
 impl Inner {
     fn refresh_local_addrs(&mut self, discovery: &Discovery) {
         let procfs = discovery.procfs();
@@ -442,8 +391,8 @@ impl Inner {
     }
 
     fn collect(&mut self, discovery: &Discovery, out: &mut MetricSet) -> anyhow::Result<()> {
-        let counters = read_summed(&self.counters)?;
-        let hists = read_summed(&self.histograms)?;
+        let counters = ebpf::read_summed(&self.counters, SocketCounters::merge)?;
+        let hists = ebpf::read_summed(&self.histograms, Log2Hist::merge)?;
         let triples: HashSet<Triple> =
             counters.iter().map(|(k, _)| triple(k)).chain(hists.iter().map(|(k, _)| triple(k))).collect();
         let fates = self.resolve(discovery, &triples);

@@ -186,6 +186,7 @@ impl Config {
         for (key, v) in [
             ("collector.socket.max_tracked_connections", socket.max_tracked_connections),
             ("collector.socket.max_series", socket.max_series),
+            ("collector.cgroup.max_cgroups", self.collector.cgroup.max_cgroups),
         ] {
             if !(64..=1 << 24).contains(&v) {
                 return Err(ConfigError::Key { key, reason: format!("{v} is outside 64..=16777216") });

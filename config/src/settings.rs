@@ -110,6 +110,16 @@ pub const SETTINGS: &[Setting] = &[
         "How often the addresses of the node and its pods are re-read (peer=node vs remote)",
     ),
     Setting::value(
+        "collector.cgroup.max_cgroups",
+        "N",
+        "cgroups with kernel-side network, block I/O and OOM counters, node-wide; beyond it new cgroups are not counted (and that is counted)",
+    ),
+    Setting::value(
+        "collector.cgroup.network_per_container",
+        "BOOL",
+        "Count network bytes per container with cgroup_skb programs on the cgroup v2 root (true), or not (false)",
+    ),
+    Setting::value(
         "web.listen_address",
         "ADDR",
         "Address to serve on: host:port, [v6]:port, or :port for every address",

@@ -20,7 +20,7 @@ fn defaults_need_nothing() {
     assert_eq!(c, Config::default());
     assert_eq!(c.listen_address().unwrap().to_string(), "0.0.0.0:8765");
     assert_eq!(c.web.telemetry_path, "/metrics");
-    assert_eq!(c.enabled_collectors().unwrap().iter().map(|i| i.name).collect::<Vec<_>>(), vec!["socket"]);
+    assert_eq!(c.enabled_collectors().unwrap().iter().map(|i| i.name).collect::<Vec<_>>(), vec!["socket", "cgroup"]);
 }
 
 #[test]
@@ -73,7 +73,9 @@ fn collector_selection() {
     .unwrap();
     assert_eq!(names(&c), vec!["socket"]);
     let c = Config::load(None, &env(&[("PMOAS_COLLECTOR_SOCKET_ENABLED", "false")]), &vec![]).unwrap();
-    assert!(names(&c).is_empty());
+    assert_eq!(names(&c), vec!["cgroup"]);
+    let c = Config::load(None, &[], &vec![("collector.cgroup.network_per_container", "false".into())]).unwrap();
+    assert!(!c.collector.cgroup.network_per_container);
     let f = file("collectors = [\"socket\"]\n");
     assert_eq!(names(&Config::load(Some(f.path()), &[], &vec![]).unwrap()), vec!["socket"]);
 }
@@ -82,7 +84,7 @@ fn collector_selection() {
 fn unknown_collector_lists_the_valid_ones() {
     let err = Config::load(None, &[], &vec![("collectors", "socket,netstack".into())]).unwrap_err().to_string();
     assert!(
-        err.contains("collectors") && err.contains("`netstack`") && err.contains("valid collectors: socket"),
+        err.contains("collectors") && err.contains("`netstack`") && err.contains("valid collectors: socket, cgroup"),
         "{err}"
     );
 }

@@ -204,6 +204,18 @@ impl Lookup {
     }
 }
 
+/// A container or pod cgroup discovery knows, from [`Discovery::cgroups`].
+#[derive(Clone, Debug)]
+pub struct KnownCgroup {
+    /// The cgroup v2 id.
+    pub id: u64,
+    /// Its path below the v2 mount, starting with `/`.
+    pub relative_path: String,
+    pub workload: Arc<Workload>,
+    /// `false` once the cgroup is gone (served until the grace period ends).
+    pub live: bool,
+}
+
 /// A change of the watched cgroups, for the kernel's allow-maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TargetUpdate {
@@ -761,6 +773,22 @@ impl Discovery {
             .filter(|e| e.gone_since.is_none() && e.workload.is_container())
             .filter(|e| seen.insert(e.workload.clone()))
             .map(|e| e.workload.clone())
+            .collect()
+    }
+
+    /// Every known container and pod cgroup, live or within the grace
+    /// period (for collectors that read cgroupfs per container).
+    pub fn cgroups(&self) -> Vec<KnownCgroup> {
+        let entries = self.lock();
+        entries
+            .iter()
+            .filter(|(_, e)| e.workload.pod_uid.is_some() || e.workload.is_container())
+            .map(|(id, e)| KnownCgroup {
+                id: *id,
+                relative_path: e.relative_path.clone(),
+                workload: e.workload.clone(),
+                live: e.gone_since.is_none(),
+            })
             .collect()
     }
 

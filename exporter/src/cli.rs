@@ -290,6 +290,6 @@ mod tests {
             assert!(help.contains(&format!("--no-collector.{}", c.name)));
         }
         assert!(help.contains("[default: :8765]"), "{help}");
-        assert!(help.contains("[valid: socket]"));
+        assert!(help.contains("[valid: socket, cgroup]"), "{help}");
     }
 }

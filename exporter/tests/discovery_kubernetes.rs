@@ -220,7 +220,11 @@ fn target_selection_filters_in_the_kernel() {
     let pod = Pod::up(&PodOptions::default()).expect("testbed up");
     kube.apply(istio_fixture(&pod));
     let dir = tmpdir("k8s-target");
-    let exp = start_exporter(&kube, &dir, &["--target.namespace", "bookinfo", "--target.pod-label", "app=productpage"]);
+    let exp = start_exporter(
+        &kube,
+        &dir,
+        &["--target.namespace", "bookinfo", "--target.pod-label", "app=productpage", "--collector.cgroup"],
+    );
     if !exp.socket_collector_runs("target_selection_filters_in_the_kernel") {
         return;
     }
@@ -245,6 +249,23 @@ fn target_selection_filters_in_the_kernel() {
         0.0,
         "unselected workloads are filtered in the kernel:\n{}",
         after.describe("pmoas_tcp_connects_total", &[])
+    );
+    // The cgroup collector too: network counted for the selected pod only,
+    // and cgroupfs read for nothing else.
+    let selected = [("namespace", "bookinfo"), ("container", "istio-proxy")];
+    assert!(after.sum("pmoas_container_network_receive_bytes_total", &selected) > 0.0);
+    assert!(
+        after.get("pmoas_container_network_transmit_bytes_total", &[("container", client.as_str())]).is_none(),
+        "the unselected client has no kernel counters"
+    );
+    let cpu = after.describe("pmoas_container_cpu_usage_seconds_total", &[]);
+    assert!(
+        after
+            .series
+            .iter()
+            .filter(|(n, _, _)| n == "pmoas_container_cpu_usage_seconds_total")
+            .all(|(_, l, _)| l["namespace"] == "bookinfo"),
+        "only the selected pod's cgroups are read:\n{cpu}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

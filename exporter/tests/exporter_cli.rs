@@ -17,7 +17,7 @@ fn unknown_collector_is_an_error_that_lists_the_valid_ones() {
     let out = run(&["--collectors", "socket,netstack"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown collector `netstack`") && err.contains("valid collectors: socket"), "{err}");
+    assert!(err.contains("unknown collector `netstack`") && err.contains("valid collectors: socket, cgroup"), "{err}");
 }
 
 #[test]
@@ -100,13 +100,30 @@ fn without_privileges_it_keeps_serving_and_says_what_is_missing() {
     if !can_run("without_privileges_it_keeps_serving_and_says_what_is_missing", &problems) {
         return;
     }
+    // A container for the cgroup collector to read (made as root).
+    let pod = pmoas_testbed::lite::LitePod::create(&[Some("app-process")]).expect("lite pod");
     // The exporter as `nobody`, no capabilities at all.
     let mut cmd = Command::new("/usr/bin/setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
         .arg(exporter_bin());
-    let exp = Exporter::start_with(cmd, &["--collectors", "socket"]);
+    let exp = Exporter::start_with(cmd, &["--collectors", "socket,cgroup"]);
     let m = exp.scrape();
     assert_eq!(m.get("pmoas_scrape_collector_success", &[("collector", "socket")]), Some(0.0));
+    // cgroupfs needs no privilege: CPU and memory are still served, the
+    // programs are reported at 0, and the sources say what is missing.
+    let container = [("pod", pod.uid.as_str()), ("container", &pod.containers[0].id[..12])];
+    let m = exp.eventually("the container's CPU from cgroupfs", std::time::Duration::from_secs(10), |m| {
+        m.get("pmoas_container_cpu_usage_seconds_total", &container).is_some()
+    });
+    assert_eq!(m.get("pmoas_scrape_collector_success", &[("collector", "cgroup")]), Some(1.0));
+    assert_eq!(
+        m.get("pmoas_ebpf_program_attached", &[("collector", "cgroup"), ("program", "cgroup_skb_ingress")]),
+        Some(0.0)
+    );
+    assert!(m.get("pmoas_cgroup_sources", &[("resource", "network"), ("source", "none")]).unwrap_or(0.0) >= 1.0);
+    assert!(m.get("pmoas_cgroup_sources", &[("resource", "oom"), ("source", "ebpf")]).is_none());
+    assert!(m.get("pmoas_container_network_receive_bytes_total", &container).is_none(), "no network source, no zeros");
+    drop(pod);
     assert_eq!(m.get("pmoas_build_info", &[]), Some(1.0));
     assert_eq!(
         m.get(

@@ -23,6 +23,7 @@
 pub mod cgroups;
 pub mod fake_kube;
 pub mod lite;
+pub mod load;
 pub mod net;
 pub mod podman;
 pub mod procs;

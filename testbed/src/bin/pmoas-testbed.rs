@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use pmoas_testbed::{Pod, PodOptions, list_states, teardown, traffic};
+use pmoas_testbed::{Pod, PodOptions, list_states, load, teardown, traffic};
 
 const USAGE: &str = "\
 pmoas-testbed: a pod with a real sidecar (Envoy -> nginx) on this machine, as root.
@@ -22,7 +22,16 @@ Traffic tools (tests run them inside containers; they print a JSON report):
   pmoas-testbed tcp-client --connect ADDR --count N [--send BYTES]
       N connections: send BYTES, shut down writing, read to EOF.
   pmoas-testbed http --connect ADDR [--path /] --count N [--concurrency C]
-      N GET requests with Connection: close.";
+      N GET requests with Connection: close.
+
+Resource tools (known load for the cgroup collector's tests):
+  pmoas-testbed burn --cpu-ms N          spin until this process used N ms of CPU
+  pmoas-testbed hog --mib N              touch N MiB of memory, print `touched`, hold it
+                                         until stdin closes (or an hour)
+  pmoas-testbed disk --file PATH --write-mib N [--direct]
+      write N MiB (O_DIRECT, or buffered + fsync) and report the bytes
+  pmoas-testbed disk --file PATH --read [--direct]
+      read the file whole (O_DIRECT, or buffered after dropping its cache)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -123,6 +132,30 @@ fn run(args: &[String]) -> Result<()> {
                 o.num("--count", 1)?,
                 o.num("--concurrency", 1)?,
             );
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        "burn" => {
+            let r = load::burn(o.num("--cpu-ms", 1000)? as f64 / 1000.0);
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        "hog" => {
+            let held = load::touch(o.num("--mib", 100)? as usize);
+            println!("touched");
+            std::io::Write::flush(&mut std::io::stdout())?;
+            load::hold(std::time::Duration::from_secs(3600));
+            drop(held);
+            Ok(())
+        }
+        "disk" => {
+            let path = std::path::PathBuf::from(o.value("--file").context("--file PATH is required")?);
+            let direct = o.flag("--direct");
+            let r = if o.flag("--read") {
+                load::read_file(&path, direct)?
+            } else {
+                load::write_file(&path, o.num("--write-mib", 20)? as usize, direct)?
+            };
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }

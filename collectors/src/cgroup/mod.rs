@@ -1,0 +1,708 @@
+//! cgroup collector, user side: CPU, memory, OOM kills, block I/O and
+//! network per container, sidecar and app side by side, and each pod's
+//! interface counters.
+//!
+//! Kernel side: `bpf-programs/src/cgroup.bpf.c` (network bytes per
+//! container through cgroup_skb, block I/O where cgroupfs says nothing, OOM
+//! victims). cgroupfs side: [`files`] (which file feeds which metric, v2
+//! first, v1 on hybrid hosts) and [`paths`] (a container's v1 directories).
+//!
+//! On every scrape each known container and pod cgroup is read once, with
+//! the sources decided when it was first seen (`pmoas_cgroup_sources` says
+//! which). A cgroup that vanishes keeps its last values for the discovery
+//! grace period, then its series go. State is bounded by what discovery
+//! knows; kernel keys of vanished cgroups are deleted.
+
+pub mod files;
+pub mod netdev;
+pub mod paths;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use aya::maps::{MapData, PerCpuHashMap};
+use pmoas_bpf::types::{self as t, CgroupCounters};
+use pmoas_discovery::{Discovery, KnownCgroup, Lookup, process};
+use serde::{Deserialize, Serialize};
+
+use self::files::{Dirs, Plan, Resource, Source, Stats};
+use self::paths::PathMap;
+use crate::ebpf::{self, Hook, LostEvents, ProgramSpec, ProgramStatus};
+use crate::metrics::{Desc, Labels, MetricSet, WorkloadLabels};
+use crate::{BuildContext, BuildError, Collector, CollectorInfo};
+
+pub const INFO: CollectorInfo = CollectorInfo {
+    name: "cgroup",
+    help: "CPU, throttling, memory, OOM kills, block I/O and network per container (network per container \
+           even inside a shared pod network namespace), and each pod's interface counters (cgroupfs + cgroup_skb)",
+    default_enabled: true,
+};
+
+pub const CPU_USAGE: Desc = Desc::counter("pmoas_container_cpu_usage_seconds_total", "CPU time used by the cgroup.");
+pub const CPU_THROTTLED: Desc = Desc::counter(
+    "pmoas_container_cpu_throttled_seconds_total",
+    "Time the cgroup's runnable tasks waited because its CFS quota was used up.",
+);
+pub const CPU_THROTTLED_PERIODS: Desc =
+    Desc::counter("pmoas_container_cpu_throttled_periods_total", "CFS periods in which the cgroup was throttled.");
+pub const MEMORY_USAGE: Desc =
+    Desc::gauge("pmoas_container_memory_usage_bytes", "Memory charged to the cgroup, page cache included.");
+pub const MEMORY_WORKING_SET: Desc = Desc::gauge(
+    "pmoas_container_memory_working_set_bytes",
+    "Memory usage minus inactive file cache: what the kubelet evicts and OOM-kills by.",
+);
+pub const MEMORY_RSS: Desc = Desc::gauge("pmoas_container_memory_rss_bytes", "Anonymous memory of the cgroup.");
+pub const OOM_KILLS: Desc =
+    Desc::counter("pmoas_container_oom_kills_total", "Processes of the cgroup killed by the OOM killer.");
+pub const FS_READ: Desc =
+    Desc::counter("pmoas_container_fs_read_bytes_total", "Bytes read from block devices by the cgroup.");
+pub const FS_WRITE: Desc =
+    Desc::counter("pmoas_container_fs_write_bytes_total", "Bytes written to block devices by the cgroup.");
+pub const NET_RX: Desc = Desc::counter(
+    "pmoas_container_network_receive_bytes_total",
+    "Bytes received by the container's sockets (IP header included), per container even inside a shared pod \
+     network namespace.",
+);
+pub const NET_TX: Desc = Desc::counter(
+    "pmoas_container_network_transmit_bytes_total",
+    "Bytes sent by the container's sockets (IP header included), per container even inside a shared pod network \
+     namespace.",
+);
+pub const NET_RX_PACKETS: Desc =
+    Desc::counter("pmoas_container_network_receive_packets_total", "Packets received by the container's sockets.");
+pub const NET_TX_PACKETS: Desc =
+    Desc::counter("pmoas_container_network_transmit_packets_total", "Packets sent by the container's sockets.");
+pub const POD_RX: Desc = Desc::counter(
+    "pmoas_pod_network_receive_bytes_total",
+    "Bytes received on an interface of the pod's network namespace (as `ip -s link` there).",
+);
+pub const POD_TX: Desc = Desc::counter(
+    "pmoas_pod_network_transmit_bytes_total",
+    "Bytes sent on an interface of the pod's network namespace (as `ip -s link` there).",
+);
+pub const POD_RX_PACKETS: Desc =
+    Desc::counter("pmoas_pod_network_receive_packets_total", "Packets received on an interface of the pod.");
+pub const POD_TX_PACKETS: Desc =
+    Desc::counter("pmoas_pod_network_transmit_packets_total", "Packets sent on an interface of the pod.");
+pub const SOURCES: Desc = Desc::gauge(
+    "pmoas_cgroup_sources",
+    "Known cgroups per resource and the source each is read from (cgroup_v2, cgroup_v1, ebpf, or none: \
+     not measurable on this host, so not exported).",
+);
+pub const READ_ERRORS: Desc = Desc::counter(
+    "pmoas_cgroup_read_errors_total",
+    "cgroupfs and procfs files of live cgroups and pods that could not be read, by file.",
+);
+
+/// Settings of the cgroup collector (`[collector.cgroup]`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CgroupConfig {
+    /// Run this collector (`true`), or not (`false`) whatever the defaults
+    /// and the collector list say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// cgroups with kernel-side counters (network, block I/O, OOM kills),
+    /// node-wide. Beyond it new cgroups are not counted, and that is
+    /// counted in `pmoas_ebpf_events_lost_total{reason="aggregation_map_full"}`.
+    pub max_cgroups: u32,
+    /// Count network bytes per container with cgroup_skb programs on the
+    /// cgroup v2 root (one short program run per packet of the node).
+    pub network_per_container: bool,
+}
+
+impl Default for CgroupConfig {
+    fn default() -> Self {
+        CgroupConfig { enabled: None, max_cgroups: t::CGROUP_COUNTER_MAP_SIZE, network_per_container: true }
+    }
+}
+
+/// The programs of cgroup.bpf.c.
+pub const PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec { program: "cgroup_skb_ingress", hook: Hook::CgroupSkb { ingress: true }, fallback_for: None },
+    ProgramSpec { program: "cgroup_skb_egress", hook: Hook::CgroupSkb { ingress: false }, fallback_for: None },
+    ProgramSpec {
+        program: "cgroup_block_io",
+        hook: Hook::BtfTracePoint { name: "block_bio_queue" },
+        fallback_for: None,
+    },
+    ProgramSpec { program: "cgroup_oom_victim", hook: Hook::BtfTracePoint { name: "mark_victim" }, fallback_for: None },
+];
+
+/// With `network_per_container = false`: no per-packet program.
+const PROGRAMS_WITHOUT_NETWORK: &[ProgramSpec] = &[PROGRAMS[2], PROGRAMS[3]];
+
+/// The lost-event reasons cgroup.bpf.c counts (a full `cgroup_counters`).
+const LOST: &[&str] = &["aggregation_map_full"];
+
+/// Threads that read cgroupfs at once, at most; and the fewest cgroups
+/// worth a thread of their own.
+const MAX_READ_THREADS: usize = 4;
+const MIN_CGROUPS_PER_THREAD: usize = 32;
+
+/// Attempts to find a cgroup's v1 directories before settling for what
+/// was found (a runtime that does not create every v1 directory).
+const DIR_ATTEMPTS: u8 = 5;
+
+/// One known cgroup: where its files are, what they feed, and its last
+/// good values (served after it vanished, for the grace period).
+struct Tracked {
+    dirs: Dirs,
+    plan: Plan,
+    attempts: u8,
+    complete: bool,
+    last: Stats,
+}
+
+/// A pod's interfaces, last read.
+struct PodInterfaces {
+    labels: (String, String),
+    interfaces: Vec<netdev::Interface>,
+    /// The process read through, and its network namespace inode.
+    reader: Option<(u32, u64)>,
+}
+
+/// The kernel side's maps, when its object loaded.
+struct KernelMaps {
+    counters: PerCpuHashMap<MapData, u64, CgroupCounters>,
+    lost: LostEvents,
+}
+
+struct Inner {
+    kernel: Option<KernelMaps>,
+    tracked: HashMap<u64, Tracked>,
+    paths: PathMap,
+    /// What each kernel key last resolved to (a workload, or the node).
+    key_owner: HashMap<u64, WorkloadLabels>,
+    /// Counts of vanished cgroups outside any workload, kept in the node's
+    /// series so it never goes backwards.
+    node_carry: CgroupCounters,
+    pods: HashMap<String, PodInterfaces>,
+    read_errors: BTreeMap<&'static str, u64>,
+    buf: String,
+}
+
+pub struct CgroupCollector {
+    // Field order: `inner` (the maps) drops before `ebpf` detaches programs.
+    inner: Mutex<Inner>,
+    /// `None` when the object could not be loaded at all (no privileges,
+    /// no BTF): the collector then serves what cgroupfs says.
+    ebpf: Option<Mutex<aya::Ebpf>>,
+    programs: Vec<ProgramStatus>,
+    discovery: Arc<Discovery>,
+    v2_root: PathBuf,
+    v1_roots: BTreeMap<String, PathBuf>,
+    network: bool,
+    block_io: bool,
+    oom: bool,
+}
+
+impl CgroupCollector {
+    pub fn new(ctx: &BuildContext) -> Result<CgroupCollector, BuildError> {
+        let fail = |message: String, programs: Vec<ProgramStatus>| BuildError::Failed { message, programs };
+        let v2_root = ctx
+            .discovery
+            .cgroupfs()
+            .v2_root()
+            .map_err(|e| fail(format!("the cgroup collector names containers by cgroup v2 id: {e}"), vec![]))?
+            .to_path_buf();
+        let cfg = ctx.config.cgroup.clone();
+        let specs = if cfg.network_per_container { PROGRAMS } else { PROGRAMS_WITHOUT_NETWORK };
+        let sizes = [("cgroup_counters", cfg.max_cgroups)];
+        let filter = ctx.discovery.targets_enabled();
+        let globals = [(t::FILTER_TARGETS_GLOBAL, u8::from(filter))];
+        let loaded = ebpf::load(INFO.name, pmoas_bpf::CGROUP, &sizes, &globals, specs, Some(&v2_root));
+        // cgroupfs alone still gives CPU, throttling, memory, OOM kills and
+        // (where it counts) block I/O: without its programs the collector
+        // runs on, and pmoas_cgroup_sources says what is missing.
+        let (bpf, programs) = match loaded {
+            Ok(l) => (Some(l.ebpf), l.programs),
+            Err(e) => {
+                tracing::warn!(
+                    collector = INFO.name,
+                    error = %e,
+                    "no eBPF programs: serving cgroupfs numbers only (no network per container; block I/O only \
+                     where cgroupfs counts it)"
+                );
+                let programs = match &e {
+                    ebpf::LoadError::NothingAttached { programs, .. } => programs.clone(),
+                    other => ebpf::unattached(INFO.name, specs, &other.to_string()),
+                };
+                (None, programs)
+            }
+        };
+        let kernel = match bpf {
+            Some(mut bpf) => {
+                let take = |bpf: &mut aya::Ebpf, name: &str| {
+                    bpf.take_map(name)
+                        .ok_or_else(|| format!("map {name} missing from the cgroup object (build mismatch)"))
+                };
+                let maps = (|| -> Result<KernelMaps, String> {
+                    Ok(KernelMaps {
+                        counters: PerCpuHashMap::try_from(take(&mut bpf, "cgroup_counters")?)
+                            .map_err(|e| e.to_string())?,
+                        lost: LostEvents::take(INFO.name, &mut bpf, LOST).map_err(|e| e.to_string())?,
+                    })
+                })()
+                .map_err(|e| fail(e, programs.clone()))?;
+                if filter {
+                    let map = take(&mut bpf, "target_cgroups").map_err(|e| fail(e, programs.clone()))?;
+                    ebpf::follow_targets(INFO.name, map, &ctx.discovery)
+                        .map_err(|e| fail(e.to_string(), programs.clone()))?;
+                }
+                Some((maps, bpf))
+            }
+            None => None,
+        };
+        let attached = |name: &str| programs.iter().any(|p| p.program == name && p.attached);
+        let (maps, bpf) = kernel.map_or((None, None), |(m, b)| (Some(m), Some(Mutex::new(b))));
+        Ok(CgroupCollector {
+            inner: Mutex::new(Inner {
+                kernel: maps,
+                tracked: HashMap::new(),
+                paths: PathMap::default(),
+                key_owner: HashMap::new(),
+                node_carry: CgroupCounters::default(),
+                pods: HashMap::new(),
+                read_errors: BTreeMap::new(),
+                buf: String::with_capacity(4096),
+            }),
+            ebpf: bpf,
+            network: attached("cgroup_skb_ingress") && attached("cgroup_skb_egress"),
+            block_io: attached("cgroup_block_io"),
+            oom: attached("cgroup_oom_victim"),
+            programs,
+            discovery: ctx.discovery.clone(),
+            v2_root,
+            v1_roots: ctx.discovery.cgroupfs().v1_roots().clone(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Collector for CgroupCollector {
+    fn collect(&self, out: &mut MetricSet) -> anyhow::Result<()> {
+        let mut inner = self.lock();
+        if let (Some(k), Some(bpf)) = (&inner.kernel, &self.ebpf) {
+            k.lost.export(out)?;
+            let stats = ebpf::program_stats(&bpf.lock().unwrap_or_else(|p| p.into_inner()), &self.programs);
+            ebpf::export_program_stats(INFO.name, &stats, out);
+        }
+        inner.collect(self, out)
+    }
+
+    fn programs(&self) -> Vec<ProgramStatus> {
+        self.programs.clone()
+    }
+}
+
+/// Everything one series (a container, a pod, or the node) gets this scrape.
+#[derive(Default)]
+struct Row {
+    stats: Stats,
+    /// Where its block I/O comes from (its cgroup's plan).
+    fs: Option<Source>,
+    kernel: CgroupCounters,
+    /// A pod-level row (container ""): its kernel counts are its pod's.
+    pod_uid: Option<String>,
+    /// The cgroups whose files fed it, with their readings.
+    cgroups: Vec<(String, Stats)>,
+}
+
+impl Row {
+    /// Adds one cgroup's reading. cgroupfs numbers are hierarchical, so a
+    /// cgroup nested in another of the same labels (a runtime's helper
+    /// below a pod, a container's own sub-cgroups) is already in its
+    /// ancestor's numbers and must not be added again.
+    fn add_cgroup(&mut self, path: &str, stats: Stats) {
+        let nested = |a: &str, b: &str| b.starts_with(a) && b.as_bytes().get(a.len()) == Some(&b'/');
+        if self.cgroups.iter().any(|(p, _)| nested(p, path)) {
+            return;
+        }
+        self.cgroups.retain(|(p, _)| !nested(path, p));
+        self.cgroups.push((path.to_string(), stats));
+        self.stats = self.cgroups.iter().fold(Stats::default(), |acc, (_, s)| add(&acc, s));
+    }
+}
+
+impl Inner {
+    fn collect(&mut self, c: &CgroupCollector, out: &mut MetricSet) -> anyhow::Result<()> {
+        let discovery = &c.discovery;
+        let filter = discovery.targets_enabled();
+        let known: Vec<KnownCgroup> =
+            discovery.cgroups().into_iter().filter(|k| !filter || k.workload.selected).collect();
+        let known_ids: HashSet<u64> = known.iter().map(|k| k.id).collect();
+        self.tracked.retain(|id, _| known_ids.contains(id));
+
+        // 1. cgroupfs, once per cgroup.
+        let mut rows: BTreeMap<WorkloadLabels, Row> = BTreeMap::new();
+        let mut sources: BTreeMap<(Resource, Source), u64> = BTreeMap::new();
+        for k in &known {
+            self.prepare(c, k);
+        }
+        self.read_all(&known);
+        for k in &known {
+            let Some(tracked) = self.tracked.get(&k.id) else { continue };
+            let stats = tracked.last;
+            if k.live {
+                for r in Resource::ALL {
+                    *sources.entry((r, tracked.plan.get(r))).or_default() += 1;
+                }
+            }
+            let row = rows.entry(WorkloadLabels::of(&k.workload)).or_default();
+            row.add_cgroup(&k.relative_path, stats);
+            row.fs.get_or_insert(tracked.plan.fs);
+            if k.workload.container.is_empty() {
+                row.pod_uid = k.workload.pod_uid.clone();
+            }
+        }
+
+        // 2. Kernel counters, by the cgroup that owns the socket / the task.
+        let mut per_pod: HashMap<String, CgroupCounters> = HashMap::new();
+        let entries = match &self.kernel {
+            Some(k) => ebpf::read_summed(&k.counters, CgroupCounters::merge)?,
+            None => Vec::new(),
+        };
+        for (id, value) in entries {
+            match discovery.lookup(id) {
+                Lookup::Live(w) | Lookup::Gone(w) => {
+                    let owner = WorkloadLabels::of(&w);
+                    if filter && !w.selected {
+                        continue;
+                    }
+                    if let Some(uid) = &w.pod_uid {
+                        per_pod.entry(uid.clone()).or_default().merge(&value);
+                    }
+                    self.key_owner.insert(id, owner.clone());
+                    rows.entry(owner).or_default().kernel.merge(&value);
+                }
+                Lookup::Unknown => {
+                    // Gone past the grace period (or before it was named):
+                    // a workload's series ends; the node's carries it on.
+                    let owner = self.key_owner.remove(&id).unwrap_or_default();
+                    if owner == WorkloadLabels::default() {
+                        self.node_carry.merge(&value);
+                    }
+                    if let Some(k) = &mut self.kernel {
+                        let _ = k.counters.remove(&id);
+                    }
+                }
+            }
+        }
+        let node = rows.entry(WorkloadLabels::default()).or_default();
+        node.kernel.merge(&self.node_carry);
+        for row in rows.values_mut() {
+            if let Some(uid) = &row.pod_uid {
+                row.kernel = per_pod.get(uid).copied().unwrap_or_default();
+            }
+        }
+
+        // 3. Pod interfaces, from inside each pod's network namespace.
+        self.read_pods(c, &known);
+
+        self.emit(c, &rows, &sources, out);
+        Ok(())
+    }
+
+    /// First sight of a cgroup (or another try at its v1 directories):
+    /// finds its directories and decides its sources.
+    fn prepare(&mut self, c: &CgroupCollector, k: &KnownCgroup) {
+        let retry = self.tracked.get(&k.id).is_none_or(|t| !t.complete && t.attempts < DIR_ATTEMPTS);
+        if !retry || !k.live {
+            return;
+        }
+        let v2_dir = c.v2_root.join(k.relative_path.trim_start_matches('/'));
+        let pid = process::cgroup_pids(&v2_dir).first().copied();
+        let (dirs, complete) = self.paths.dirs(&c.v2_root, &c.v1_roots, c.discovery.procfs(), &k.relative_path, pid);
+        let controllers = files::read_into(&dirs.v2.join("cgroup.controllers"), &mut self.buf)
+            .map(|()| self.buf.clone())
+            .unwrap_or_default();
+        let plan = Plan::decide(&controllers, &dirs, c.oom, c.block_io);
+        let t = self.tracked.entry(k.id).or_insert_with(|| Tracked {
+            dirs: Dirs::default(),
+            plan,
+            attempts: 0,
+            complete: false,
+            last: Stats::default(),
+        });
+        t.dirs = dirs;
+        t.plan = plan;
+        t.complete = complete;
+        t.attempts = t.attempts.saturating_add(1);
+    }
+
+    /// Reads the files of every live known cgroup, spread over the CPUs
+    /// (cgroupfs reads cost tens of microseconds each: the kernel flushes
+    /// the cgroup's statistics), and keeps each one's reading as its last.
+    fn read_all(&mut self, known: &[KnownCgroup]) {
+        let jobs: Vec<(u64, &str, &Tracked)> = known
+            .iter()
+            .filter(|k| k.live)
+            .filter_map(|k| self.tracked.get(&k.id).map(|t| (k.id, k.relative_path.as_str(), t)))
+            .collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_READ_THREADS);
+        let per_thread = jobs.len().div_ceil(threads).max(MIN_CGROUPS_PER_THREAD);
+        let results: Vec<_> = if jobs.len() <= per_thread {
+            read_chunk(&jobs)
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> =
+                    jobs.chunks(per_thread).map(|chunk| scope.spawn(move || read_chunk(chunk))).collect();
+                // A reader thread cannot panic on a file's content: the
+                // parsers take any text. Should one die, its cgroups keep
+                // their last values this scrape.
+                handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+            })
+        };
+        let mut updates = Vec::with_capacity(results.len());
+        for (id, path, result) in results {
+            match result {
+                Ok((stats, errors)) => {
+                    for e in errors {
+                        tracing::debug!(cgroup = %path, file = e.file, error = %e.error, "cgroup file unreadable");
+                        *self.read_errors.entry(e.file).or_default() += 1;
+                    }
+                    updates.push((id, stats));
+                }
+                // Vanished between discovery's walk and now: its last values.
+                Err(None) => {}
+                Err(Some(e)) => {
+                    tracing::debug!(cgroup = %path, error = %e, "cgroup unreadable");
+                    *self.read_errors.entry("cpu.stat").or_default() += 1;
+                }
+            }
+        }
+        for (id, stats) in updates {
+            if let Some(t) = self.tracked.get_mut(&id) {
+                t.last = stats;
+            }
+        }
+    }
+
+    /// Each pod's interface counters, through a process of the pod found
+    /// once and kept while it lives (looking again costs a read of
+    /// `cgroup.procs` per container).
+    fn read_pods(&mut self, c: &CgroupCollector, known: &[KnownCgroup]) {
+        let procfs = c.discovery.procfs();
+        let mut pods: HashMap<&str, ((String, String), Vec<&KnownCgroup>)> = HashMap::new();
+        for k in known.iter().filter(|k| k.live) {
+            if let Some(uid) = &k.workload.pod_uid {
+                let labels = (k.workload.namespace.clone(), k.workload.pod.clone());
+                pods.entry(uid).or_insert_with(|| (labels, Vec::new())).1.push(k);
+            }
+        }
+        // Pods gone past the grace period leave; the others keep their last
+        // counters until a process of theirs can be read again.
+        let known_pods: HashSet<&str> = known.iter().filter_map(|k| k.workload.pod_uid.as_deref()).collect();
+        self.pods.retain(|uid, _| known_pods.contains(uid.as_str()));
+        let host_netns = netdev::netns_of(procfs, 1);
+        for (uid, (labels, cgroups)) in pods {
+            let cached = self.pods.get(uid).and_then(|p| p.reader);
+            let still_there = |(pid, netns): (u32, u64)| netdev::netns_of(procfs, pid) == Some(netns);
+            let reader = cached.filter(|r| still_there(*r)).or_else(|| {
+                cgroups.iter().find_map(|k| {
+                    let dir = c.v2_root.join(k.relative_path.trim_start_matches('/'));
+                    let pid = *process::cgroup_pids(&dir).first()?;
+                    Some((pid, netdev::netns_of(procfs, pid)?))
+                })
+            });
+            // No process, or a host-network pod (its "interfaces" are the
+            // node's): nothing to read.
+            let Some((pid, netns)) = reader.filter(|(_, ns)| Some(*ns) != host_netns) else {
+                if let Some(p) = self.pods.get_mut(uid) {
+                    p.reader = None;
+                }
+                continue;
+            };
+            match files::read_into(&procfs.join(pid.to_string()).join("net/dev"), &mut self.buf) {
+                Ok(()) => {
+                    let interfaces = netdev::parse(&self.buf);
+                    self.pods.insert(uid.to_string(), PodInterfaces { labels, interfaces, reader: Some((pid, netns)) });
+                }
+                // The process just exited: keep the last reading, look
+                // for another process next time.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if let Some(p) = self.pods.get_mut(uid) {
+                        p.reader = None;
+                    }
+                }
+                Err(_) => *self.read_errors.entry("net/dev").or_default() += 1,
+            }
+        }
+    }
+
+    fn emit(
+        &self,
+        c: &CgroupCollector,
+        rows: &BTreeMap<WorkloadLabels, Row>,
+        sources: &BTreeMap<(Resource, Source), u64>,
+        out: &mut MetricSet,
+    ) {
+        for d in [
+            &CPU_USAGE,
+            &CPU_THROTTLED,
+            &CPU_THROTTLED_PERIODS,
+            &MEMORY_USAGE,
+            &MEMORY_WORKING_SET,
+            &MEMORY_RSS,
+            &OOM_KILLS,
+            &FS_READ,
+            &FS_WRITE,
+            &NET_RX,
+            &NET_TX,
+            &NET_RX_PACKETS,
+            &NET_TX_PACKETS,
+            &POD_RX,
+            &POD_TX,
+            &POD_RX_PACKETS,
+            &POD_TX_PACKETS,
+            &SOURCES,
+            &READ_ERRORS,
+        ] {
+            out.declare(d);
+        }
+        for (w, row) in rows {
+            let labels = w.labels();
+            let s = &row.stats;
+            let k = &row.kernel;
+            let mut put = |d: &Desc, v: Option<f64>| {
+                if let Some(v) = v {
+                    match d.kind {
+                        crate::metrics::Kind::Gauge => out.gauge(d, labels.clone(), v),
+                        _ => out.counter(d, labels.clone(), v),
+                    }
+                }
+            };
+            put(&CPU_USAGE, s.cpu_usage_seconds);
+            put(&CPU_THROTTLED, s.cpu_throttled_seconds);
+            put(&CPU_THROTTLED_PERIODS, s.cpu_throttled_periods.map(|v| v as f64));
+            put(&MEMORY_USAGE, s.memory_usage_bytes.map(|v| v as f64));
+            put(&MEMORY_WORKING_SET, s.memory_working_set_bytes.map(|v| v as f64));
+            put(&MEMORY_RSS, s.memory_rss_bytes.map(|v| v as f64));
+            let from_kernel = |v: u64| Some(v as f64);
+            put(&OOM_KILLS, if c.oom { from_kernel(k.oom_kills) } else { s.oom_kills.map(|v| v as f64) });
+            let fs_source = row.fs.unwrap_or(if c.block_io { Source::Ebpf } else { Source::None });
+            let (r, wr) = match fs_source {
+                Source::Ebpf => (from_kernel(k.fs_read_bytes), from_kernel(k.fs_write_bytes)),
+                _ => (s.fs_read_bytes.map(|v| v as f64), s.fs_write_bytes.map(|v| v as f64)),
+            };
+            put(&FS_READ, r);
+            put(&FS_WRITE, wr);
+            // Pod-level rows: the pod's interfaces say it better.
+            if c.network && row.pod_uid.is_none() {
+                put(&NET_RX, from_kernel(k.net_rx_bytes));
+                put(&NET_TX, from_kernel(k.net_tx_bytes));
+                put(&NET_RX_PACKETS, from_kernel(k.net_rx_packets));
+                put(&NET_TX_PACKETS, from_kernel(k.net_tx_packets));
+            }
+        }
+        for pod in self.pods.values() {
+            for i in &pod.interfaces {
+                let labels: Labels = vec![
+                    ("namespace", pod.labels.0.clone()),
+                    ("pod", pod.labels.1.clone()),
+                    ("interface", i.name.clone()),
+                ];
+                out.counter(&POD_RX, labels.clone(), i.rx_bytes as f64);
+                out.counter(&POD_TX, labels.clone(), i.tx_bytes as f64);
+                out.counter(&POD_RX_PACKETS, labels.clone(), i.rx_packets as f64);
+                out.counter(&POD_TX_PACKETS, labels, i.tx_packets as f64);
+            }
+        }
+        for ((resource, source), n) in sources {
+            let labels = vec![("resource", resource.as_label().to_string()), ("source", source.as_label().to_string())];
+            out.gauge(&SOURCES, labels, *n as f64);
+        }
+        let live: u64 = sources.iter().filter(|((r, _), _)| *r == Resource::Cpu).map(|(_, n)| n).sum();
+        let net_source = if c.network { Source::Ebpf } else { Source::None };
+        out.gauge(
+            &SOURCES,
+            vec![("resource", "network".to_string()), ("source", net_source.as_label().to_string())],
+            live as f64,
+        );
+        for (file, n) in &self.read_errors {
+            out.counter(&READ_ERRORS, vec![("file", file.to_string())], *n as f64);
+        }
+    }
+}
+
+type Reading = Result<(Stats, Vec<files::ReadError>), Option<std::io::Error>>;
+
+/// Reads a share of the cgroups on one thread, with its own buffer.
+fn read_chunk<'a>(chunk: &[(u64, &'a str, &Tracked)]) -> Vec<(u64, &'a str, Reading)> {
+    let mut buf = String::with_capacity(4096);
+    chunk.iter().map(|(id, path, t)| (*id, *path, files::read(&t.dirs, &t.plan, &mut buf))).collect()
+}
+
+/// Sums two readings field by field (`None` + x = x).
+fn add(a: &Stats, b: &Stats) -> Stats {
+    fn f(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+        match (a, b) {
+            (Some(x), Some(y)) => Some(x + y),
+            (x, None) => x,
+            (None, y) => y,
+        }
+    }
+    fn u(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+        match (a, b) {
+            (Some(x), Some(y)) => Some(x + y),
+            (x, None) => x,
+            (None, y) => y,
+        }
+    }
+    Stats {
+        cpu_usage_seconds: f(a.cpu_usage_seconds, b.cpu_usage_seconds),
+        cpu_throttled_seconds: f(a.cpu_throttled_seconds, b.cpu_throttled_seconds),
+        cpu_throttled_periods: u(a.cpu_throttled_periods, b.cpu_throttled_periods),
+        memory_usage_bytes: u(a.memory_usage_bytes, b.memory_usage_bytes),
+        memory_working_set_bytes: u(a.memory_working_set_bytes, b.memory_working_set_bytes),
+        memory_rss_bytes: u(a.memory_rss_bytes, b.memory_rss_bytes),
+        oom_kills: u(a.oom_kills, b.oom_kills),
+        fs_read_bytes: u(a.fs_read_bytes, b.fs_read_bytes),
+        fs_write_bytes: u(a.fs_write_bytes, b.fs_write_bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_list_matches_the_object() {
+        let obj = aya_obj::Object::parse(pmoas_bpf::CGROUP).expect("cgroup.bpf.o parses");
+        let names: Vec<String> = obj.programs.keys().cloned().collect();
+        for spec in PROGRAMS {
+            assert!(names.contains(&spec.program.to_string()), "{} not in cgroup.bpf.o ({names:?})", spec.program);
+        }
+        for name in &names {
+            assert!(PROGRAMS.iter().any(|s| s.program == name), "{name} is in cgroup.bpf.o but never attached");
+        }
+    }
+
+    #[test]
+    fn nested_cgroups_of_one_series_count_once() {
+        let cpu = |s: f64| Stats { cpu_usage_seconds: Some(s), ..Stats::default() };
+        let mut row = Row::default();
+        row.add_cgroup("/pod/conmon", cpu(1.0));
+        row.add_cgroup("/pod", cpu(5.0)); // the ancestor replaces its child
+        row.add_cgroup("/pod/other", cpu(2.0)); // inside the ancestor: skipped
+        row.add_cgroup("/podx", cpu(0.5)); // a sibling with a common prefix: added
+        assert_eq!(row.stats.cpu_usage_seconds, Some(5.5));
+        assert_eq!(row.cgroups.len(), 2);
+    }
+
+    #[test]
+    fn readings_add_up_field_by_field() {
+        let a = Stats { cpu_usage_seconds: Some(1.5), memory_rss_bytes: Some(10), ..Stats::default() };
+        let b = Stats { cpu_usage_seconds: Some(0.5), oom_kills: Some(1), ..Stats::default() };
+        let s = add(&a, &b);
+        assert_eq!(s.cpu_usage_seconds, Some(2.0));
+        assert_eq!(s.memory_rss_bytes, Some(10));
+        assert_eq!(s.oom_kills, Some(1));
+        assert_eq!(s.fs_read_bytes, None);
+    }
+}
