@@ -146,6 +146,19 @@ pub struct ReadError {
     pub error: io::Error,
 }
 
+impl ReadError {
+    /// The file went away (ENOENT), or was removed while open (ENODEV):
+    /// what a cgroup being removed looks like, file by file.
+    pub fn looks_removed(&self) -> bool {
+        looks_removed(&self.error)
+    }
+}
+
+/// See [`ReadError::looks_removed`].
+pub fn looks_removed(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV)
+}
+
 /// Reads the files `plan` names. A missing v2 directory means the cgroup is
 /// gone: `Err(None)`, not an error worth counting.
 pub fn read(dirs: &Dirs, plan: &Plan, buf: &mut String) -> Result<(Stats, Vec<ReadError>), Option<io::Error>> {
@@ -156,7 +169,7 @@ pub fn read(dirs: &Dirs, plan: &Plan, buf: &mut String) -> Result<(Stats, Vec<Re
             Ok(()) => true,
             // The cgroup is being removed (runtimes remove the hierarchies
             // one by one): nothing worth counting.
-            Err(error) if error.kind() == io::ErrorKind::NotFound && !dir.exists() => false,
+            Err(error) if looks_removed(&error) && !dir.exists() => false,
             Err(error) => {
                 errors.push(ReadError { file: name, error });
                 false

@@ -153,6 +153,10 @@ struct Tracked {
     attempts: u8,
     complete: bool,
     last: Stats,
+    /// Files that were missing on the last read: counted as read errors
+    /// only if the cgroup is still there now (a cgroup being removed loses
+    /// its files one by one before its directory goes).
+    missing: Vec<&'static str>,
 }
 
 /// A pod's interfaces, last read.
@@ -428,6 +432,7 @@ impl Inner {
             attempts: 0,
             complete: false,
             last: Stats::default(),
+            missing: Vec::new(),
         });
         t.dirs = dirs;
         t.plan = plan;
@@ -458,27 +463,43 @@ impl Inner {
                 handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
             })
         };
-        let mut updates = Vec::with_capacity(results.len());
         for (id, path, result) in results {
+            let Some(t) = self.tracked.get_mut(&id) else { continue };
+            // Still there after files went missing last time: that was no
+            // removal, it counts.
+            let missed_before = !t.missing.is_empty();
+            for file in t.missing.drain(..) {
+                if t.dirs.v2.exists() {
+                    tracing::debug!(cgroup = %path, file, "cgroup file was missing");
+                    *self.read_errors.entry(file).or_default() += 1;
+                }
+            }
             match result {
                 Ok((stats, errors)) => {
+                    let mut complete = true;
                     for e in errors {
-                        tracing::debug!(cgroup = %path, file = e.file, error = %e.error, "cgroup file unreadable");
-                        *self.read_errors.entry(e.file).or_default() += 1;
+                        if e.looks_removed() {
+                            t.missing.push(e.file);
+                            complete = false;
+                        } else {
+                            tracing::debug!(cgroup = %path, file = e.file, error = %e.error, "cgroup file unreadable");
+                            *self.read_errors.entry(e.file).or_default() += 1;
+                        }
                     }
-                    updates.push((id, stats));
+                    // A partial reading of a cgroup on its way out would
+                    // drop series for a scrape: keep the last whole one,
+                    // once (a file that stays missing is no removal).
+                    if complete || missed_before {
+                        t.last = stats;
+                    }
                 }
                 // Vanished between discovery's walk and now: its last values.
                 Err(None) => {}
+                Err(Some(e)) if files::looks_removed(&e) => t.missing.push("cpu.stat"),
                 Err(Some(e)) => {
                     tracing::debug!(cgroup = %path, error = %e, "cgroup unreadable");
                     *self.read_errors.entry("cpu.stat").or_default() += 1;
                 }
-            }
-        }
-        for (id, stats) in updates {
-            if let Some(t) = self.tracked.get_mut(&id) {
-                t.last = stats;
             }
         }
     }
