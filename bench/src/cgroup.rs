@@ -67,13 +67,6 @@ impl Drop for BpfStats {
     }
 }
 
-/// Samples of metric `name` (not comments).
-fn series<'a>(body: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(move |l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-}
-
 /// The value of label `key` of a sample line.
 fn label<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let labels = &line[line.find('{')? + 1..line.rfind('}')?];
@@ -92,7 +85,7 @@ fn label<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 /// Containers of our pods (by pod UID: no Kubernetes API here) with a CPU series.
 fn our_containers(body: &str, uids: &HashSet<String>) -> usize {
-    series(body, "pmoas_container_cpu_usage_seconds_total")
+    samples(body, "pmoas_container_cpu_usage_seconds_total")
         .filter(|l| label(l, "pod").is_some_and(|p| uids.contains(p)))
         .filter(|l| label(l, "container").is_some_and(|c| !c.is_empty()))
         .count()
@@ -101,7 +94,7 @@ fn our_containers(body: &str, uids: &HashSet<String>) -> usize {
 /// `pmoas_cgroup_sources` of one resource, as `source n, ...`.
 fn sources(body: &str, resource: &str) -> String {
     let want = format!("resource=\"{resource}\"");
-    series(body, "pmoas_cgroup_sources")
+    samples(body, "pmoas_cgroup_sources")
         .filter(|l| l.contains(&want))
         .filter_map(|l| Some(format!("{} {:.0}", label(l, "source")?, l.rsplit_once(' ')?.1.parse::<f64>().ok()?)))
         .collect::<Vec<_>>()
@@ -288,16 +281,11 @@ fn machine_busy() -> f64 {
     busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
-fn skb_totals(body: &str) -> (f64, f64) {
-    let want = ["collector=\"cgroup\"", "program=\"cgroup_skb_"];
-    (
-        metric(body, "pmoas_ebpf_program_run_seconds_total", &want) * 1e9,
-        metric(body, "pmoas_ebpf_program_runs_total", &want),
-    )
-}
+/// The labels of the cgroup_skb programs.
+const SKB: [&str; 2] = ["collector=\"cgroup\"", "program=\"cgroup_skb_"];
 
 fn skb_attached(body: &str) -> f64 {
-    metric(body, "pmoas_ebpf_program_attached", &["collector=\"cgroup\"", "program=\"cgroup_skb_"])
+    metric(body, "pmoas_ebpf_program_attached", &SKB)
 }
 
 fn window(pod: &Pod, o: &Opts, arm: Arm) -> Result<Window> {
@@ -326,7 +314,7 @@ fn window(pod: &Pod, o: &Opts, arm: Arm) -> Result<Window> {
     );
     let _stats = BpfStats::on();
     let (_, before) = http_get(e.get().addr, "/metrics")?;
-    let (ns0, runs0) = skb_totals(&before);
+    let (ns0, runs0) = bpf_totals(&before, &SKB);
     let (cpu0, busy0, t0) = (e.get().cpu_seconds(), machine_busy(), Instant::now());
     let mut last = Instant::now();
     let w = wrk(pod, o, o.seconds, Connections::KeepAlive, || {
@@ -338,7 +326,7 @@ fn window(pod: &Pod, o: &Opts, arm: Arm) -> Result<Window> {
     let wall = t0.elapsed().as_secs_f64();
     let cpu = e.get().cpu_seconds() - cpu0;
     let (_, after) = http_get(e.get().addr, "/metrics")?;
-    let (ns1, runs1) = skb_totals(&after);
+    let (ns1, runs1) = bpf_totals(&after, &SKB);
     let busy = machine_busy() - busy0;
     Ok(Window { wrk: w, wall, exporter_cpu: cpu / wall * 100.0, skb_runs: runs1 - runs0, skb_ns: ns1 - ns0, busy })
 }

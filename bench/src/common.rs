@@ -12,11 +12,17 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     Ok(pmoas_testbed::traffic::http_get(addr, path)?)
 }
 
-/// Sum of the samples of `name` whose label text contains every `want`.
-pub fn metric(body: &str, name: &str, want: &[&str]) -> f64 {
+/// Sample lines of metric `name` (not comments, not other metrics that
+/// start with the same name).
+pub fn samples<'a>(body: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> {
     body.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(move |l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+}
+
+/// Sum of the samples of `name` whose label text contains every `want`.
+pub fn metric(body: &str, name: &str, want: &[&str]) -> f64 {
+    samples(body, name)
         .filter(|l| want.iter().all(|w| l.contains(w)))
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum()
@@ -141,11 +147,12 @@ pub fn set_bpf_stats(on: bool) {
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", if on { "1" } else { "0" });
 }
 
-/// (run time in ns, runs) of the collector's programs, from a scrape.
-pub fn bpf_totals(body: &str) -> (f64, f64) {
+/// (run time in ns, runs) of the eBPF programs whose labels contain every
+/// `want` (all of them for `&[]`), from a scrape.
+pub fn bpf_totals(body: &str, want: &[&str]) -> (f64, f64) {
     (
-        metric(body, "pmoas_ebpf_program_run_seconds_total", &[]) * 1e9,
-        metric(body, "pmoas_ebpf_program_runs_total", &[]),
+        metric(body, "pmoas_ebpf_program_run_seconds_total", want) * 1e9,
+        metric(body, "pmoas_ebpf_program_runs_total", want),
     )
 }
 

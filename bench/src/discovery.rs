@@ -232,11 +232,11 @@ fn busy(o: &Opts, dir: &std::path::Path) -> Result<Busy> {
             std::thread::sleep(Duration::from_secs(2));
             set_bpf_stats(true);
             let (_, before) = http_get(e.addr, "/metrics")?;
-            let (ns0, _) = bpf_totals(&before);
+            let (ns0, _) = bpf_totals(&before, &[]);
             let (opens0, cpu0, t0) = (host_active_opens(), e.cpu_seconds(), Instant::now());
             std::thread::sleep(Duration::from_secs(o.seconds));
             let (_, after) = http_get(e.addr, "/metrics")?;
-            let (ns1, _) = bpf_totals(&after);
+            let (ns1, _) = bpf_totals(&after, &[]);
             set_bpf_stats(false);
             let w = Window {
                 bpf_ns: ns1 - ns0,

@@ -93,7 +93,7 @@ pub fn run(o: &Opts) -> Result<()> {
             set_bpf_stats(true);
             let sidecar = format!("container=\"{}\"", &pod.state.sidecar_id[..12]);
             let (_, before) = http_get(e.addr, "/metrics")?;
-            let (bpf_ns0, bpf_runs0) = bpf_totals(&before);
+            let (bpf_ns0, bpf_runs0) = bpf_totals(&before, &[]);
             let cpu0 = e.cpu_seconds();
             let t0 = Instant::now();
             let mut last_scrape = Instant::now();
@@ -109,7 +109,7 @@ pub fn run(o: &Opts) -> Result<()> {
             let cpu = e.cpu_seconds() - cpu0;
             let (_, after) = http_get(e.addr, "/metrics")?;
             set_bpf_stats(false);
-            let (bpf_ns1, bpf_runs1) = bpf_totals(&after);
+            let (bpf_ns1, bpf_runs1) = bpf_totals(&after, &[]);
             let bpf_percent = (bpf_ns1 - bpf_ns0) / 1e9 / wall * 100.0;
             let bpf_ns_per_run = (bpf_ns1 - bpf_ns0) / (bpf_runs1 - bpf_runs0).max(1.0);
             let accepts = metric(&after, "pmoas_tcp_accepts_total", &[&sidecar])

@@ -1,10 +1,18 @@
-//! Addresses of a network namespace, read through /proc/<pid>/net of a
-//! process inside it (no setns needed): IPv4 from `fib_trie`'s local table,
-//! IPv6 from `if_inet6`.
+//! A network namespace seen through a process inside it (no setns
+//! needed): which namespace it is (`/proc/<pid>/ns/net`), and its addresses
+//! from /proc/<pid>/net: IPv4 from `fib_trie`'s local table, IPv6 from
+//! `if_inet6`.
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+
+/// The inode of the network namespace `pid` lives in: equal inodes, one
+/// namespace.
+pub fn inode(procfs: &Path, pid: u32) -> Option<u64> {
+    fs::metadata(procfs.join(pid.to_string()).join("ns/net")).ok().map(|m| m.ino())
+}
 
 /// Local (host-scope `/32 host LOCAL`) IPv4 and all IPv6 addresses of the
 /// network namespace `pid` lives in. Loopback addresses included.

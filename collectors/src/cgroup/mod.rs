@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use aya::maps::{MapData, PerCpuHashMap};
 use pmoas_bpf::types::{self as t, CgroupCounters};
-use pmoas_discovery::{Discovery, KnownCgroup, Lookup, process};
+use pmoas_discovery::{Discovery, KnownCgroup, Lookup, netns, process};
 use serde::{Deserialize, Serialize};
 
 use self::files::{Dirs, Plan, Resource, Source, Stats};
@@ -134,7 +134,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
 const PROGRAMS_WITHOUT_NETWORK: &[ProgramSpec] = &[PROGRAMS[2], PROGRAMS[3]];
 
 /// The lost-event reasons cgroup.bpf.c counts (a full `cgroup_counters`).
-const LOST: &[&str] = &["aggregation_map_full"];
+const LOST: &[&str] = &[t::LOST_REASONS[0]];
 
 /// Threads that read cgroupfs at once, at most; and the fewest cgroups
 /// worth a thread of their own.
@@ -307,7 +307,6 @@ impl Collector for CgroupCollector {
 /// Everything one series (a container, a pod, or the node) gets this scrape.
 #[derive(Default)]
 struct Row {
-    stats: Stats,
     /// Where its block I/O comes from (its cgroup's plan).
     fs: Option<Source>,
     kernel: CgroupCounters,
@@ -329,7 +328,11 @@ impl Row {
         }
         self.cgroups.retain(|(p, _)| !nested(path, p));
         self.cgroups.push((path.to_string(), stats));
-        self.stats = self.cgroups.iter().fold(Stats::default(), |acc, (_, s)| add(&acc, s));
+    }
+
+    /// The cgroupfs numbers of the series: its (non-nested) cgroups summed.
+    fn stats(&self) -> Stats {
+        self.cgroups.iter().fold(Stats::default(), |acc, (_, s)| add(&acc, s))
     }
 }
 
@@ -441,8 +444,8 @@ impl Inner {
     }
 
     /// Reads the files of every live known cgroup, spread over the CPUs
-    /// (cgroupfs reads cost tens of microseconds each: the kernel flushes
-    /// the cgroup's statistics), and keeps each one's reading as its last.
+    /// (each read is three system calls, tens of microseconds on a VM; see
+    /// BENCHMARKS.md), and keeps each one's whole reading as its last.
     fn read_all(&mut self, known: &[KnownCgroup]) {
         let jobs: Vec<(u64, &str, &Tracked)> = known
             .iter()
@@ -520,15 +523,15 @@ impl Inner {
         // counters until a process of theirs can be read again.
         let known_pods: HashSet<&str> = known.iter().filter_map(|k| k.workload.pod_uid.as_deref()).collect();
         self.pods.retain(|uid, _| known_pods.contains(uid.as_str()));
-        let host_netns = netdev::netns_of(procfs, 1);
+        let host_netns = netns::inode(procfs, 1);
         for (uid, (labels, cgroups)) in pods {
             let cached = self.pods.get(uid).and_then(|p| p.reader);
-            let still_there = |(pid, netns): (u32, u64)| netdev::netns_of(procfs, pid) == Some(netns);
+            let still_there = |(pid, netns): (u32, u64)| netns::inode(procfs, pid) == Some(netns);
             let reader = cached.filter(|r| still_there(*r)).or_else(|| {
                 cgroups.iter().find_map(|k| {
                     let dir = c.v2_root.join(k.relative_path.trim_start_matches('/'));
                     let pid = *process::cgroup_pids(&dir).first()?;
-                    Some((pid, netdev::netns_of(procfs, pid)?))
+                    Some((pid, netns::inode(procfs, pid)?))
                 })
             });
             // No process, or a host-network pod (its "interfaces" are the
@@ -588,7 +591,7 @@ impl Inner {
         }
         for (w, row) in rows {
             let labels = w.labels();
-            let s = &row.stats;
+            let s = &row.stats();
             let k = &row.kernel;
             let mut put = |d: &Desc, v: Option<f64>| {
                 if let Some(v) = v {
@@ -712,7 +715,7 @@ mod tests {
         row.add_cgroup("/pod", cpu(5.0)); // the ancestor replaces its child
         row.add_cgroup("/pod/other", cpu(2.0)); // inside the ancestor: skipped
         row.add_cgroup("/podx", cpu(0.5)); // a sibling with a common prefix: added
-        assert_eq!(row.stats.cpu_usage_seconds, Some(5.5));
+        assert_eq!(row.stats().cpu_usage_seconds, Some(5.5));
         assert_eq!(row.cgroups.len(), 2);
     }
 

@@ -1,9 +1,7 @@
 //! A pod's interface counters, from `/proc/<pid>/net/dev` of one of its
 //! processes: the view from inside the pod's network namespace, the same
-//! numbers `ip -s link` shows there.
-
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+//! numbers `ip -s link` shows there. (Which namespace a process is in:
+//! `pmoas_discovery::netns::inode`.)
 
 /// Counters of one interface.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -32,11 +30,6 @@ pub fn parse(text: &str) -> Vec<Interface> {
             })
         })
         .collect()
-}
-
-/// The network namespace inode of a process (`/proc/<pid>/ns/net`).
-pub fn netns_of(procfs: &Path, pid: u32) -> Option<u64> {
-    std::fs::metadata(procfs.join(pid.to_string()).join("ns/net")).ok().map(|m| m.ino())
 }
 
 #[cfg(test)]
