@@ -520,7 +520,10 @@ fn render(o: &Opts, s: &Scale, r: &Rounds) -> String {
     let share = mean(&r.skb.iter().map(Window::skb_share).collect::<Vec<_>>()) * 100.0;
     // Two standard errors of the paired ratios: what this run can resolve.
     let resolve = 2.0 * spread(&pairs).1 / 100.0 * mean(&pairs) / (pairs.len() as f64).sqrt();
-    let throughput_met = if ratio - resolve >= 0.99 {
+    let throughput_met = if pairs.len() < 2 {
+        // One pair has no spread: nothing can be told from it.
+        "not resolved (fewer than 2 rounds)".to_string()
+    } else if ratio - resolve >= 0.99 {
         "yes".to_string()
     } else if ratio + resolve < 0.99 {
         "no".to_string()
