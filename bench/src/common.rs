@@ -94,6 +94,12 @@ impl Exporter {
         ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
     }
 
+    /// Starts VmHWM over from the current VmRSS, so that the next peak is
+    /// of what follows, not of start-up.
+    pub fn reset_peak(&self) -> Result<()> {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").context("resetting VmHWM")
+    }
+
     /// (VmRSS, VmHWM) in MiB.
     pub fn rss_mib(&self) -> (f64, f64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();

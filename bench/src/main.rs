@@ -5,14 +5,18 @@
 //! - `discovery`: 500 pods from a fake Kubernetes API, and one watched pod of
 //!   50 busy ones vs all of them ([`discovery`]);
 //! - `cgroup`: the cgroup collector with 100 containers (scrape time, CPU),
-//!   and its per-packet cgroup_skb programs through a real sidecar ([`cgroup`]).
+//!   and its per-packet cgroup_skb programs through a real sidecar ([`cgroup`]);
+//! - `scrape-memory`: the exporter's RSS around 10 concurrent scrapes of 750
+//!   containers, optionally beside another build (`--compare PATH`)
+//!   ([`scrape_memory`]); not part of `all`.
 //!
-//! Run: `scripts/bench.sh [socket|discovery|cgroup|all] [--rounds N] [--seconds S]`
+//! Run: `scripts/bench.sh [socket|discovery|cgroup|scrape-memory|all] [--rounds N] [--seconds S]`
 //! (builds release binaries; as root).
 
 mod cgroup;
 mod common;
 mod discovery;
+mod scrape_memory;
 mod socket;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +29,8 @@ pub struct Opts {
     pub connections: u64,
     pub exporter: PathBuf,
     pub out: PathBuf,
+    /// Another exporter binary to measure beside this one (scrape-memory).
+    pub compare: Option<PathBuf>,
 }
 
 fn opts(args: &[String]) -> Result<Opts> {
@@ -36,6 +42,7 @@ fn opts(args: &[String]) -> Result<Opts> {
         connections: get("--connections").map(|v| v.parse()).transpose()?.unwrap_or(32),
         exporter: get("--exporter").map(PathBuf::from).unwrap_or_else(|| root.join("target/release/pmoas-exporter")),
         out: get("--out").map(PathBuf::from).unwrap_or_else(|| root.join("BENCHMARKS.md")),
+        compare: get("--compare").map(PathBuf::from),
     })
 }
 
@@ -61,11 +68,12 @@ fn run() -> Result<()> {
         "socket" => socket::run(&o),
         "discovery" => discovery::run(&o),
         "cgroup" => cgroup::run(&o),
+        "scrape-memory" => scrape_memory::run(&o),
         "all" => {
             socket::run(&o)?;
             discovery::run(&o)?;
             cgroup::run(&o)
         }
-        other => bail!("unknown benchmark `{other}` (socket, discovery, cgroup, all)"),
+        other => bail!("unknown benchmark `{other}` (socket, discovery, cgroup, scrape-memory, all)"),
     }
 }

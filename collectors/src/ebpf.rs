@@ -6,12 +6,13 @@
 
 use std::fmt;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aya::maps::{MapData, PerCpuArray};
 use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use pmoas_bpf::types::LOST_REASONS;
+use pmoas_discovery::Health;
 
 use crate::metrics::{Desc, MetricSet};
 
@@ -69,6 +70,10 @@ pub struct ProgramSpec {
     /// Tried only when the named program could not attach (a variant for
     /// older kernels).
     pub fallback_for: Option<&'static str>,
+    /// What goes missing without it: the `feature` of
+    /// `pmoas_feature_degraded` when no program of that feature attached
+    /// for lack of privileges.
+    pub feature: &'static str,
 }
 
 /// What became of one program; exported as `pmoas_ebpf_program_attached`.
@@ -140,7 +145,8 @@ pub struct LoadedObject {
 
 /// Loads `object`, resizes maps, and attaches every program it can.
 /// `cgroup_root` is the cgroup v2 mount, where [`Hook::CgroupSkb`]
-/// programs attach.
+/// programs attach. A feature whose programs all failed for lack of
+/// privileges is raised in `health`, with the capability to grant.
 pub fn load(
     collector: &'static str,
     object: &[u8],
@@ -148,8 +154,42 @@ pub fn load(
     globals: &[(&'static str, u8)],
     specs: &[ProgramSpec],
     cgroup_root: Option<&Path>,
+    health: &Health,
 ) -> Result<LoadedObject, LoadError> {
-    preflight()?;
+    match load_object(collector, object, map_sizes, globals, specs, cgroup_root) {
+        Ok((loaded, failures)) => {
+            let attached: Vec<&str> = loaded.programs.iter().filter(|p| p.attached).map(|p| p.program).collect();
+            report_features(health, collector, specs, &attached, &failures);
+            Ok(loaded)
+        }
+        Err((e, failures)) => {
+            report_features(health, collector, specs, &[], &failures);
+            Err(e)
+        }
+    }
+}
+
+/// Why each program failed: (program, needs a privilege it lacks, message).
+type Failures = Vec<(&'static str, bool, String)>;
+
+fn load_object(
+    collector: &'static str,
+    object: &[u8],
+    map_sizes: &[(&'static str, u32)],
+    globals: &[(&'static str, u8)],
+    specs: &[ProgramSpec],
+    cgroup_root: Option<&Path>,
+) -> Result<(LoadedObject, Failures), (LoadError, Failures)> {
+    let all_failed = |privileged: bool, message: &str| -> Failures {
+        specs.iter().map(|s| (s.program, privileged, message.to_string())).collect()
+    };
+    if let Err(e) = check_privileges() {
+        return Err((LoadError::Preflight(e.clone()), all_failed(true, &e)));
+    }
+    if let Err(e) = check_btf() {
+        return Err((LoadError::Preflight(e.clone()), all_failed(false, &e)));
+    }
+    ensure_tracefs();
     // One kernel BTF at a time: the loader parses its own for CO-RE and
     // frees it when dropped; tp_btf programs then need it once more. Two
     // parsed copies side by side would double the exporter's peak memory.
@@ -161,19 +201,35 @@ pub fn load(
         for (name, value) in globals {
             loader.override_global(name, value, true);
         }
-        loader.load(object).map_err(|source| {
-            let hint = privilege_hint(&source.to_string());
-            LoadError::Object { collector, source: Box::new(source), hint }
-        })?
+        match loader.load(object) {
+            Ok(ebpf) => ebpf,
+            Err(source) => {
+                let denied = mentions_eperm(&source);
+                let hint = if denied { format!("; {}", privilege_advice()) } else { String::new() };
+                let e = LoadError::Object { collector, source: Box::new(source), hint };
+                let failures = all_failed(denied, &e.to_string());
+                return Err((e, failures));
+            }
+        }
     };
-    let btf = Btf::from_sys_fs().map_err(|e| {
-        LoadError::Preflight(format!(
-            "reading the kernel's BTF from /sys/kernel/btf/vmlinux failed ({e}); pmoas needs a kernel built with \
-             CONFIG_DEBUG_INFO_BTF=y (Debian 12, Ubuntu 20.10+, RHEL 8.2+ kernels have it)"
-        ))
-    })?;
+    let btf = match Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(e) => {
+            let e = format!(
+                "reading the kernel's BTF from /sys/kernel/btf/vmlinux failed ({e}); pmoas needs a kernel built with \
+                 CONFIG_DEBUG_INFO_BTF=y (Debian 12, Ubuntu 20.10+, RHEL 8.2+ kernels have it)"
+            );
+            return Err((LoadError::Preflight(e.clone()), all_failed(false, &e)));
+        }
+    };
 
-    let statuses = attach_all(collector, specs, |spec| attach(&mut ebpf, spec, &btf, cgroup_root));
+    let mut failures = Failures::new();
+    let statuses = attach_all(collector, specs, |spec| {
+        attach(&mut ebpf, spec, &btf, cgroup_root).map_err(|f| {
+            failures.push((spec.program, f.privileged, f.message.clone()));
+            f.message
+        })
+    });
     drop(btf);
     release_freed_memory();
 
@@ -183,9 +239,41 @@ pub fn load(
             .map(|s| format!("{} ({}): {}", s.program, s.hook, s.error.as_deref().unwrap_or("?")))
             .collect::<Vec<_>>()
             .join("; ");
-        return Err(LoadError::NothingAttached { collector, details, programs: statuses });
+        return Err((LoadError::NothingAttached { collector, details, programs: statuses }, failures));
     }
-    Ok(LoadedObject { ebpf, programs: statuses })
+    Ok((LoadedObject { ebpf, programs: statuses }, failures))
+}
+
+/// Raises each feature of `specs` none of whose programs attached because
+/// a privilege is missing (the reason names it), and clears the others.
+/// Failures of another kind (a kernel without the hook, the verifier) are
+/// on the landing page with each program, not raised here.
+fn report_features(
+    health: &Health,
+    collector: &'static str,
+    specs: &[ProgramSpec],
+    attached: &[&str],
+    failures: &Failures,
+) {
+    let mut features: Vec<&'static str> = Vec::new();
+    for s in specs {
+        if !features.contains(&s.feature) {
+            features.push(s.feature);
+        }
+    }
+    for feature in features {
+        let programs: Vec<&'static str> = specs.iter().filter(|s| s.feature == feature).map(|s| s.program).collect();
+        if programs.iter().any(|p| attached.contains(p)) {
+            health.clear(collector, feature);
+            continue;
+        }
+        match failures.iter().find(|(p, privileged, _)| *privileged && programs.contains(p)) {
+            Some((program, _, message)) => {
+                health.raise(collector, feature, format!("eBPF program {program} is not attached: {message}"))
+            }
+            None => health.clear(collector, feature),
+        }
+    }
 }
 
 /// Attaches each program in order with `attach`, and says what became of
@@ -237,7 +325,20 @@ fn release_freed_memory() {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf, cgroup_root: Option<&Path>) -> Result<(), String> {
+/// Why a program did not attach.
+struct Failure {
+    message: String,
+    /// A privilege is missing (the message names it): a degraded feature.
+    privileged: bool,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure { message, privileged: false }
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf, cgroup_root: Option<&Path>) -> Result<(), Failure> {
     let program = ebpf
         .program_mut(spec.program)
         .ok_or_else(|| format!("program {} is not in the object (build mismatch)", spec.program))?;
@@ -273,9 +374,12 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf, cgroup_root: Option<&P
     result.map_err(|e| describe_program_error(&e, spec))
 }
 
-/// A one-paragraph reason, with the verifier's last lines when it refused.
-fn describe_program_error(e: &ProgramError, spec: &ProgramSpec) -> String {
-    match e {
+/// A one-paragraph reason, with the verifier's last lines when it refused
+/// and the capability to grant when the kernel said EPERM.
+fn describe_program_error(e: &ProgramError, spec: &ProgramSpec) -> Failure {
+    let denied = mentions_eperm(e);
+    let hint = if denied { format!("; {}", grant(hook_capabilities(spec.hook))) } else { String::new() };
+    let message = match e {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
             tracing::debug!(program = spec.program, "verifier log:\n{log}");
@@ -284,11 +388,6 @@ fn describe_program_error(e: &ProgramError, spec: &ProgramSpec) -> String {
             let reason: Vec<&str> =
                 log.lines().filter(|l| !l.trim().is_empty() && !stats.iter().any(|s| l.starts_with(s))).collect();
             let tail = reason[reason.len().saturating_sub(3)..].join(" | ");
-            let hint = if io_error.raw_os_error() == Some(libc::EPERM) {
-                privilege_hint("Operation not permitted")
-            } else {
-                String::new()
-            };
             format!("the kernel refused {} ({io_error}): {tail}{hint}", spec.program)
         }
         other => {
@@ -299,30 +398,116 @@ fn describe_program_error(e: &ProgramError, spec: &ProgramSpec) -> String {
                 msg.push_str(&s.to_string());
                 source = s.source();
             }
+            if matches!(spec.hook, Hook::TracePoint { .. })
+                && let Some(problem) = tracefs_problem()
+            {
+                return Failure { message: format!("{msg} ({problem})"), privileged: true };
+            }
             if matches!(spec.hook, Hook::TracePoint { .. }) && msg.contains("No such file") {
                 msg.push_str(
                     " (classic tracepoints need tracefs: `mount -t tracefs nodev /sys/kernel/tracing`, \
                      and the kernel's syscall tracepoints, CONFIG_FTRACE_SYSCALLS)",
                 );
             }
+            msg.push_str(&hint);
             msg
         }
+    };
+    Failure { message, privileged: denied }
+}
+
+/// Did the kernel answer EPERM somewhere down this error's chain? (EACCES
+/// from BPF_PROG_LOAD is the verifier's, not a privilege.)
+fn mentions_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::EPERM) {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
+/// The capabilities a non-root exporter needs, each with what needs it.
+/// With exactly these it serves every series a root exporter serves. The
+/// one list: the README's table, `--help` and the advice in errors come
+/// from it (exporter/tests/hostile.rs checks the README against it and
+/// runs the exporter with exactly these).
+pub const REQUIRED_CAPABILITIES: &[(&str, &str)] = &[
+    ("CAP_BPF", "loading the eBPF programs and maps, and reading the maps"),
+    ("CAP_PERFMON", "attaching the tracing programs (tp_btf and syscall tracepoints)"),
+    ("CAP_NET_ADMIN", "attaching the cgroup_skb programs that count network bytes per container"),
+    (
+        "CAP_DAC_READ_SEARCH",
+        "reading tracefs (root only) for the syscall tracepoints behind the accept-queue wait; \
+         finding a cgroup by its id without walking the cgroup tree",
+    ),
+    (
+        "CAP_SYS_PTRACE",
+        "/proc/PID/ns/net of other users' processes, to read each pod's interface counters; \
+         all of /proc/PID where /proc is mounted with hidepid",
+    ),
+];
+
+/// Capabilities needed only on some hosts: (capability, when).
+pub const SITUATIONAL_CAPABILITIES: &[(&str, &str)] = &[
+    ("CAP_SYS_RESOURCE", "on kernels before 5.11, to lift the locked-memory limit eBPF maps are charged to"),
+    (
+        "CAP_DAC_OVERRIDE",
+        "to name containers through a Docker or Podman socket only root may open \
+         (or add the exporter's user to the socket's group)",
+    ),
+];
+
+/// What to do about missing privileges: run as root, or grant every
+/// required capability (and the situational ones where they apply).
+pub fn privilege_advice() -> String {
+    let names: Vec<&str> = REQUIRED_CAPABILITIES.iter().map(|(c, _)| *c).collect();
+    let setcap: Vec<String> = names.iter().map(|c| c.to_lowercase()).collect();
+    let situational: Vec<String> = SITUATIONAL_CAPABILITIES.iter().map(|(c, when)| format!("{c} {when}")).collect();
+    format!(
+        "run pmoas-exporter as root, or with the capabilities {} (e.g. `setcap {}+ep pmoas-exporter`; in \
+         Kubernetes: securityContext.privileged, or capabilities.add with these); also {}",
+        names.join(", "),
+        setcap.join(","),
+        situational.join("; ")
+    )
+}
+
+/// "grant CAP_X and CAP_Y", naming those of `caps` this process lacks
+/// (all of them when it cannot tell).
+pub fn grant(caps: &[&str]) -> String {
+    let missing: Vec<&str> = match effective_caps() {
+        Some(eff) => caps.iter().copied().filter(|c| cap_bit(c).is_some_and(|b| eff & (1u64 << b) == 0)).collect(),
+        None => Vec::new(),
+    };
+    let names = if missing.is_empty() { caps.to_vec() } else { missing };
+    format!("grant {}, or run as root", names.join(" and "))
+}
+
+/// Which capabilities attaching to `hook` takes.
+fn hook_capabilities(hook: Hook) -> &'static [&'static str] {
+    match hook {
+        Hook::CgroupSkb { .. } => &["CAP_BPF", "CAP_NET_ADMIN"],
+        Hook::TracePoint { .. } | Hook::BtfTracePoint { .. } => &["CAP_BPF", "CAP_PERFMON"],
     }
 }
 
-fn privilege_hint(msg: &str) -> String {
-    if msg.contains("Operation not permitted") { format!("; {}", PRIVILEGE_ADVICE) } else { String::new() }
-}
-
-const PRIVILEGE_ADVICE: &str = "loading eBPF needs root, or the capabilities CAP_BPF, CAP_PERFMON, \
-     CAP_NET_ADMIN, CAP_SYS_RESOURCE and CAP_DAC_READ_SEARCH (e.g. `setcap \
-     cap_bpf,cap_perfmon,cap_net_admin,cap_sys_resource,cap_dac_read_search+ep pmoas-exporter`; in \
-     Kubernetes: securityContext.privileged or those capabilities)";
-
 /// Capability bits (include/uapi/linux/capability.h).
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+fn cap_bit(name: &str) -> Option<u32> {
+    Some(match name {
+        "CAP_DAC_OVERRIDE" => 1,
+        "CAP_DAC_READ_SEARCH" => 2,
+        "CAP_NET_ADMIN" => 12,
+        "CAP_SYS_PTRACE" => 19,
+        "CAP_SYS_ADMIN" => 21,
+        "CAP_SYS_RESOURCE" => 24,
+        "CAP_PERFMON" => 38,
+        "CAP_BPF" => 39,
+        _ => return None,
+    })
+}
 
 /// Effective capabilities of this process, from /proc/self/status.
 fn effective_caps() -> Option<u64> {
@@ -336,11 +521,11 @@ pub fn check_privileges() -> Result<(), String> {
     let Some(caps) = effective_caps() else {
         return Ok(());
     };
-    let has = |cap: u32| caps & (1u64 << cap) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+    let has = |cap: &str| cap_bit(cap).is_some_and(|b| caps & (1u64 << b) != 0);
+    if has("CAP_SYS_ADMIN") || (has("CAP_BPF") && has("CAP_PERFMON")) {
         Ok(())
     } else {
-        Err(format!("this process lacks the privileges to load eBPF programs: {PRIVILEGE_ADVICE}"))
+        Err(format!("this process lacks the privileges to load eBPF programs: {}", privilege_advice()))
     }
 }
 
@@ -355,19 +540,49 @@ pub fn check_btf() -> Result<(), String> {
     }
 }
 
-fn preflight() -> Result<(), LoadError> {
-    check_privileges().map_err(LoadError::Preflight)?;
-    check_btf().map_err(LoadError::Preflight)?;
-    ensure_tracefs();
-    Ok(())
+/// Where tracefs is mounted, of the two places Aya looks, from
+/// /proc/self/mountinfo (readable by any process, unlike tracefs itself,
+/// which is root's only).
+fn tracefs_mount() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    tracefs_in(&info)
+}
+
+fn tracefs_in(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let point = left.split_whitespace().nth(4)?;
+        let known = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].contains(&point);
+        (known && right.split_whitespace().next() == Some("tracefs")).then(|| PathBuf::from(point))
+    })
+}
+
+/// Why classic tracepoints cannot attach, when it is tracefs: not mounted
+/// (and this process may not mount it), or mounted and root's only.
+fn tracefs_problem() -> Option<String> {
+    let Some(mount) = tracefs_mount() else {
+        return Some(
+            "tracefs is not mounted, and this process may not mount it: mount it before starting the exporter \
+             (`mount -t tracefs nodev /sys/kernel/tracing`), or run the exporter as root"
+                .to_string(),
+        );
+    };
+    match fs::read_dir(&mount) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Some(format!(
+            "tracefs at {} may be read by root only ({e}): {}",
+            mount.display(),
+            grant(&["CAP_DAC_READ_SEARCH"])
+        )),
+        _ => None,
+    }
 }
 
 /// Classic tracepoints need tracefs for their event ids. Mounts it when it
 /// is missing and we may; otherwise the programs that need it report why.
 pub fn ensure_tracefs() {
-    let mounted =
-        ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"].iter().any(|p| Path::new(p).is_dir());
-    if mounted || !Path::new("/sys/kernel/tracing").is_dir() {
+    // Not `is_dir()` on its events: without CAP_DAC_READ_SEARCH that fails
+    // on a mounted tracefs too, and mounting again would be wrong.
+    if tracefs_mount().is_some() || !Path::new("/sys/kernel/tracing").is_dir() {
         return;
     }
     match nix_mount_tracefs() {
@@ -544,13 +759,19 @@ mod tests {
     use super::*;
 
     const SPECS: &[ProgramSpec] = &[
-        ProgramSpec { program: "main", hook: Hook::BtfTracePoint { name: "a" }, fallback_for: None },
-        ProgramSpec { program: "new", hook: Hook::BtfTracePoint { name: "b" }, fallback_for: None },
-        ProgramSpec { program: "old", hook: Hook::BtfTracePoint { name: "b" }, fallback_for: Some("new") },
+        ProgramSpec { program: "main", hook: Hook::BtfTracePoint { name: "a" }, fallback_for: None, feature: "main" },
+        ProgramSpec { program: "new", hook: Hook::BtfTracePoint { name: "b" }, fallback_for: None, feature: "b" },
+        ProgramSpec {
+            program: "old",
+            hook: Hook::BtfTracePoint { name: "b" },
+            fallback_for: Some("new"),
+            feature: "b",
+        },
         ProgramSpec {
             program: "syscall",
             hook: Hook::TracePoint { category: "syscalls", name: "sys_exit_accept4" },
             fallback_for: None,
+            feature: "accept_wait",
         },
     ];
 
@@ -610,8 +831,63 @@ mod tests {
     }
 
     #[test]
-    fn privilege_advice_only_for_eperm() {
-        assert!(privilege_hint("Operation not permitted (os error 1)").contains("CAP_BPF"));
-        assert!(privilege_hint("Permission denied (os error 13)").is_empty(), "EACCES is the verifier's");
+    fn only_eperm_is_a_missing_privilege() {
+        let syscall = |errno| {
+            ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_link_create",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            })
+        };
+        assert!(mentions_eperm(&syscall(libc::EPERM)));
+        assert!(!mentions_eperm(&syscall(libc::EACCES)), "EACCES is the verifier's");
+        let skb =
+            ProgramSpec { program: "skb", hook: Hook::CgroupSkb { ingress: true }, fallback_for: None, feature: "n" };
+        let f = describe_program_error(&syscall(libc::EPERM), &skb);
+        assert!(f.privileged && f.message.contains("CAP_NET_ADMIN"), "{}", f.message);
+        let f = describe_program_error(&syscall(libc::ENOENT), &skb);
+        assert!(!f.privileged && !f.message.contains("CAP_"), "{}", f.message);
+    }
+
+    #[test]
+    fn a_feature_is_degraded_only_when_a_privilege_kept_all_its_programs_out() {
+        let health = Health::default();
+        let failures: Failures = vec![
+            ("main", false, "the verifier said no".into()),
+            ("new", true, "EPERM; grant CAP_PERFMON, or run as root".into()),
+            ("old", false, "no such hook".into()),
+            ("syscall", true, "tracefs may be read by root only: grant CAP_DAC_READ_SEARCH".into()),
+        ];
+        report_features(&health, "t", SPECS, &[], &failures);
+        let got: Vec<(&str, String)> = health.notices().into_iter().map(|n| (n.feature, n.reason)).collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].0, "accept_wait");
+        assert!(got[0].1.contains("syscall") && got[0].1.contains("CAP_DAC_READ_SEARCH"), "{got:?}");
+        assert_eq!(got[1].0, "b");
+        assert!(got[1].1.contains("CAP_PERFMON"), "{got:?}");
+
+        // The fallback attached, the tracepoint failed for another reason
+        // (on the landing page, not a privilege): both cleared.
+        report_features(&health, "t", SPECS, &["main", "old"], &vec![("syscall", false, "no such hook".into())]);
+        assert!(health.notices().is_empty(), "{:?}", health.notices());
+    }
+
+    #[test]
+    fn capability_advice_comes_from_the_one_list() {
+        let advice = privilege_advice();
+        for (cap, _) in REQUIRED_CAPABILITIES.iter().chain(SITUATIONAL_CAPABILITIES) {
+            assert!(advice.contains(cap), "{cap} missing from: {advice}");
+            assert!(cap_bit(cap).is_some(), "{cap} has no bit: grant() could not tell whether it is missing");
+        }
+        assert!(advice.contains("setcap cap_bpf,cap_perfmon,cap_net_admin,cap_dac_read_search,cap_sys_ptrace+ep"));
+        assert!(!grant(&["CAP_BPF"]).is_empty());
+    }
+
+    #[test]
+    fn tracefs_is_found_where_aya_looks() {
+        let info = "22 1 0:20 / /sys rw - sysfs sysfs rw\n\
+                    40 22 0:12 / /sys/kernel/tracing rw,relatime - tracefs nodev rw\n";
+        assert_eq!(tracefs_in(info), Some(PathBuf::from("/sys/kernel/tracing")));
+        assert_eq!(tracefs_in("41 1 0:12 / /mnt/trace rw - tracefs nodev rw\n"), None);
+        assert_eq!(tracefs_in("22 1 0:20 / /sys rw - sysfs sysfs rw\n"), None);
     }
 }

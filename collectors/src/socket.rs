@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
 use pmoas_bpf::types::{self as t, Log2Hist, SocketCounters, SocketKey};
-use pmoas_discovery::{Discovery, Lookup, Role, Workload, netns};
+use pmoas_discovery::{Discovery, Lookup, Role, Workload, netns, process};
 use serde::{Deserialize, Serialize};
 
 use crate::ebpf::{self, Hook, LostEvents, ProgramSpec, ProgramStatus};
@@ -113,41 +113,49 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         program: "socket_state_change",
         hook: Hook::BtfTracePoint { name: "inet_sock_set_state" },
         fallback_for: None,
+        feature: "connections",
     },
     ProgramSpec {
         program: "socket_accept4_exit",
         hook: Hook::TracePoint { category: "syscalls", name: "sys_exit_accept4" },
         fallback_for: None,
+        feature: "accept_wait",
     },
     ProgramSpec {
         program: "socket_accept_exit",
         hook: Hook::TracePoint { category: "syscalls", name: "sys_exit_accept" },
         fallback_for: None,
+        feature: "accept_wait",
     },
     ProgramSpec {
         program: "socket_retransmit",
         hook: Hook::BtfTracePoint { name: "tcp_retransmit_skb" },
         fallback_for: None,
+        feature: "retransmits",
     },
     ProgramSpec {
         program: "socket_retransmit_v1",
         hook: Hook::BtfTracePoint { name: "tcp_retransmit_skb" },
         fallback_for: Some("socket_retransmit"),
+        feature: "retransmits",
     },
     ProgramSpec {
         program: "socket_retransmit_synack",
         hook: Hook::BtfTracePoint { name: "tcp_retransmit_synack" },
         fallback_for: None,
+        feature: "retransmits",
     },
     ProgramSpec {
         program: "socket_send_reset",
         hook: Hook::BtfTracePoint { name: "tcp_send_reset" },
         fallback_for: None,
+        feature: "resets",
     },
     ProgramSpec {
         program: "socket_receive_reset",
         hook: Hook::BtfTracePoint { name: "tcp_receive_reset" },
         fallback_for: None,
+        feature: "resets",
     },
 ];
 
@@ -260,13 +268,14 @@ impl SocketCollector {
         ];
         let filter = ctx.discovery.targets_enabled();
         let globals = [(t::FILTER_TARGETS_GLOBAL, u8::from(filter))];
-        let loaded = ebpf::load(INFO.name, pmoas_bpf::SOCKET, &sizes, &globals, PROGRAMS, None).map_err(|e| {
-            let programs = match &e {
-                ebpf::LoadError::NothingAttached { programs, .. } => programs.clone(),
-                other => ebpf::unattached(INFO.name, PROGRAMS, &other.to_string()),
-            };
-            fail(e.to_string(), programs)
-        })?;
+        let loaded = ebpf::load(INFO.name, pmoas_bpf::SOCKET, &sizes, &globals, PROGRAMS, None, ctx.discovery.health())
+            .map_err(|e| {
+                let programs = match &e {
+                    ebpf::LoadError::NothingAttached { programs, .. } => programs.clone(),
+                    other => ebpf::unattached(INFO.name, PROGRAMS, &other.to_string()),
+                };
+                fail(e.to_string(), programs)
+            })?;
         let mut bpf = loaded.ebpf;
         let programs = loaded.programs;
         let take = |bpf: &mut aya::Ebpf, name: &str| {
@@ -328,12 +337,26 @@ impl Collector for SocketCollector {
 }
 
 impl Inner {
+    /// Reads the addresses of the host's and every pod's network namespace
+    /// into the kernel's `local_addrs`. A namespace this process may not
+    /// read (hidepid without CAP_SYS_PTRACE) leaves connections to its
+    /// addresses counted as `remote`: raised as `socket`/`local_addresses`.
     fn refresh_local_addrs(&mut self, discovery: &Discovery) {
         let procfs = discovery.procfs();
         let mut pids: Vec<u32> = vec![1, std::process::id()];
         pids.extend(discovery.pod_pids().into_iter().map(|(_, pid)| pid));
+        let mut denied: Option<String> = None;
         for pid in pids {
-            for ip in netns::local_addresses(procfs, pid) {
+            let addrs = match netns::local_addresses(procfs, pid) {
+                Ok(a) => a,
+                Err(e) => {
+                    if denied.is_none() && process::is_denied(procfs, &e) {
+                        denied = Some(format!("{}/{pid}/net: {e}", procfs.display()));
+                    }
+                    continue;
+                }
+            };
+            for ip in addrs {
                 let a = netns::addr16(ip);
                 if ip.is_loopback() || self.local_addrs_known.contains(&a) {
                     continue;
@@ -348,6 +371,22 @@ impl Inner {
                 }
             }
         }
+        let health = discovery.health();
+        match denied {
+            Some(why) => health.raise(
+                INFO.name,
+                "local_addresses",
+                format!(
+                    "the addresses of the node's and pods' network namespaces cannot be read ({why}): connections \
+                     to them are counted as peer=\"remote\"; {}",
+                    ebpf::grant(&["CAP_SYS_PTRACE"])
+                ),
+            ),
+            None => health.clear(INFO.name, "local_addresses"),
+        }
+        // Process names are discovery's, which has no notice for them of
+        // its own yet; the collectors read the pods' /proc anyway.
+        let _ = process::report_visibility(health, procfs);
         self.local_addrs_refreshed = Some(Instant::now());
     }
 

@@ -26,7 +26,7 @@ use pmoas_collectors::{CATALOG, CollectorInfo, CollectorsConfig};
 use pmoas_discovery::{DiscoveryConfig, EngineConfig, KubernetesConfig, SidecarConfig, TargetConfig};
 use serde::{Deserialize, Deserializer, Serialize};
 
-pub use settings::{SETTINGS, Setting};
+pub use settings::{Bounds, SETTINGS, Setting};
 
 /// The whole configuration.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -53,11 +53,22 @@ pub struct WebConfig {
     pub listen_address: String,
     /// Path of the metrics page.
     pub telemetry_path: String,
+    /// Scrapes of the metrics page answered in parallel (1..=); more get
+    /// 503 at once, like node_exporter's `--web.max-requests`.
+    pub max_requests: usize,
+    /// Open client connections (1..=), lowered at start to fit the open file
+    /// limit; at the cap the connection idle longest is closed to make room.
+    pub max_connections: usize,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
-        WebConfig { listen_address: ":8765".into(), telemetry_path: "/metrics".into() }
+        WebConfig {
+            listen_address: ":8765".into(),
+            telemetry_path: "/metrics".into(),
+            max_requests: 40,
+            max_connections: 512,
+        }
     }
 }
 
@@ -133,9 +144,74 @@ pub enum ConfigError {
 
 impl From<figment::Error> for ConfigError {
     fn from(e: figment::Error) -> Self {
-        // One line per problem, each naming its key and source.
-        ConfigError::Invalid(e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+        ConfigError::Invalid(e.into_iter().map(|e| describe(&e)).collect::<Vec<_>>().join("\n"))
     }
+}
+
+/// One line per problem: the key as the user wrote it (with its flag),
+/// what is wrong, and where the value came from. figment's own text puts
+/// its profile name before the key (`default.web.listen_address`), which
+/// is no key a user ever typed.
+fn describe(e: &figment::Error) -> String {
+    let key = e.path.join(".");
+    let mut out = match settings::find(&key) {
+        Some(s) if !key.is_empty() => format!("{key} ({}): {}", s.flag(), e.kind),
+        _ if !key.is_empty() => format!("{key}: {}", e.kind),
+        _ => e.kind.to_string(),
+    };
+    if let Some(md) = &e.metadata {
+        match &md.source {
+            Some(src) => out.push_str(&format!(" (in {} {src})", md.name)),
+            None => out.push_str(&format!(" (from {})", md.name)),
+        }
+    }
+    out
+}
+
+/// PMOAS_* variables that are not settings but are read all the same.
+const OTHER_VARIABLES: &[&str] = &[
+    "PMOAS_CONFIG_FILE",
+    // Set by the build script for the binary; cargo passes them on to tests.
+    "PMOAS_REVISION",
+    "PMOAS_RUSTC",
+    "PMOAS_TARGET",
+    // The test suite's.
+    "PMOAS_REQUIRE_BPF",
+    "PMOAS_SKIP_LOG",
+    "PMOAS_ENVOY",
+];
+
+/// Warnings for PMOAS_* variables that name no setting: a typo there would
+/// otherwise be ignored silently, while the same typo in TOML is refused.
+pub fn unknown_env_vars(env: &[(String, String)]) -> Vec<String> {
+    let known: Vec<String> = settings::all().map(|s| s.env_var()).collect();
+    env.iter()
+        .map(|(name, _)| name)
+        .filter(|n| n.starts_with("PMOAS_") && !known.contains(n) && !OTHER_VARIABLES.contains(&n.as_str()))
+        .map(|n| {
+            let nearest = known.iter().min_by_key(|k| edit_distance(k, n)).filter(|k| edit_distance(k, n) <= 3);
+            match nearest {
+                Some(k) => format!("environment variable {n} is not a pmoas setting and is ignored; did you mean {k}?"),
+                None => format!("environment variable {n} is not a pmoas setting and is ignored (see --help)"),
+            }
+        })
+        .collect()
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// Values given on the command line, as (dotted key, raw value).
@@ -146,17 +222,28 @@ impl Config {
     pub fn load(file: Option<&Path>, env: &[(String, String)], overrides: &Overrides) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
-            if !path.is_file() {
-                return Err(ConfigError::File { path: path.into(), reason: "no such file".into() });
+            // A character device such as /dev/null reads as an empty file.
+            let reason = match std::fs::metadata(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("no such file".to_string()),
+                Err(e) => Some(e.to_string()),
+                Ok(m) if m.is_dir() => Some("is a directory, not a TOML file".to_string()),
+                Ok(_) => None,
+            };
+            if let Some(reason) = reason {
+                return Err(ConfigError::File { path: path.into(), reason });
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        for given in env_settings(env) {
-            figment = figment.merge(given);
-        }
-        for (key, raw) in overrides {
+        let given = env_settings(env).into_iter().chain(overrides.iter().map(|(key, raw)| {
             let flag = settings::find(key).map(|s| s.flag()).unwrap_or_else(|| key.to_string());
-            figment = figment.merge(Given { key, raw: raw.clone(), source: format!("command-line flag {flag}") });
+            Given { key, raw: raw.clone(), source: format!("command-line flag {flag}") }
+        }));
+        let given: Vec<Given> = given.collect();
+        for g in &given {
+            g.check_form()?;
+        }
+        for g in given {
+            figment = figment.merge(g);
         }
         let config: Config = figment.extract()?;
         config.validate()?;
@@ -165,6 +252,14 @@ impl Config {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.collectors.as_ref().is_some_and(|c| c.iter().all(|n| n.trim().is_empty())) {
+            return Err(ConfigError::Key {
+                key: "collectors",
+                reason: "the list is empty; name at least one collector, or use --collector.disable-defaults \
+                         to run with none on purpose"
+                    .into(),
+            });
+        }
         self.enabled_collectors()?;
         self.listen_address()?;
         let path = &self.web.telemetry_path;
@@ -176,23 +271,33 @@ impl Config {
                 ),
             });
         }
-        if self.scrape.timeout.is_zero() {
-            return Err(ConfigError::Key { key: "scrape.timeout", reason: "must be more than 0s".into() });
-        }
         pmoas_discovery::Classifier::new(&self.sidecar)
             .map_err(|reason| ConfigError::Key { key: "sidecar.rules", reason })?;
         pmoas_discovery::Targets::new(&self.target).map_err(|reason| ConfigError::Key { key: "target", reason })?;
-        let socket = &self.collector.socket;
-        for (key, v) in [
-            ("collector.socket.max_tracked_connections", socket.max_tracked_connections),
-            ("collector.socket.max_series", socket.max_series),
-            ("collector.cgroup.max_cgroups", self.collector.cgroup.max_cgroups),
-        ] {
-            if !(64..=1 << 24).contains(&v) {
-                return Err(ConfigError::Key { key, reason: format!("{v} is outside 64..=16777216") });
+        self.check_bounds()
+    }
+
+    /// Every number and duration against the bounds its setting declares;
+    /// all violations at once, each naming its key and flag.
+    fn check_bounds(&self) -> Result<(), ConfigError> {
+        let values = toml::Value::try_from(self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut problems = Vec::new();
+        for s in settings::all() {
+            let (Some(bounds), Some(value)) = (s.bounds, lookup(&values, s.key)) else { continue };
+            let ok = match (bounds, value) {
+                (Bounds::Count(lo, hi), toml::Value::Integer(v)) => {
+                    u64::try_from(*v).is_ok_and(|v| (lo..=hi).contains(&v))
+                }
+                (Bounds::Duration(lo, hi), toml::Value::String(v)) => {
+                    humantime_serde::re::humantime::parse_duration(v).is_ok_and(|d| (lo..=hi).contains(&d))
+                }
+                _ => false,
+            };
+            if !ok {
+                problems.push(format!("{} ({}): {value} is outside {}", s.key, s.flag(), bounds.describe()));
             }
         }
-        Ok(())
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems.join("\n"))) }
     }
 
     /// The collectors to run: the list (or the defaults, or none with
@@ -218,17 +323,30 @@ impl Config {
         Ok(CATALOG.iter().filter(|c| names.contains(&c.name)).collect())
     }
 
-    /// `web.listen_address` as a socket address (`:port` = every IPv4 address).
+    /// `web.listen_address` as a socket address (`:port` = every IPv4
+    /// address; a host name such as `localhost` = its first address).
     pub fn listen_address(&self) -> Result<SocketAddr, ConfigError> {
         let raw = self.web.listen_address.trim();
-        let parsed = match raw.strip_prefix(':') {
-            Some(port) => port.parse::<u16>().map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p)).ok(),
-            None => raw.parse::<SocketAddr>().ok(),
+        let invalid = |why: String| ConfigError::Key { key: "web.listen_address", reason: format!("`{raw}` {why}") };
+        if let Some(port) = raw.strip_prefix(':') {
+            return port
+                .parse::<u16>()
+                .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p))
+                .map_err(|_| invalid("is not host:port, [v6]:port or :port".into()));
+        }
+        if let Ok(addr) = raw.parse::<SocketAddr>() {
+            return Ok(addr);
+        }
+        let Some((host, port)) = raw.rsplit_once(':').filter(|(h, _)| !h.is_empty() && !h.contains(':')) else {
+            return Err(invalid("is not host:port, [v6]:port or :port".into()));
         };
-        parsed.ok_or_else(|| ConfigError::Key {
-            key: "web.listen_address",
-            reason: format!("`{raw}` is not host:port, [v6]:port or :port"),
-        })
+        let port: u16 = port.parse().map_err(|_| invalid(format!("has no valid port (`{port}`)")))?;
+        let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+            .map_err(|e| invalid(format!("cannot be resolved: {e}")))?
+            .collect::<Vec<_>>();
+        // localhost resolves to ::1 and 127.0.0.1: prefer IPv4, as Prometheus does.
+        addrs.sort_by_key(|a| !a.is_ipv4());
+        addrs.first().copied().ok_or_else(|| invalid(format!("`{host}` resolves to no address")))
     }
 
     /// What discovery is configured by.
@@ -248,12 +366,45 @@ impl Config {
     }
 }
 
+/// The value at a dotted key, if set.
+fn lookup<'a>(values: &'a toml::Value, key: &str) -> Option<&'a toml::Value> {
+    key.split('.').try_fold(values, |v, part| v.get(part))
+}
+
 /// One setting given as text, from a named source: an environment
 /// variable or a command-line flag. Errors then say which one was wrong.
 struct Given {
     key: &'static str,
     raw: String,
     source: String,
+}
+
+impl Given {
+    /// A number or duration that does not parse gets a message with the
+    /// allowed range (`-5s` is refused here, not by a serde message).
+    fn check_form(&self) -> Result<(), ConfigError> {
+        let Some(s) = settings::find(self.key) else { return Ok(()) };
+        let raw = self.raw.trim();
+        let (parses, like) = match s.bounds {
+            None => return Ok(()),
+            Some(Bounds::Duration(..)) => {
+                (humantime_serde::re::humantime::parse_duration(raw).is_ok(), "a duration like 500ms, 5s or 1m")
+            }
+            Some(Bounds::Count(lo, hi)) => (raw.parse::<u64>().is_ok_and(|n| (lo..=hi).contains(&n)), "a whole number"),
+        };
+        if parses {
+            return Ok(());
+        }
+        Err(ConfigError::Key {
+            key: s.key,
+            reason: format!(
+                "`{}` from {} is not {like} within {}",
+                self.raw,
+                self.source,
+                s.bounds.map(|b| b.describe()).unwrap_or_default()
+            ),
+        })
+    }
 }
 
 impl figment::Provider for Given {

@@ -3,6 +3,9 @@
 //! every key of [`crate::Config`] and nothing else.
 
 use std::sync::OnceLock;
+use std::time::Duration;
+
+use humantime_serde::re::humantime;
 
 use pmoas_collectors::CATALOG;
 
@@ -19,6 +22,29 @@ pub enum Kind {
     Repeated(&'static str),
 }
 
+/// The values a number or duration setting may take, both ends included.
+/// Every such setting has one (a test checks it), and
+/// [`crate::Config::validate`] checks them all in one place: a zero or
+/// absurd value is refused at start-up and by `--config.check`, never met
+/// at run time as a busy loop or a panic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bounds {
+    Duration(Duration, Duration),
+    Count(u64, u64),
+}
+
+impl Bounds {
+    /// `100ms..=1h`, `64..=16777216`.
+    pub fn describe(&self) -> String {
+        match self {
+            Bounds::Duration(lo, hi) => {
+                format!("{}..={}", humantime::format_duration(*lo), humantime::format_duration(*hi))
+            }
+            Bounds::Count(lo, hi) => format!("{lo}..={hi}"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Setting {
     /// Dotted TOML key, e.g. `web.listen_address`.
@@ -28,11 +54,23 @@ pub struct Setting {
     pub kind: Kind,
     /// A second, shorter flag (`--kubeconfig`).
     pub alias: Option<&'static str>,
+    /// Allowed values of a number or duration.
+    pub bounds: Option<Bounds>,
 }
 
 impl Setting {
     const fn value(key: &'static str, value_name: &'static str, help: &'static str) -> Setting {
-        Setting { key, value_name, help, kind: Kind::Value, alias: None }
+        Setting { key, value_name, help, kind: Kind::Value, alias: None, bounds: None }
+    }
+
+    /// A count or size within `min..=max`.
+    const fn count(key: &'static str, min: u64, max: u64, help: &'static str) -> Setting {
+        Setting { bounds: Some(Bounds::Count(min, max)), ..Setting::value(key, "N", help) }
+    }
+
+    /// A duration within `min..=max`.
+    const fn duration(key: &'static str, min: Duration, max: Duration, help: &'static str) -> Setting {
+        Setting { bounds: Some(Bounds::Duration(min, max)), ..Setting::value(key, "DURATION", help) }
     }
 
     const fn repeated(
@@ -41,7 +79,7 @@ impl Setting {
         separator: &'static str,
         help: &'static str,
     ) -> Setting {
-        Setting { key, value_name, help, kind: Kind::Repeated(separator), alias: None }
+        Setting { key, value_name, help, kind: Kind::Repeated(separator), alias: None, bounds: None }
     }
 
     /// `--web.listen-address` (for a toggle: `--collector.socket`).
@@ -80,6 +118,11 @@ impl Setting {
     }
 }
 
+const SECOND: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+/// Kernel maps larger than this cost more memory than any node needs.
+const MAX_MAP_ENTRIES: u64 = 1 << 24;
+
 /// Settings every build has; collector toggles are added by [`all`].
 pub const SETTINGS: &[Setting] = &[
     Setting::value(
@@ -93,25 +136,30 @@ pub const SETTINGS: &[Setting] = &[
         help: "Start from no collector; add the wanted ones with --collector.<name>",
         kind: Kind::Switch,
         alias: None,
+        bounds: None,
     },
-    Setting::value(
+    Setting::count(
         "collector.socket.max_tracked_connections",
-        "N",
+        64,
+        MAX_MAP_ENTRIES,
         "Open TCP connections tracked at once, node-wide; beyond it bytes and lifetimes of new connections are lost (and counted)",
     ),
-    Setting::value(
+    Setting::count(
         "collector.socket.max_series",
-        "N",
+        64,
+        MAX_MAP_ENTRIES,
         "(workload, peer) pairs kept in the kernel's counter and histogram maps",
     ),
-    Setting::value(
+    Setting::duration(
         "collector.socket.local_address_refresh",
-        "DURATION",
+        SECOND,
+        HOUR,
         "How often the addresses of the node and its pods are re-read (peer=node vs remote)",
     ),
-    Setting::value(
+    Setting::count(
         "collector.cgroup.max_cgroups",
-        "N",
+        64,
+        MAX_MAP_ENTRIES,
         "cgroups with kernel-side network, block I/O and OOM counters, node-wide; beyond it new cgroups are not counted (and that is counted)",
     ),
     Setting::value(
@@ -125,21 +173,40 @@ pub const SETTINGS: &[Setting] = &[
         "Address to serve on: host:port, [v6]:port, or :port for every address",
     ),
     Setting::value("web.telemetry_path", "PATH", "Path of the metrics page"),
+    Setting::count(
+        "web.max_requests",
+        1,
+        10_000,
+        "Scrapes of the metrics page answered in parallel; more get 503 at once",
+    ),
+    Setting::count(
+        "web.max_connections",
+        2,
+        1_000_000,
+        "Open client connections, lowered to fit the open file limit; at the cap the connection idle longest is closed to make room",
+    ),
     Setting::value("log.level", "LEVEL", "Log level: error, warn, info, debug or trace"),
     Setting::value("log.format", "FORMAT", "Log format: text or json"),
-    Setting::value(
+    Setting::duration(
         "scrape.timeout",
-        "DURATION",
+        Duration::from_millis(100),
+        Duration::from_secs(600),
         "Longest a scrape waits for its collectors (Prometheus's scrape timeout header lowers it)",
     ),
     Setting::value("discovery.procfs", "PATH", "The host's /proc (a DaemonSet mounts it at e.g. /host/proc)"),
     Setting::value("discovery.cgroup2", "PATH", "The cgroup v2 mount; found in /proc/self/mountinfo when unset"),
-    Setting::value(
+    Setting::duration(
         "discovery.grace_period",
-        "DURATION",
+        Duration::ZERO,
+        Duration::from_secs(24 * 3600),
         "How long the series of a vanished workload keep being served",
     ),
-    Setting::value("discovery.rescan_interval", "DURATION", "How often the cgroup tree is rescanned for containers"),
+    Setting::duration(
+        "discovery.rescan_interval",
+        Duration::from_millis(100),
+        HOUR,
+        "How often the cgroup tree is rescanned for containers",
+    ),
     Setting::value(
         "kubernetes.enabled",
         "auto|true|false",
@@ -151,6 +218,7 @@ pub const SETTINGS: &[Setting] = &[
         help: "kubeconfig to reach the API with (default: in-cluster, $KUBECONFIG, ~/.kube/config)",
         kind: Kind::Value,
         alias: Some("kubeconfig"),
+        bounds: None,
     },
     Setting::value(
         "kubernetes.node_name",
@@ -167,7 +235,12 @@ pub const SETTINGS: &[Setting] = &[
         "PATH",
         "Engine API socket (default: /run/podman/podman.sock, /var/run/docker.sock, /run/docker.sock)",
     ),
-    Setting::value("engine.poll_interval", "DURATION", "How often the engine's container list is read"),
+    Setting::duration(
+        "engine.poll_interval",
+        Duration::from_millis(100),
+        HOUR,
+        "How often the engine's container list is read",
+    ),
     Setting::value(
         "sidecar.mode",
         "auto|rules|none",
@@ -212,6 +285,7 @@ pub fn all() -> impl Iterator<Item = &'static Setting> {
             help: c.help,
             kind: Kind::CollectorToggle,
             alias: None,
+            bounds: None,
         });
         which.into_iter().cloned().chain(toggles).chain(rest.into_iter().cloned()).collect()
     })

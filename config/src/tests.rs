@@ -186,3 +186,110 @@ fn effective_config_renders_and_reloads() {
     let f = file(&c.to_toml());
     assert_eq!(Config::load(Some(f.path()), &[], &vec![]).unwrap(), c);
 }
+
+/// Every number and duration setting declares its bounds, so none can be
+/// added that skips the range check: zero intervals pinned a core, zero
+/// timeouts failed every scrape.
+#[test]
+fn every_number_and_duration_has_bounds() {
+    let defaults = toml::Value::try_from(Config::default()).unwrap();
+    for s in settings::all() {
+        let Some(v) = lookup(&defaults, s.key) else { continue };
+        let is_duration =
+            matches!(v, toml::Value::String(t) if humantime_serde::re::humantime::parse_duration(t).is_ok());
+        if matches!(v, toml::Value::Integer(_)) || is_duration {
+            let b = s.bounds.unwrap_or_else(|| panic!("{} has no bounds", s.key));
+            // The default itself is allowed.
+            Config::load(None, &[], &vec![(s.key, v.to_string().trim_matches('"').to_string())])
+                .unwrap_or_else(|e| panic!("{}: default outside {}: {e}", s.key, b.describe()));
+        }
+    }
+}
+
+#[test]
+fn out_of_range_values_are_refused_with_key_flag_and_range() {
+    for (key, value, range) in [
+        ("discovery.rescan_interval", "0s", "100ms..=1h"),
+        ("engine.poll_interval", "0s", "100ms..=1h"),
+        ("collector.socket.local_address_refresh", "0s", "1s..=1h"),
+        ("scrape.timeout", "0s", "100ms..=10m"),
+        ("scrape.timeout", "1year", "100ms..=10m"),
+        ("discovery.grace_period", "400days", "0s..=1day"),
+        ("collector.cgroup.max_cgroups", "0", "64..=16777216"),
+        ("collector.socket.max_series", "-1", "64..=16777216"),
+        ("collector.socket.max_tracked_connections", "99999999999", "64..=16777216"),
+    ] {
+        let err = Config::load(None, &[], &vec![(key, value.into())]).unwrap_err().to_string();
+        let flag = settings::find(key).unwrap().flag();
+        assert!(err.contains(key) && err.contains(&flag) && err.contains(range), "{key}={value}: {err}");
+    }
+    // All problems at once, from a file too.
+    let f = file("[discovery]\nrescan_interval = \"0s\"\n[collector.cgroup]\nmax_cgroups = 1\n");
+    let err = Config::load(Some(f.path()), &[], &vec![]).unwrap_err().to_string();
+    assert!(err.contains("discovery.rescan_interval") && err.contains("collector.cgroup.max_cgroups"), "{err}");
+    // Negative durations get the range, not a serde message.
+    let err = Config::load(None, &[], &vec![("scrape.timeout", "-5s".into())]).unwrap_err().to_string();
+    assert!(err.contains("`-5s`") && err.contains("100ms..=10m") && err.contains("--scrape.timeout"), "{err}");
+    let err =
+        Config::load(None, &env(&[("PMOAS_DISCOVERY_RESCAN_INTERVAL", "fast")]), &vec![]).unwrap_err().to_string();
+    assert!(err.contains("PMOAS_DISCOVERY_RESCAN_INTERVAL") && err.contains("100ms..=1h"), "{err}");
+}
+
+#[test]
+fn errors_name_keys_as_users_write_them() {
+    let f = file("[collector.socket]\nmax_series = \"many\"\n");
+    let err = Config::load(Some(f.path()), &[], &vec![]).unwrap_err().to_string();
+    assert!(!err.contains("default."), "figment's profile leaked into the key: {err}");
+    assert!(err.contains("collector.socket.max_series (--collector.socket.max-series)"), "{err}");
+    assert!(err.contains(&f.path().display().to_string()), "{err}");
+    let err = Config::load(None, &env(&[("PMOAS_LOG_LEVEL", "loud")]), &vec![]).unwrap_err().to_string();
+    assert!(!err.contains("default.") && err.contains("log.level") && err.contains("PMOAS_LOG_LEVEL"), "{err}");
+}
+
+#[test]
+fn config_file_that_is_a_directory_or_a_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Config::load(Some(dir.path()), &[], &vec![]).unwrap_err().to_string();
+    assert!(err.contains("is a directory"), "{err}");
+    // /dev/null is the usual way to say "no file": the defaults.
+    assert_eq!(Config::load(Some(Path::new("/dev/null")), &[], &vec![]).unwrap(), Config::default());
+}
+
+#[test]
+fn listen_address_host_names_resolve() {
+    let c = Config::load(None, &[], &vec![("web.listen_address", "localhost:19880".into())]).unwrap();
+    assert_eq!(c.listen_address().unwrap().to_string(), "127.0.0.1:19880");
+    for bad in ["localhost", "localhost:http", "localhost:99999", "no-such-host.invalid:1"] {
+        let err = Config::load(None, &[], &vec![("web.listen_address", bad.into())]).unwrap_err().to_string();
+        assert!(err.contains("web.listen_address") && err.contains(bad), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn empty_collector_list_is_an_error() {
+    for empty in ["", " ", ","] {
+        let err = Config::load(None, &[], &vec![("collectors", empty.into())]).unwrap_err().to_string();
+        assert!(err.contains("collectors") && err.contains("--collector.disable-defaults"), "{empty:?}: {err}");
+    }
+    let c = Config::load(None, &[], &vec![("collector.disable_defaults", "true".into())]).unwrap();
+    assert!(c.enabled_collectors().unwrap().is_empty(), "no collector, on purpose");
+}
+
+#[test]
+fn unknown_pmoas_variables_are_warned_about() {
+    let e = env(&[
+        ("PMOAS_WEB_LISTEN_ADRESS", ":1"),
+        ("PMOAS_NONSENSE", "1"),
+        ("PMOAS_WEB_LISTEN_ADDRESS", ":2"),
+        ("PMOAS_REQUIRE_BPF", "1"),
+        ("PMOAS_CONFIG_FILE", "/x"),
+        ("HOME", "/root"),
+    ]);
+    let w = unknown_env_vars(&e);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].contains("PMOAS_WEB_LISTEN_ADRESS") && w[0].contains("did you mean PMOAS_WEB_LISTEN_ADDRESS"),
+        "{w:?}"
+    );
+    assert!(w[1].contains("PMOAS_NONSENSE") && !w[1].contains("did you mean"), "{w:?}");
+}

@@ -46,7 +46,7 @@ impl std::fmt::Display for NoCgroupV2 {
             "no cgroup v2 hierarchy is mounted (looked for a cgroup2 entry in /proc/self/mountinfo); \
              pmoas keys everything by cgroup v2 id. On a cgroup v1 host mount the unified hierarchy \
              beside v1: `mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified`, \
-             or pass --path.cgroup2 to where it is mounted"
+             or pass --discovery.cgroup2 to where it is mounted"
         )
     }
 }

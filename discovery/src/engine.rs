@@ -56,8 +56,11 @@ pub fn socket_path(config: &EngineConfig) -> Option<PathBuf> {
 /// One GET over the unix socket; the body.
 pub async fn get(socket: &Path, path: &str) -> Result<Vec<u8>, String> {
     let stream = UnixStream::connect(socket).await.map_err(|e| {
+        // connect() needs write permission on the socket file, which the
+        // engines give root (Podman) or root and a group (Docker) only.
         let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
-            " (run as root, or with access to the socket)"
+            " (connecting needs write access to the socket: run as root, grant CAP_DAC_OVERRIDE, or add the \
+             exporter's user to the socket's group)"
         } else {
             ""
         };
@@ -148,6 +151,7 @@ pub async fn run(
     store: Arc<MetadataStore>,
     errors: Arc<AtomicU64>,
     kick: Arc<dyn Fn() + Send + Sync>,
+    report: Arc<dyn Fn(Result<(), String>) + Send + Sync>,
 ) {
     let Some(socket) = socket_path(&config) else {
         if config.enabled == Toggle::True {
@@ -156,7 +160,6 @@ pub async fn run(
         }
         return;
     };
-    let mut failing = false;
     let mut announced = false;
     loop {
         let result = async {
@@ -172,10 +175,7 @@ pub async fn run(
                     tracing::info!(socket = %socket.display(), containers = containers.len(), "naming containers through the engine API");
                     announced = true;
                 }
-                if failing {
-                    tracing::info!(socket = %socket.display(), "engine API answers again");
-                    failing = false;
-                }
+                report(Ok(()));
                 let before = store.generation();
                 store.replace_engine(containers);
                 if store.generation() != before {
@@ -184,10 +184,7 @@ pub async fn run(
             }
             Err(e) => {
                 errors.fetch_add(1, Ordering::Relaxed);
-                if !failing {
-                    tracing::warn!(error = %e, "engine API failed; keeping the last known containers and retrying");
-                    failing = true;
-                }
+                report(Err(e));
             }
         }
         tokio::time::sleep(config.poll_interval).await;

@@ -5,23 +5,26 @@
 //! `--kubernetes.kubeconfig` / `$KUBECONFIG` / `~/.kube/config`. Node name:
 //! `--kubernetes.node-name`, else `$NODE_NAME` (the downward API), else the
 //! host name. When the API fails the last known pods stay, the watch retries
-//! with backoff, and every failure counts in
+//! with exponential backoff and jitter ([`backoff`]: 0.8 s doubling to 30 s),
+//! and every failure counts in
 //! `pmoas_discovery_errors_total{source="kubernetes"}`.
+
+pub mod backoff;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
 
 use crate::Toggle;
+use crate::kubernetes::backoff::Backoff;
 use crate::metadata::{ContainerKind, ContainerMeta, MetadataStore, PodMeta};
 
 /// `[kubernetes]` of the configuration.
@@ -122,6 +125,7 @@ pub async fn run(
         return;
     }
     let node = node_name(&config);
+    let mut backoff = Backoff::kubernetes();
     let client = loop {
         match client(&config).await {
             Ok(c) => break c,
@@ -131,15 +135,22 @@ pub async fn run(
             }
             Err(e) => {
                 errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "cannot reach the Kubernetes API; retrying in 30 s");
-                tokio::time::sleep(Duration::from_secs(30)).await;
+                let delay = backoff.next_delay(Instant::now());
+                tracing::error!(error = %e, retry_in = %Secs(delay), "cannot reach the Kubernetes API");
+                tokio::time::sleep(delay).await;
             }
         }
     };
     tracing::info!(%node, "watching this node's pods through the Kubernetes API");
     let api: Api<Pod> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
+    // Not kube-runtime's `default_backoff()`: its StreamBackoff resets on
+    // every Ok item, and the watcher yields `Ok(Event::Init)` before each
+    // relist, so during an outage it never got past its first step (about
+    // one list a second from every node, forever). The watcher does nothing
+    // between polls, so sleeping here before polling again is the backoff.
+    let mut stream = watcher::watcher(api, cfg).boxed();
+    let mut backoff = Backoff::kubernetes();
     let mut initial: Option<Vec<PodMeta>> = None;
     let mut malformed_reported = false;
     while let Some(event) = stream.next().await {
@@ -154,22 +165,27 @@ pub async fn run(
             }
         };
         match event {
+            // Only the start of an attempt, not progress: no reset.
             Ok(Event::Init) => initial = Some(Vec::new()),
+            // A page of a list that may still fail on the next page: no reset.
             Ok(Event::InitApply(pod)) => {
                 let buf = initial.get_or_insert_with(Vec::new);
                 add(&pod, &mut |m| buf.push(m));
             }
             Ok(Event::InitDone) => {
+                backoff.reset();
                 let pods = initial.take().unwrap_or_default();
                 tracing::debug!(pods = pods.len(), "Kubernetes pod list synced");
                 store.replace_pods(pods);
                 kick();
             }
             Ok(Event::Apply(pod)) => {
+                backoff.reset();
                 add(&pod, &mut |m| store.upsert_pod(m));
                 kick();
             }
             Ok(Event::Delete(pod)) => {
+                backoff.reset();
                 if let Some(uid) = pod.metadata.uid.as_deref() {
                     store.remove_pod(uid);
                     kick();
@@ -177,9 +193,25 @@ pub async fn run(
             }
             Err(e) => {
                 errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "Kubernetes watch failed; keeping the last known pods and retrying");
+                let delay = backoff.next_delay(Instant::now());
+                tracing::warn!(
+                    error = %e,
+                    failures = backoff.failures(),
+                    retry_in = %Secs(delay),
+                    "Kubernetes watch failed; keeping the last known pods"
+                );
+                tokio::time::sleep(delay).await;
             }
         }
+    }
+}
+
+/// A delay as `1.234s` in the log.
+struct Secs(Duration);
+
+impl std::fmt::Display for Secs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.3}s", self.0.as_secs_f64())
     }
 }
 

@@ -19,6 +19,8 @@
 pub mod cgroupfs;
 pub mod classify;
 pub mod engine;
+pub mod health;
+pub mod hostpath;
 pub mod kubernetes;
 pub mod layout;
 pub mod metadata;
@@ -32,7 +34,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +42,7 @@ use serde::{Deserialize, Serialize};
 pub use cgroupfs::{CgroupFs, NoCgroupV2};
 pub use classify::{Classifier, SidecarConfig, SidecarMode, SidecarRule};
 pub use engine::EngineConfig;
+pub use health::{Health, Notice};
 pub use kubernetes::KubernetesConfig;
 use layout::CgroupOwner;
 pub use metadata::{MetadataStore, Source};
@@ -245,8 +248,9 @@ pub struct Discovery {
     grace: Duration,
     rescan_interval: Duration,
     store: Arc<MetadataStore>,
-    classifier: Classifier,
-    targets: Targets,
+    /// Replaced whole on reload (SIGHUP); readers take the Arc.
+    classifier: RwLock<Arc<Classifier>>,
+    targets: RwLock<Arc<Targets>>,
     kubernetes: KubernetesConfig,
     engine: EngineConfig,
     entries: Mutex<HashMap<u64, Entry>>,
@@ -256,6 +260,10 @@ pub struct Discovery {
     resolved_generation: AtomicU64,
     kick_tx: Mutex<Sender<()>>,
     kick_rx: Mutex<Option<Receiver<()>>>,
+    health: Health,
+    /// Are the paths the host's own (so a wrong type is an error)? Not for
+    /// the fake trees of unit tests.
+    host_paths: bool,
 }
 
 const NODE_ID: u64 = 0;
@@ -273,10 +281,18 @@ impl std::fmt::Display for DiscoveryError {
 impl std::error::Error for DiscoveryError {}
 
 impl Discovery {
+    /// Discovery of this host. A `procfs` or `cgroup2` path that is not a
+    /// mount of that filesystem is an error: it would name workloads wrongly.
     pub fn new(settings: &Settings) -> Result<Discovery, DiscoveryError> {
+        hostpath::check_procfs(&settings.discovery.procfs).map_err(DiscoveryError)?;
+        if let Some(v2) = &settings.discovery.cgroup2 {
+            hostpath::check_cgroup2(v2).map_err(DiscoveryError)?;
+        }
         let fs = CgroupFs::detect(settings.discovery.cgroup2.as_deref())
             .map_err(|e| DiscoveryError(format!("reading /proc/self/mountinfo: {e}")))?;
-        Self::with_cgroupfs(fs, settings)
+        let mut d = Self::with_cgroupfs(fs, settings)?;
+        d.host_paths = true;
+        Ok(d)
     }
 
     pub fn with_cgroupfs(fs: CgroupFs, settings: &Settings) -> Result<Discovery, DiscoveryError> {
@@ -289,12 +305,12 @@ impl Discovery {
             grace: settings.discovery.grace_period,
             rescan_interval: settings.discovery.rescan_interval,
             store: Arc::new(MetadataStore::default()),
-            classifier,
-            targets,
+            classifier: RwLock::new(Arc::new(classifier)),
+            targets: RwLock::new(Arc::new(targets)),
             kubernetes: settings.kubernetes.clone(),
             engine: settings.engine.clone(),
             entries: Mutex::new(HashMap::new()),
-            errors: [Source::Kubernetes, Source::Engine, Source::Cgroupfs]
+            errors: [Source::Kubernetes, Source::Engine, Source::Cgroupfs, Source::Procfs]
                 .into_iter()
                 .map(|s| (s, Arc::new(AtomicU64::new(0))))
                 .collect(),
@@ -303,6 +319,8 @@ impl Discovery {
             resolved_generation: AtomicU64::new(0),
             kick_tx: Mutex::new(tx),
             kick_rx: Mutex::new(Some(rx)),
+            health: Health::default(),
+            host_paths: false,
         })
     }
 
@@ -312,6 +330,43 @@ impl Discovery {
 
     pub fn procfs(&self) -> &Path {
         &self.procfs
+    }
+
+    fn classifier(&self) -> Arc<Classifier> {
+        self.classifier.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn targets(&self) -> Arc<Targets> {
+        self.targets.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies new sidecar rules and target selection (SIGHUP): every
+    /// workload is named again on the next rescan, which starts now.
+    /// Switching target selection on or off changes what the kernel
+    /// programs were loaded with, so that part waits for a restart; the
+    /// returned list says what did not apply.
+    pub fn reload(&self, sidecar: &SidecarConfig, target: &TargetConfig) -> Result<Vec<String>, DiscoveryError> {
+        let classifier = Classifier::new(sidecar).map_err(DiscoveryError)?;
+        let targets = Targets::new(target).map_err(DiscoveryError)?;
+        let mut needs_restart = Vec::new();
+        *self.classifier.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(classifier);
+        if targets.enabled() == self.targets().enabled() {
+            *self.targets.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(targets);
+        } else {
+            needs_restart.push(format!(
+                "target selection switched {} (the kernel filter is fixed when the programs load)",
+                if targets.enabled() { "on" } else { "off" }
+            ));
+        }
+        // A generation no store has: the next rescan names everything again.
+        self.resolved_generation.store(u64::MAX, Ordering::Release);
+        self.kick();
+        Ok(needs_restart)
+    }
+
+    /// Features running degraded (missing privileges, broken host paths).
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// The metadata the sources keep (tests and the fake sources write it).
@@ -335,7 +390,29 @@ impl Discovery {
             self.errors[&Source::Kubernetes].clone(),
             kick.clone(),
         ));
-        runtime.spawn(engine::run(self.engine.clone(), self.store.clone(), self.errors[&Source::Engine].clone(), kick));
+        // The engine's failures show as a degraded feature (with the
+        // capability or group to grant when the socket refuses us).
+        let report: Arc<dyn Fn(Result<(), String>) + Send + Sync> = {
+            let me = Arc::downgrade(self);
+            Arc::new(move |result| {
+                let Some(d) = me.upgrade() else { return };
+                match result {
+                    Ok(()) => d.health.clear("discovery", "engine"),
+                    Err(e) => d.health.raise(
+                        "discovery",
+                        "engine",
+                        format!("container engine API fails, keeping the last known containers and retrying: {e}"),
+                    ),
+                }
+            })
+        };
+        runtime.spawn(engine::run(
+            self.engine.clone(),
+            self.store.clone(),
+            self.errors[&Source::Engine].clone(),
+            kick,
+            report,
+        ));
     }
 
     /// Asks the rescan loop to look again now (metadata changed).
@@ -438,7 +515,7 @@ impl Discovery {
                         pod: Some(&pod),
                         processes: &processes,
                     };
-                    let v = self.classifier.classify(&facts);
+                    let v = self.classifier().classify(&facts);
                     return self.pod_workload(&pod, meta.name.clone(), meta.image.clone(), v, Source::Kubernetes);
                 }
                 if let Some(pod) = c.pod_uid.as_deref().and_then(|uid| self.store.pod(uid)) {
@@ -450,7 +527,7 @@ impl Discovery {
                         pod: Some(&pod),
                         processes: &processes,
                     };
-                    let v = self.classifier.classify(&facts);
+                    let v = self.classifier().classify(&facts);
                     let (w, _) = self.pod_workload(&pod, short, String::new(), v, Source::Kubernetes);
                     return (w, false);
                 }
@@ -468,7 +545,7 @@ impl Discovery {
                             pod: None,
                             processes: &processes,
                         };
-                        let v = self.classifier.classify(&facts);
+                        let v = self.classifier().classify(&facts);
                         let w = Workload {
                             namespace: String::new(),
                             pod: uid.clone(),
@@ -478,14 +555,14 @@ impl Discovery {
                             image: String::new(),
                             sidecar_kind: v.kind,
                             source: Source::Cgroupfs,
-                            selected: self.targets.selects("", uid, &BTreeMap::new()),
+                            selected: self.targets().selects("", uid, &BTreeMap::new()),
                         };
                         (w, v.settled)
                     }
                     None => (
                         Workload {
                             container: short,
-                            selected: self.targets.selects_outside_pods(),
+                            selected: self.targets().selects_outside_pods(),
                             ..Workload::node()
                         },
                         true,
@@ -499,7 +576,7 @@ impl Discovery {
                         pod: pod.name.clone(),
                         pod_uid: Some(pod_uid),
                         source: Source::Kubernetes,
-                        selected: self.targets.selects(&pod.namespace, &pod.name, &pod.labels),
+                        selected: self.targets().selects(&pod.namespace, &pod.name, &pod.labels),
                         ..Workload::node()
                     };
                     (w, true)
@@ -507,7 +584,7 @@ impl Discovery {
                 // Known by its UID only, like its containers above.
                 None => (
                     Workload {
-                        selected: self.targets.selects("", &pod_uid, &BTreeMap::new()),
+                        selected: self.targets().selects("", &pod_uid, &BTreeMap::new()),
                         pod: pod_uid.clone(),
                         pod_uid: Some(pod_uid),
                         ..Workload::node()
@@ -520,7 +597,7 @@ impl Discovery {
                 (
                     Workload {
                         container: last.to_string(),
-                        selected: self.targets.selects_outside_pods(),
+                        selected: self.targets().selects_outside_pods(),
                         ..Workload::node()
                     },
                     true,
@@ -537,7 +614,7 @@ impl Discovery {
         v: classify::Classification,
         source: Source,
     ) -> (Workload, bool) {
-        let selected = self.targets.selects(&pod.namespace, &pod.name, &pod.labels);
+        let selected = self.targets().selects(&pod.namespace, &pod.name, &pod.labels);
         let w = Workload {
             namespace: pod.namespace.clone(),
             pod: pod.name.clone(),
@@ -580,7 +657,7 @@ impl Discovery {
                     pod: pod.clone(),
                     pod_uid: e.pod_id.clone().or(path_pod.map(str::to_string)),
                     source: Source::Engine,
-                    selected: self.targets.selects("", pod, l),
+                    selected: self.targets().selects("", pod, l),
                     ..Workload::node()
                 };
                 return (w, true);
@@ -596,7 +673,7 @@ impl Discovery {
                 container: e.name.clone(),
                 image: e.image.clone(),
                 source: Source::Engine,
-                selected: self.targets.selects_outside_pods(),
+                selected: self.targets().selects_outside_pods(),
                 ..Workload::node()
             };
             return (w, true);
@@ -616,8 +693,8 @@ impl Discovery {
             pod: Some(&pod_meta),
             processes,
         };
-        let v = self.classifier.classify(&facts);
-        let selected = self.targets.selects(&namespace, &pod, l);
+        let v = self.classifier().classify(&facts);
+        let selected = self.targets().selects(&namespace, &pod, l);
         let w = Workload {
             namespace,
             pod,
@@ -637,6 +714,10 @@ impl Discovery {
     /// period, names again what metadata changed for, and tells the
     /// subscribers which cgroups are watched now.
     pub fn rescan(&self) {
+        if !self.host_paths_usable() {
+            // Keep the last known workloads rather than mark them all gone.
+            return;
+        }
         let Ok(root) = self.fs.v2_root() else { return };
         let root = root.to_path_buf();
         let mut present: HashMap<u64, String> = HashMap::new();
@@ -704,8 +785,36 @@ impl Discovery {
         self.publish_targets(selected);
     }
 
+    /// Are procfs and the cgroup2 mount still what they must be? A path
+    /// that broke after start-up (an unmounted volume, a missing cgroup2
+    /// mount) is counted in `pmoas_discovery_errors_total` on every rescan
+    /// and shown as a degraded feature; it clears when the path is back.
+    fn host_paths_usable(&self) -> bool {
+        let v2 = self.fs.v2_root().map_err(|e| e.to_string());
+        let checks = [
+            (Source::Procfs, "procfs", if self.host_paths { hostpath::check_procfs(&self.procfs) } else { Ok(()) }),
+            (
+                Source::Cgroupfs,
+                "cgroup2",
+                v2.and_then(|p| if self.host_paths { hostpath::check_cgroup2(p) } else { Ok(()) }),
+            ),
+        ];
+        let mut cgroups_usable = true;
+        for (source, feature, result) in checks {
+            match result {
+                Ok(()) => self.health.clear("discovery", feature),
+                Err(reason) => {
+                    self.errors[&source].fetch_add(1, Ordering::Relaxed);
+                    self.health.raise("discovery", feature, reason);
+                    cgroups_usable &= feature != "cgroup2";
+                }
+            }
+        }
+        cgroups_usable
+    }
+
     fn publish_targets(&self, now: HashSet<u64>) {
-        if !self.targets.enabled() {
+        if !self.targets().enabled() {
             return;
         }
         let mut current = self.selected.lock().unwrap_or_else(|p| p.into_inner());
@@ -725,7 +834,7 @@ impl Discovery {
 
     /// Is a target selection in force (so the kernel must filter)?
     pub fn targets_enabled(&self) -> bool {
-        self.targets.enabled()
+        self.targets().enabled()
     }
 
     /// Calls `f` with every change of the watched cgroups, starting with

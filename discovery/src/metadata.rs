@@ -65,6 +65,8 @@ pub enum Source {
     Kubernetes,
     Engine,
     Cgroupfs,
+    /// The host's /proc (no workloads of its own; errors only).
+    Procfs,
 }
 
 impl Source {
@@ -73,6 +75,7 @@ impl Source {
             Source::Kubernetes => "kubernetes",
             Source::Engine => "engine",
             Source::Cgroupfs => "cgroupfs",
+            Source::Procfs => "procfs",
         }
     }
 }

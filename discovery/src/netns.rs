@@ -4,29 +4,38 @@
 //! `if_inet6`.
 
 use std::fs;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// The inode of the network namespace `pid` lives in: equal inodes, one
-/// namespace.
-pub fn inode(procfs: &Path, pid: u32) -> Option<u64> {
-    fs::metadata(procfs.join(pid.to_string()).join("ns/net")).ok().map(|m| m.ino())
+/// namespace. Following another user's `ns/net` takes ptrace access
+/// (CAP_SYS_PTRACE): without it this is EACCES, which callers report.
+pub fn inode(procfs: &Path, pid: u32) -> io::Result<u64> {
+    fs::metadata(procfs.join(pid.to_string()).join("ns/net")).map(|m| m.ino())
+}
+
+/// The inode of the network namespace of the process reading `procfs`
+/// (its `self`, whatever PID namespace it was mounted from).
+pub fn own_inode(procfs: &Path) -> io::Result<u64> {
+    fs::metadata(procfs.join("self/ns/net")).map(|m| m.ino())
 }
 
 /// Local (host-scope `/32 host LOCAL`) IPv4 and all IPv6 addresses of the
-/// network namespace `pid` lives in. Loopback addresses included.
-pub fn local_addresses(procfs: &Path, pid: u32) -> Vec<IpAddr> {
+/// network namespace `pid` lives in. Loopback addresses included. An error
+/// when the IPv4 table cannot be read (the process is gone, or hidden by
+/// hidepid); IPv6 may be disabled, so its file may be missing.
+pub fn local_addresses(procfs: &Path, pid: u32) -> io::Result<Vec<IpAddr>> {
     let net = procfs.join(pid.to_string()).join("net");
-    let mut out: Vec<IpAddr> = fs::read_to_string(net.join("fib_trie"))
-        .map(|t| parse_fib_trie_local(&t).into_iter().map(IpAddr::V4).collect())
-        .unwrap_or_default();
+    let mut out: Vec<IpAddr> =
+        parse_fib_trie_local(&fs::read_to_string(net.join("fib_trie"))?).into_iter().map(IpAddr::V4).collect();
     if let Ok(t) = fs::read_to_string(net.join("if_inet6")) {
         out.extend(parse_if_inet6(&t).into_iter().map(IpAddr::V6));
     }
     out.sort();
     out.dedup();
-    out
+    Ok(out)
 }
 
 fn parse_fib_trie_local(text: &str) -> Vec<Ipv4Addr> {
@@ -114,7 +123,16 @@ Local:
 
     #[test]
     fn own_namespace_has_loopback() {
-        let addrs = local_addresses(Path::new("/proc"), std::process::id());
+        let addrs = local_addresses(Path::new("/proc"), std::process::id()).unwrap();
         assert!(addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{addrs:?}");
+        assert!(local_addresses(Path::new("/nonexistent"), 1).is_err(), "an unreadable table is an error");
+    }
+
+    #[test]
+    fn own_namespace_inode() {
+        let me = inode(Path::new("/proc"), std::process::id()).unwrap();
+        assert_eq!(inode(Path::new("/proc"), std::process::id()).unwrap(), me);
+        assert_eq!(own_inode(Path::new("/proc")).unwrap(), me);
+        assert!(inode(Path::new("/nonexistent"), 1).is_err());
     }
 }

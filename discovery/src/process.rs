@@ -6,7 +6,10 @@
 //! source knows the pod.
 
 use std::fs;
+use std::io;
 use std::path::Path;
+
+use crate::health::Health;
 
 /// Process names (comm, or argv[0]'s file name) of well-known sidecar
 /// proxies: Envoy (plain, Istio's pilot-agent that runs it), Linkerd's proxy.
@@ -37,6 +40,92 @@ pub fn process_names(procfs: &Path, pid: u32) -> Vec<String> {
         }
     }
     names
+}
+
+/// Can this exporter look into other users' processes in `procfs`? A
+/// /proc mounted with `hidepid` hides them (`invisible`, `ptraceable`) or
+/// closes their directories (`noaccess`) to a process that may not ptrace
+/// them; names, cgroups and network namespaces of the pods' processes are
+/// then out of reach. Judged from the mount's options and this process's
+/// capabilities and groups, as the kernel does: probing a process could
+/// not tell hidden from gone, and some hosts' PID 1 is closed even to root.
+pub fn others_visible(procfs: &Path) -> Result<(), String> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    match hidden_by(&mountinfo, &status, procfs) {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}
+
+/// CAP_SYS_PTRACE (include/uapi/linux/capability.h).
+const CAP_SYS_PTRACE: u32 = 19;
+
+/// Why other users' processes in `procfs` are hidden from the process
+/// whose /proc/self/status is `status`, if they are.
+fn hidden_by(mountinfo: &str, status: &str, procfs: &Path) -> Option<String> {
+    let options = mountinfo
+        .lines()
+        // A later mount on the same point covers the earlier ones.
+        .rev()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split_whitespace().nth(4)?.replace("\\040", " ");
+            let mut right = right.split_whitespace();
+            let (fstype, _source, options) = (right.next()?, right.next()?, right.next()?);
+            (fstype == "proc" && Path::new(&point) == procfs).then_some(options)
+        })
+        .next()?;
+    let hidepid = options.split(',').find_map(|o| o.strip_prefix("hidepid="))?;
+    if matches!(hidepid, "0" | "off") {
+        return None;
+    }
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or("").trim();
+    let caps = u64::from_str_radix(field("CapEff:"), 16).unwrap_or(0);
+    if caps & (1 << CAP_SYS_PTRACE) != 0 {
+        return None;
+    }
+    // `gid=` names a group whose members see everything.
+    let ours: Vec<&str> = field("Groups:").split_whitespace().chain(field("Gid:").split_whitespace().nth(3)).collect();
+    if options.split(',').filter_map(|o| o.strip_prefix("gid=")).any(|g| ours.contains(&g)) {
+        return None;
+    }
+    let how = if matches!(hidepid, "1" | "noaccess") { "closed to" } else { "invisible to" };
+    Some(format!(
+        "{} is mounted with hidepid={hidepid}, and other users' processes are {how} an exporter without \
+         CAP_SYS_PTRACE",
+        procfs.display()
+    ))
+}
+
+/// Was reading a file of another process refused rather than the process
+/// gone? EACCES, or ENOENT where hidepid makes processes invisible.
+pub fn is_denied(procfs: &Path, e: &io::Error) -> bool {
+    match e.kind() {
+        io::ErrorKind::PermissionDenied => true,
+        io::ErrorKind::NotFound => others_visible(procfs).is_err(),
+        _ => false,
+    }
+}
+
+/// Raises `discovery`/`process_names` while other users' processes are
+/// hidden (sidecars are then not recognised by their process names), and
+/// clears it when they are visible again. The result, for callers that
+/// lose more than names.
+pub fn report_visibility(health: &Health, procfs: &Path) -> Result<(), String> {
+    let visible = others_visible(procfs);
+    match &visible {
+        Ok(()) => health.clear("discovery", "process_names"),
+        Err(why) => health.raise(
+            "discovery",
+            "process_names",
+            format!(
+                "{why}: containers are not recognised as sidecars by their process names (envoy, pilot-agent, \
+                 linkerd2-proxy); grant CAP_SYS_PTRACE, or run as root"
+            ),
+        ),
+    }
+    visible
 }
 
 /// Is this a sidecar proxy's process name?
@@ -108,6 +197,36 @@ mod tests {
         fs::write(cg.join("cgroup.procs"), "31\n30\n").unwrap();
         assert_eq!(runs_sidecar(&procfs, &cg), Some(false));
         assert_eq!(runs_sidecar(&procfs, &t.path().join("missing")), None);
+    }
+
+    #[test]
+    fn hidepid_hides_other_users_processes_from_an_exporter_without_ptrace() {
+        let mounts = "22 27 0:21 / /proc rw,relatime - proc proc rw\n\
+                      42 27 0:39 / /host/proc rw,relatime - proc proc rw,hidepid=invisible\n\
+                      43 27 0:40 / /closed rw,relatime - proc proc rw,hidepid=noaccess,gid=1000\n\
+                      44 27 0:41 / /open rw,relatime - proc proc rw,hidepid=off\n";
+        let nobody = "Uid:\t65534\t65534\t65534\t65534\nGid:\t65534\t65534\t65534\t65534\nGroups:\t\nCapEff:\t000000c000001004\n";
+        let tracer = "Gid:\t65534\t65534\t65534\t65534\nGroups:\t\nCapEff:\t00000000000c0000\n";
+        let member = "Gid:\t65534\t65534\t65534\t65534\nGroups:\t27 1000\nCapEff:\t0000000000000000\n";
+        let hidden = |procfs: &str, status: &str| hidden_by(mounts, status, Path::new(procfs));
+        assert_eq!(hidden("/proc", nobody), None, "no hidepid");
+        assert_eq!(hidden("/open", nobody), None);
+        let why = hidden("/host/proc", nobody).unwrap();
+        assert!(why.contains("hidepid=invisible") && why.contains("CAP_SYS_PTRACE"), "{why}");
+        assert_eq!(hidden("/host/proc", tracer), None, "CAP_SYS_PTRACE sees everything");
+        assert!(hidden("/closed", nobody).unwrap().contains("closed to"));
+        assert_eq!(hidden("/closed", member), None, "a member of gid= sees everything");
+        assert_eq!(hidden("/tmp/fake-proc", nobody), None, "not a procfs mount: a test's tree");
+    }
+
+    #[test]
+    fn refusals_are_told_from_processes_that_are_gone() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(is_denied(t.path(), &io::Error::from(io::ErrorKind::PermissionDenied)));
+        assert!(!is_denied(t.path(), &io::Error::from(io::ErrorKind::NotFound)), "gone, nothing hides it");
+        let health = Health::default();
+        assert_eq!(report_visibility(&health, t.path()), Ok(()));
+        assert!(health.notices().is_empty());
     }
 
     #[test]

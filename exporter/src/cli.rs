@@ -10,17 +10,26 @@ use pmoas_config::{Config, Overrides};
 
 pub const ABOUT: &str = "eBPF exporter for the pods of a node and their sidecar proxies";
 
-const LONG_ABOUT: &str = "\
+/// The capabilities come from the one list the collectors' advice and the
+/// README use too.
+fn long_about() -> String {
+    let caps: Vec<&str> = pmoas_collectors::ebpf::REQUIRED_CAPABILITIES.iter().map(|(c, _)| *c).collect();
+    format!(
+        "\
 pmoas-exporter watches the pods of this node with eBPF and serves Prometheus metrics:
 per pod and container, sidecar versus app, what the service mesh costs.
 
-It needs root (or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_RESOURCE and
-CAP_DAC_READ_SEARCH), a kernel with BTF, and a cgroup v2 mount (hybrid v1+v2 hosts
-are fine). Without Kubernetes it names workloads from cgroup paths and processes.
+It needs root or these capabilities (the README says what each is for):
+  {}
+and a kernel with BTF and a cgroup v2 mount (hybrid v1+v2 hosts are fine). Without
+Kubernetes it names workloads from cgroup paths and processes.
 
 Every setting is a flag, a key of the --config.file TOML file and a PMOAS_* variable:
   --web.listen-address  <->  [web] listen_address  <->  PMOAS_WEB_LISTEN_ADDRESS
-Flags beat variables, variables beat the file, the file beats the defaults.";
+Flags beat variables, variables beat the file, the file beats the defaults.",
+        caps.join(", ")
+    )
+}
 
 const AFTER_HELP: &str = "\
 Endpoints: /metrics (Prometheus text, or OpenMetrics when asked; ?collect[]=socket and
@@ -65,7 +74,7 @@ pub fn command() -> Command {
     let mut cmd = Command::new("pmoas-exporter")
         .version(env!("CARGO_PKG_VERSION"))
         .about(ABOUT)
-        .long_about(LONG_ABOUT)
+        .long_about(long_about())
         .after_help(AFTER_HELP)
         .args_conflicts_with_subcommands(true)
         .subcommand(Command::new("version").about("Print version, git revision and build details"))
@@ -107,7 +116,17 @@ pub fn command() -> Command {
                 if let Some(d) = default_of(&defaults, s.key) {
                     help.push_str(&format!(" [default: {d}]"));
                 }
-                let mut arg = Arg::new(s.key).long(s.long()).value_name(s.value_name).num_args(1).help(help);
+                if let Some(b) = s.bounds {
+                    help.push_str(&format!(" [range: {}]", b.describe()));
+                }
+                let mut arg = Arg::new(s.key)
+                    .long(s.long())
+                    .value_name(s.value_name)
+                    .num_args(1)
+                    // `--scrape.timeout -5s` reaches the range check and its
+                    // message, instead of clap's "unexpected argument '-5'".
+                    .allow_hyphen_values(s.bounds.is_some())
+                    .help(help);
                 if let Some(alias) = s.alias {
                     arg = arg.visible_alias(alias);
                 }

@@ -3,6 +3,10 @@
 //! eBPF program and exits 0.
 
 mod cli;
+mod limits;
+mod memory;
+mod reload;
+mod request;
 mod server;
 
 use std::process::ExitCode;
@@ -41,7 +45,11 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let env_warnings = pmoas_config::unknown_env_vars(&env);
     if args.check_only {
+        for w in &env_warnings {
+            eprintln!("pmoas-exporter: warning: {w}");
+        }
         let names: Vec<&str> =
             config.enabled_collectors().map(|c| c.iter().map(|i| i.name).collect()).unwrap_or_default();
         println!(
@@ -52,6 +60,10 @@ fn run(args: RunArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.log.level, config.log.format);
+    for w in &env_warnings {
+        tracing::warn!("{w}");
+    }
+    memory::configure_allocator();
 
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(16).build() {
         Ok(r) => r,
@@ -60,7 +72,8 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(serve_until_signal(config));
+    let reloader = Arc::new(reload::Reloader::new(args.config_file.clone(), args.overrides.clone(), config.clone()));
+    let outcome = runtime.block_on(serve_until_signal(config, reloader));
     // Blocking collector calls still running get a moment; then everything
     // that holds eBPF objects is dropped, which detaches the programs.
     runtime.shutdown_timeout(Duration::from_secs(2));
@@ -86,6 +99,11 @@ fn init_logging(level: LogLevel, format: LogFormat) {
     for lib in ["aya", "aya_obj", "kube_client", "kube_runtime", "hyper", "hyper_util", "tower", "rustls", "h2"] {
         directives.push_str(&format!(",{lib}={libs}"));
     }
+    // kube-client logs every failed request at ERROR; discovery logs the
+    // same failure once per backoff step, with the delay.
+    if level != LogLevel::Trace {
+        directives.push_str(",kube_client::client::builder=off");
+    }
     let filter = tracing_subscriber::EnvFilter::new(directives);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
@@ -97,7 +115,7 @@ fn init_logging(level: LogLevel, format: LogFormat) {
 
 /// Runs until SIGINT or SIGTERM; returns the registry so the caller drops
 /// it (and detaches) after the runtime is gone.
-async fn serve_until_signal(config: Config) -> anyhow::Result<Arc<Registry>> {
+async fn serve_until_signal(config: Config, reloader: Arc<reload::Reloader>) -> anyhow::Result<Arc<Registry>> {
     let listen = config.listen_address()?;
     let listener = TcpListener::bind(listen)
         .await
@@ -131,12 +149,17 @@ async fn serve_until_signal(config: Config) -> anyhow::Result<Arc<Registry>> {
     let state = Arc::new(server::AppState {
         registry: registry.clone(),
         discovery,
-        telemetry_path: config.web.telemetry_path.clone(),
-        scrape_timeout: config.scrape.timeout,
+        web: std::sync::RwLock::new(server::ReloadableWeb {
+            telemetry_path: config.web.telemetry_path.clone(),
+            scrape_timeout: config.scrape.timeout,
+        }),
+        reloader: reloader.clone(),
         listen,
+        max_requests: config.web.max_requests,
+        max_connections: config.web.max_connections,
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(server::serve(listener, state, shutdown_rx));
+    let server = tokio::spawn(server::serve(listener, state.clone(), shutdown_rx));
     tracing::info!(
         %listen,
         path = %config.web.telemetry_path,
@@ -147,14 +170,45 @@ async fn serve_until_signal(config: Config) -> anyhow::Result<Arc<Registry>> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
+            _ = hup.recv() => reload(&reloader, &state),
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
     let _ = server.await;
     Ok(registry)
+}
+
+/// SIGHUP: applies what can change while serving (see [`reload`]).
+fn reload(reloader: &reload::Reloader, state: &server::AppState) {
+    let outcome = reloader.reload(|new, keys| {
+        let mut needs_restart = Vec::new();
+        if keys.iter().any(|k| k.starts_with("sidecar.") || k.starts_with("target.")) {
+            needs_restart = state.discovery.reload(&new.sidecar, &new.target).map_err(|e| e.to_string())?;
+        }
+        state.set_web(server::ReloadableWeb {
+            telemetry_path: new.web.telemetry_path.clone(),
+            scrape_timeout: new.scrape.timeout,
+        });
+        Ok(needs_restart)
+    });
+    match outcome {
+        Ok(o) => {
+            tracing::info!(applied = %o.applied.join(","), "SIGHUP: configuration reloaded");
+            if !o.needs_restart.is_empty() {
+                tracing::warn!(
+                    changes = %o.needs_restart.join("; "),
+                    "SIGHUP: these changes need a restart; their running values stay"
+                );
+            }
+        }
+        Err(e) => tracing::error!("SIGHUP: configuration not reloaded, nothing changed:\n{e}"),
+    }
 }
 
 fn spawn_rescans(discovery: Arc<Discovery>, stop: Arc<AtomicBool>) {

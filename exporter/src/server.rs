@@ -4,22 +4,28 @@
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use pmoas_collectors::metrics::Desc;
-use pmoas_collectors::{CollectorState, Format, MetricSet, Registry, ScrapeFilter};
+use pmoas_collectors::{CollectorState, MetricSet, Registry, ScrapeFilter};
 use pmoas_discovery::Discovery;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+use crate::limits::{self, Admission, Connections, InFlight, ScrapePermit, Scrapes, Slot};
+use crate::memory;
+use crate::request::{self, Route};
 
 pub const BUILD_INFO: Desc = Desc::gauge("pmoas_build_info", "Build of this exporter (always 1).");
 pub const DISCOVERY_WORKLOADS: Desc =
@@ -28,31 +34,177 @@ pub const DISCOVERY_ERRORS: Desc = Desc::counter(
     "pmoas_discovery_errors_total",
     "Failures of a discovery source (API errors, unreadable sockets or cgroups, malformed objects).",
 );
+pub const RELOAD_SUCCESSFUL: Desc = Desc::gauge(
+    "pmoas_config_last_reload_successful",
+    "Whether the last SIGHUP reload of the configuration loaded (1 before any).",
+);
+pub const RELOAD_TIMESTAMP: Desc = Desc::gauge(
+    "pmoas_config_last_reload_success_timestamp_seconds",
+    "When the configuration last loaded, at start or on SIGHUP (Unix time).",
+);
 pub const CONTAINER_INFO: Desc = Desc::gauge(
     "pmoas_container_info",
     "One series per live container with its image and sidecar kind (1), for joins in PromQL.",
+);
+pub const FEATURE_DEGRADED: Desc = Desc::gauge(
+    "pmoas_feature_degraded",
+    "A feature running degraded (1): some series are absent or incomplete; the landing page and the log say why.",
 );
 
 /// What every request handler shares.
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub discovery: Arc<Discovery>,
-    pub telemetry_path: String,
-    pub scrape_timeout: Duration,
+    /// What SIGHUP may change while serving.
+    pub web: RwLock<ReloadableWeb>,
+    /// The last SIGHUP's outcome, for the reload metrics.
+    pub reloader: Arc<crate::reload::Reloader>,
     pub listen: SocketAddr,
+    /// `--web.max-requests`: parallel scrapes of the metrics page.
+    pub max_requests: usize,
+    /// `--web.max-connections`, as configured; [`serve`] lowers it to fit
+    /// the open file limit.
+    pub max_connections: usize,
 }
 
-type Body = Full<Bytes>;
+/// The web settings a reload applies at once.
+#[derive(Clone, Debug)]
+pub struct ReloadableWeb {
+    pub telemetry_path: String,
+    pub scrape_timeout: Duration,
+}
 
-fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+impl AppState {
+    pub fn telemetry_path(&self) -> String {
+        self.web.read().unwrap_or_else(|p| p.into_inner()).telemetry_path.clone()
+    }
+
+    pub fn scrape_timeout(&self) -> Duration {
+        self.web.read().unwrap_or_else(|p| p.into_inner()).scrape_timeout
+    }
+
+    pub fn set_web(&self, web: ReloadableWeb) {
+        *self.web.write().unwrap_or_else(|p| p.into_inner()) = web;
+    }
+}
+
+/// The state plus what [`serve`] derives from it.
+struct Shared {
+    app: Arc<AppState>,
+    scrapes: Scrapes,
+}
+
+/// How long a connection may take to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A page is handed to hyper in slices of this size, so that the body (and
+/// what it holds: the scrape's seat, the connection's busy mark) lives
+/// until the client has taken nearly all of it, not just until hyper has
+/// queued it. Slices share the page's buffer: nothing is copied.
+const SLICE: usize = 64 * 1024;
+
+/// A metrics page from this size on is followed by handing freed memory
+/// back to the kernel (see [`memory`]); smaller scrapes free too little to
+/// be worth the walk over the arenas.
+const LARGE_PAGE: usize = 256 * 1024;
+
+/// A response body: the page, and what must stay held until it is sent.
+pub struct Page {
+    rest: Bytes,
+    _request: Option<InFlight>,
+    _scrape: Option<ScrapeDone>,
+}
+
+impl Page {
+    fn new(bytes: impl Into<Bytes>) -> Page {
+        Page { rest: bytes.into(), _request: None, _scrape: None }
+    }
+}
+
+impl http_body::Body for Page {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let n = this.rest.len().min(SLICE);
+        Poll::Ready(Some(Ok(Frame::data(this.rest.split_to(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Exact, so hyper sends Content-Length rather than chunks.
+        SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
+/// A scrape's seat, released with its page; the last large scrape to end
+/// returns the memory they freed.
+struct ScrapeDone {
+    permit: Option<ScrapePermit>,
+    large: bool,
+    shared: Arc<Shared>,
+}
+
+impl Drop for ScrapeDone {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        if self.large && self.shared.scrapes.running() == 0 {
+            memory::release_freed();
+        }
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Page> {
+    let mut r = Response::new(Page::new(body));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
+/// Scrapes that collect and encode at once (see [`Scrapes::turn`]): two,
+/// so that an HA pair of Prometheus servers never wait on each other, or
+/// one on a single core. Not more on larger nodes: a scrape's collection
+/// is mostly one thread per collector, and each turn holds a metric set
+/// (about three times its page) in memory.
+fn scrape_turns() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(2)
+}
+
+/// How often the connection cap is reported while it is being hit.
+const CAP_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Serves until `shutdown` flips to true.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    let fd_limit = limits::fd_limit();
+    let cap = limits::effective_max_connections(state.max_connections, fd_limit);
+    let fd_text = fd_limit.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
+    tracing::info!(
+        max_connections = cap,
+        configured = state.max_connections,
+        open_file_limit = %fd_text,
+        reserved_fds = limits::RESERVED_FDS,
+        max_requests = state.max_requests,
+        "HTTP limits: at most {cap} open connections, {} parallel scrapes",
+        state.max_requests
+    );
+    if cap < state.max_connections {
+        tracing::warn!(
+            "--web.max-connections {} lowered to {cap}: the open file limit is {fd_text} and {} descriptors are \
+             kept for eBPF maps, cgroup files and API clients; raise the limit (ulimit -n, LimitNOFILE=) to serve more",
+            state.max_connections,
+            limits::RESERVED_FDS
+        );
+    }
+    let conns = Connections::new(cap);
+    let shared = Arc::new(Shared { scrapes: Scrapes::new(state.max_requests, scrape_turns()), app: state });
+    let (mut evicted, mut refused, mut reported) = (0u64, 0u64, None::<Instant>);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -65,46 +217,86 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: wa
                         continue;
                     }
                 };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(state.clone(), req));
-                    let conn = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(30))
-                        .serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                let admission = conns.admit();
+                match &admission {
+                    Admission::Admitted(_) => {}
+                    Admission::Evicted(_) => evicted += 1,
+                    Admission::Refused => refused += 1,
+                }
+                if (evicted > 0 || refused > 0) && reported.is_none_or(|t| t.elapsed() >= CAP_LOG_INTERVAL) {
+                    tracing::warn!(
+                        evicted,
+                        refused,
+                        "{cap} connections open (--web.max-connections): closed the connections idle longest \
+                         to make room ({evicted}), turned away new ones while all were busy ({refused})"
+                    );
+                    (evicted, refused, reported) = (0, 0, Some(Instant::now()));
+                }
+                match admission {
+                    Admission::Admitted(slot) => {
+                        tokio::spawn(connection(stream, slot, shared.clone()));
                     }
-                });
+                    Admission::Evicted(slot) => {
+                        tokio::spawn(connection(stream, slot, shared.clone()));
+                        // Let the evicted connection's task run and close its
+                        // socket before the next accept, so a flood cannot
+                        // pile up descriptors faster than they are freed.
+                        tokio::task::yield_now().await;
+                    }
+                    // Dropping the stream closes it.
+                    Admission::Refused => drop(stream),
+                }
             }
             _ = shutdown.changed() => return,
         }
     }
 }
 
-async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "only GET and HEAD\n"));
+async fn connection(stream: TcpStream, slot: Slot, shared: Arc<Shared>) {
+    let tracker = slot.tracker();
+    let service = service_fn(move |req| {
+        let request = tracker.begin();
+        handle(shared.clone(), req, request)
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // A client that sends its request and then shuts down its side
+        // (`nc -N`, some proxies) still waits for the answer; without this
+        // hyper drops the response when it reads the EOF.
+        .half_close(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        // Eviction first: it only ever picks a connection between requests.
+        biased;
+        // Dropping the connection closes its socket.
+        _ = slot.evicted() => tracing::trace!("connection closed to make room for a new one"),
+        result = conn => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
     }
-    let path = req.uri().path();
-    let response = if path == state.telemetry_path {
-        metrics(&state, &req).await
-    } else {
-        match path {
-            "/" => text(StatusCode::OK, "text/html; charset=utf-8", landing_page(&state)),
-            "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
-            "/readyz" => readyz(&state),
-            _ => text(
-                StatusCode::NOT_FOUND,
-                "text/plain; charset=utf-8",
-                format!("not found; metrics are at {}\n", state.telemetry_path),
-            ),
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>, request: InFlight) -> Result<Response<Page>, Infallible> {
+    let state = &shared.app;
+    let plain = "text/plain; charset=utf-8";
+    let mut response = match request::route(req.method(), req.uri().path(), &state.telemetry_path()) {
+        Route::MethodNotAllowed => text(StatusCode::METHOD_NOT_ALLOWED, plain, "only GET and HEAD\n"),
+        Route::Metrics => metrics(&shared, &req).await,
+        Route::Landing => text(StatusCode::OK, "text/html; charset=utf-8", landing_page(state)),
+        Route::Healthz => text(StatusCode::OK, plain, "ok\n"),
+        Route::Readyz => readyz(state),
+        Route::NotFound => {
+            text(StatusCode::NOT_FOUND, plain, format!("not found; metrics are at {}\n", state.telemetry_path()))
         }
     };
+    response.body_mut()._request = Some(request);
     Ok(response)
 }
 
-fn readyz(state: &AppState) -> Response<Body> {
+fn readyz(state: &AppState) -> Response<Page> {
     let mut body = String::new();
     for (info, s) in state.registry.states() {
         body.push_str(&format!("{} {}\n", info.name, s.label()));
@@ -116,61 +308,63 @@ fn readyz(state: &AppState) -> Response<Body> {
     }
 }
 
-/// `collect[]` / `exclude[]` from the query string.
-fn filter(state: &AppState, query: Option<&str>) -> Result<ScrapeFilter, String> {
-    let (mut collect, mut exclude) = (Vec::new(), Vec::new());
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "collect[]" => collect.push(v.into_owned()),
-            "exclude[]" => exclude.push(v.into_owned()),
-            _ => {}
-        }
-    }
-    ScrapeFilter::new(collect, exclude, &state.registry)
+fn header(req: &Request<Incoming>, name: impl hyper::header::AsHeaderName) -> Option<&[u8]> {
+    req.headers().get(name).map(HeaderValue::as_bytes)
 }
 
-/// The scrape's deadline: ours, or Prometheus's own timeout less a margin
-/// to render and send, whichever is shorter.
-fn scrape_timeout(state: &AppState, req: &Request<Incoming>) -> Duration {
-    let header = req
-        .headers()
-        .get("X-Prometheus-Scrape-Timeout-Seconds")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(|s| Duration::from_secs_f64((s - 0.5).max(s / 2.0)));
-    header.map_or(state.scrape_timeout, |h| h.min(state.scrape_timeout))
-}
-
-async fn metrics(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
-    let filter = match filter(state, req.uri().query()) {
+async fn metrics(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Page> {
+    let state = &shared.app;
+    let Some(permit) = shared.scrapes.try_begin() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            format!(
+                "too many scrapes at once: at most {} in parallel (--web.max-requests); try again later\n",
+                shared.scrapes.max()
+            ),
+        );
+    };
+    let selection = request::selection(req.uri().query());
+    let filter = match ScrapeFilter::new(selection.collect, selection.exclude, &state.registry) {
         Ok(f) => f,
         Err(e) => {
             return text(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", format!("{e}\n"));
         }
     };
-    let mut set = state.registry.scrape(&filter, scrape_timeout(state, req)).await;
+    let timeout = request::scrape_timeout(header(req, "X-Prometheus-Scrape-Timeout-Seconds"), state.scrape_timeout());
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Waiting for a turn spends the scrape's own time: the client gives up
+    // at its deadline whatever we do.
+    let Ok(turn) = tokio::time::timeout_at(deadline, shared.scrapes.turn()).await else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            format!("other scrapes kept this one waiting past its {timeout:?} deadline; try again later\n"),
+        );
+    };
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(request::MIN_SCRAPE_TIMEOUT);
+    let mut set = state.registry.scrape(&filter, left).await;
     exporter_metrics(state, &mut set);
 
-    let format = Format::from_accept(req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()));
-    let body = set.encode(format);
-    let gzip = req
-        .headers()
-        .get(ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
-    let mut response = text(StatusCode::OK, format.content_type(), Bytes::new());
-    if gzip {
-        let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
-        if enc.write_all(body.as_bytes()).is_ok()
-            && let Ok(zipped) = enc.finish()
-        {
-            *response.body_mut() = Full::new(Bytes::from(zipped));
-            response.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            return response;
+    let format = request::format(header(req, ACCEPT));
+    let text_page = set.encode(format);
+    let large = text_page.len() >= LARGE_PAGE;
+    let (page, gzip) = if request::wants_gzip(header(req, ACCEPT_ENCODING)) {
+        let mut enc =
+            flate2::write::GzEncoder::new(Vec::with_capacity(text_page.len() / 4), flate2::Compression::fast());
+        match enc.write_all(text_page.as_bytes()).and_then(|()| enc.finish()) {
+            Ok(zipped) => (Bytes::from(zipped), true),
+            Err(_) => (Bytes::from(text_page), false),
         }
+    } else {
+        (Bytes::from(text_page), false)
+    };
+    drop(turn);
+    let mut response = text(StatusCode::OK, format.content_type(), page);
+    if gzip {
+        response.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
-    *response.body_mut() = Full::new(Bytes::from(body));
+    response.body_mut()._scrape = Some(ScrapeDone { permit: Some(permit), large, shared: shared.clone() });
     response
 }
 
@@ -191,6 +385,13 @@ fn exporter_metrics(state: &AppState, set: &mut MetricSet) {
     }
     for (source, n) in state.discovery.errors() {
         set.counter(&DISCOVERY_ERRORS, vec![("source", source.as_label().into())], n as f64);
+    }
+    let (reload_ok, reload_at) = state.reloader.status();
+    set.gauge(&RELOAD_SUCCESSFUL, vec![], if reload_ok { 1.0 } else { 0.0 });
+    set.gauge(&RELOAD_TIMESTAMP, vec![], reload_at as f64);
+    set.declare(&FEATURE_DEGRADED);
+    for n in state.discovery.health().notices() {
+        set.gauge(&FEATURE_DEGRADED, vec![("component", n.component.into()), ("feature", n.feature.into())], 1.0);
     }
     set.declare(&CONTAINER_INFO);
     for w in state.discovery.containers() {
@@ -251,17 +452,49 @@ fn landing_page(state: &AppState) -> String {
         .map(|(s, pods, containers)| format!("{}: {pods} pod(s), {containers} container(s)", s.as_label()))
         .collect::<Vec<_>>()
         .join("; ");
+    let errors = state
+        .discovery
+        .errors()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| format!("{}: {n}", s.as_label()))
+        .collect::<Vec<_>>();
+    let errors = if errors.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " <span class=\"failed\">Errors so far (pmoas_discovery_errors_total): {}.</span>",
+            html_escape(&errors.join(", "))
+        )
+    };
+    let notices = state.discovery.health().notices();
+    let degraded = if notices.is_empty() {
+        String::new()
+    } else {
+        let items: String = notices
+            .iter()
+            .map(|n| {
+                format!(
+                    "<li><b>{}</b> of <code>{}</code>: {}</li>",
+                    html_escape(n.feature),
+                    html_escape(n.component),
+                    html_escape(&n.reason)
+                )
+            })
+            .collect();
+        format!("<h2 class=\"failed\">Degraded</h2><ul>{items}</ul>")
+    };
     format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>pmoas exporter</title>\
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td{{vertical-align:top;padding:.4em;border-bottom:1px solid #ddd}}\
 .running{{color:#070}}.failed{{color:#a00}}.starting{{color:#a60}}</style></head><body>\
 <h1>pmoas exporter</h1><p>{version} &middot; listening on {listen}</p>\
 <p><a href=\"{path}\">Metrics</a> &middot; <a href=\"/healthz\">/healthz</a> &middot; <a href=\"/readyz\">/readyz</a></p>\
-<p>Discovery: {sources}.</p>\
+<p>Discovery: {sources}.{errors}</p>{degraded}\
 <h2>Collectors</h2><table>{rows}</table></body></html>\n",
         version = html_escape(&crate::cli::version_text()),
         listen = state.listen,
-        path = html_escape(&state.telemetry_path),
+        path = html_escape(&state.telemetry_path()),
         sources = html_escape(&sources),
     )
 }

@@ -1,7 +1,8 @@
 //! Discovery through a container engine's Docker-compatible API, with a
 //! real Podman: `podman kube play` of a two-container pod (an app and a
 //! sidecar named istio-proxy), traffic between them, and the labels and
-//! peers on the socket metrics it makes.
+//! peers on the socket metrics it makes; and that the pod leaves no cgroup
+//! behind for the next exporter to name.
 
 mod common;
 
@@ -105,14 +106,34 @@ fn podman_pods_are_named_through_the_engine_api() {
             "200ms",
         ],
     );
-    denied.eventually("permission errors counted", Duration::from_secs(10), |m| {
+    denied.eventually("permission errors counted and shown as degraded", Duration::from_secs(10), |m| {
         m.sum("pmoas_discovery_errors_total", &[("source", "engine")]) >= 1.0
+            && m.get("pmoas_feature_degraded", &[("component", "discovery"), ("feature", "engine")]) == Some(1.0)
     });
     let log = denied.log_text();
     assert!(log.contains("Permission denied") && log.contains("access to the socket"), "{log}");
+    let (_, page) = denied.get("/").unwrap();
+    assert!(page.contains("CAP_DAC_OVERRIDE"), "the landing page says what to grant:\n{page}");
     assert_eq!(denied.terminate().code(), Some(0));
-    drop(pod);
+
+    // Podman leaves the pod's cgroup in some hierarchies after `pod rm`;
+    // the teardown must remove it everywhere.
+    let id = pod.id.clone();
+    assert!(!pod_cgroups_in_sysfs(&id).is_empty(), "the running pod {id} has cgroups under /sys/fs/cgroup");
+    pod.remove().expect("removing the pod and its cgroups");
+    let left = pod_cgroups_in_sysfs(&id);
+    assert!(left.is_empty(), "cgroups of pod {id} left behind: {left:?}");
     drop(api);
+}
+
+/// `libpod_parent/<id>` directories under /sys/fs/cgroup, in cgroup2 alone
+/// or in any v1/v2 hierarchy of a hybrid host: found by walking sysfs, not
+/// by the testbed's own notion of the hierarchies it cleans.
+fn pod_cgroups_in_sysfs(id: &str) -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let mut bases = vec![root.to_path_buf()];
+    bases.extend(std::fs::read_dir(root).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    bases.into_iter().map(|b| b.join("libpod_parent").join(id)).filter(|p| p.is_dir()).collect()
 }
 
 #[test]
@@ -132,5 +153,7 @@ fn a_missing_engine_socket_is_reported_not_fatal() {
         m.sum("pmoas_discovery_errors_total", &[("source", "engine")]) >= 1.0
     });
     assert!(exp.log_text().contains("/nonexistent/podman.sock"), "the log names the socket:\n{}", exp.log_text());
+    // Once per failure spell, not once per poll.
+    assert_eq!(exp.log_text().matches("container engine API fails").count(), 1, "{}", exp.log_text());
     assert_eq!(exp.terminate().code(), Some(0));
 }

@@ -133,8 +133,17 @@ fn without_privileges_it_keeps_serving_and_says_what_is_missing() {
         Some(0.0),
         "every program is reported, at 0"
     );
+    // Each feature the missing capabilities take away says so.
+    for (component, feature) in [("socket", "connections"), ("cgroup", "network_per_container")] {
+        assert_eq!(
+            m.get("pmoas_feature_degraded", &[("component", component), ("feature", feature)]),
+            Some(1.0),
+            "{component}/{feature}"
+        );
+    }
     let (_, page) = exp.get("/").unwrap();
     assert!(page.contains("failed") && page.contains("CAP_BPF"), "the landing page says what to grant:\n{page}");
+    assert!(page.contains("network_per_container"), "and which features are missing:\n{page}");
     assert!(exp.log_text().contains("CAP_BPF"), "and so does the log");
     assert_eq!(exp.terminate().code(), Some(0));
 }

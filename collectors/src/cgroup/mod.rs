@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use aya::maps::{MapData, PerCpuHashMap};
 use pmoas_bpf::types::{self as t, CgroupCounters};
-use pmoas_discovery::{Discovery, KnownCgroup, Lookup, netns, process};
+use pmoas_discovery::{Discovery, KnownCgroup, Lookup, cgroupfs, netns, process};
 use serde::{Deserialize, Serialize};
 
 use self::files::{Dirs, Plan, Resource, Source, Stats};
@@ -120,14 +120,30 @@ impl Default for CgroupConfig {
 
 /// The programs of cgroup.bpf.c.
 pub const PROGRAMS: &[ProgramSpec] = &[
-    ProgramSpec { program: "cgroup_skb_ingress", hook: Hook::CgroupSkb { ingress: true }, fallback_for: None },
-    ProgramSpec { program: "cgroup_skb_egress", hook: Hook::CgroupSkb { ingress: false }, fallback_for: None },
+    ProgramSpec {
+        program: "cgroup_skb_ingress",
+        hook: Hook::CgroupSkb { ingress: true },
+        fallback_for: None,
+        feature: "network_per_container",
+    },
+    ProgramSpec {
+        program: "cgroup_skb_egress",
+        hook: Hook::CgroupSkb { ingress: false },
+        fallback_for: None,
+        feature: "network_per_container",
+    },
     ProgramSpec {
         program: "cgroup_block_io",
         hook: Hook::BtfTracePoint { name: "block_bio_queue" },
         fallback_for: None,
+        feature: "block_io",
     },
-    ProgramSpec { program: "cgroup_oom_victim", hook: Hook::BtfTracePoint { name: "mark_victim" }, fallback_for: None },
+    ProgramSpec {
+        program: "cgroup_oom_victim",
+        hook: Hook::BtfTracePoint { name: "mark_victim" },
+        fallback_for: None,
+        feature: "oom_kills",
+    },
 ];
 
 /// With `network_per_container = false`: no per-packet program.
@@ -184,7 +200,18 @@ struct Inner {
     node_carry: CgroupCounters,
     pods: HashMap<String, PodInterfaces>,
     read_errors: BTreeMap<&'static str, u64>,
+    /// This scrape's reads of `/proc/<pid>/cgroup`.
+    v1_lookups: V1Lookups,
     buf: String,
+}
+
+/// What one scrape's look-ups of v1 paths through processes met.
+#[derive(Default)]
+struct V1Lookups {
+    /// A process whose cgroups could be read.
+    seen: bool,
+    /// The first refusal: the PID and the error.
+    denied: Option<(u32, String)>,
 }
 
 pub struct CgroupCollector {
@@ -216,7 +243,8 @@ impl CgroupCollector {
         let sizes = [("cgroup_counters", cfg.max_cgroups)];
         let filter = ctx.discovery.targets_enabled();
         let globals = [(t::FILTER_TARGETS_GLOBAL, u8::from(filter))];
-        let loaded = ebpf::load(INFO.name, pmoas_bpf::CGROUP, &sizes, &globals, specs, Some(&v2_root));
+        let loaded =
+            ebpf::load(INFO.name, pmoas_bpf::CGROUP, &sizes, &globals, specs, Some(&v2_root), ctx.discovery.health());
         // cgroupfs alone still gives CPU, throttling, memory, OOM kills and
         // (where it counts) block I/O: without its programs the collector
         // runs on, and pmoas_cgroup_sources says what is missing.
@@ -270,6 +298,7 @@ impl CgroupCollector {
                 node_carry: CgroupCounters::default(),
                 pods: HashMap::new(),
                 read_errors: BTreeMap::new(),
+                v1_lookups: V1Lookups::default(),
                 buf: String::with_capacity(4096),
             }),
             ebpf: bpf,
@@ -348,9 +377,14 @@ impl Inner {
         // 1. cgroupfs, once per cgroup.
         let mut rows: BTreeMap<WorkloadLabels, Row> = BTreeMap::new();
         let mut sources: BTreeMap<(Resource, Source), u64> = BTreeMap::new();
+        // Process names are discovery's, which has no notice for them of its
+        // own yet; this collector reads the pods' /proc anyway.
+        let _ = process::report_visibility(discovery.health(), discovery.procfs());
+        self.v1_lookups = V1Lookups::default();
         for k in &known {
             self.prepare(c, k);
         }
+        self.report_v1_lookups(discovery);
         self.read_all(&known);
         for k in &known {
             let Some(tracked) = self.tracked.get(&k.id) else { continue };
@@ -423,8 +457,25 @@ impl Inner {
             return;
         }
         let v2_dir = c.v2_root.join(k.relative_path.trim_start_matches('/'));
-        let pid = process::cgroup_pids(&v2_dir).first().copied();
-        let (dirs, complete) = self.paths.dirs(&c.v2_root, &c.v1_roots, c.discovery.procfs(), &k.relative_path, pid);
+        let procfs = c.discovery.procfs();
+        // Only v1 directories are looked up through a process.
+        let pid = if c.v1_roots.is_empty() { None } else { process::cgroup_pids(&v2_dir).first().copied() };
+        let own = match pid {
+            Some(pid) => match cgroupfs::process_cgroups(procfs, pid) {
+                Ok(own) => {
+                    self.v1_lookups.seen = true;
+                    own
+                }
+                Err(e) => {
+                    if process::is_denied(procfs, &e) {
+                        self.v1_lookups.denied.get_or_insert_with(|| (pid, e.to_string()));
+                    }
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        let (dirs, complete) = self.paths.dirs(&c.v2_root, &c.v1_roots, &k.relative_path, &own);
         let controllers = files::read_into(&dirs.v2.join("cgroup.controllers"), &mut self.buf)
             .map(|()| self.buf.clone())
             .unwrap_or_default();
@@ -441,6 +492,30 @@ impl Inner {
         t.plan = plan;
         t.complete = complete;
         t.attempts = t.attempts.saturating_add(1);
+    }
+
+    /// On a hybrid host a container's v1 directories are found through
+    /// `/proc/<pid>/cgroup` of its processes; where that was refused, the
+    /// cgroups whose v1 paths differ from their v2 path go without memory
+    /// and throttling series. Raised while refusals happen, cleared when a
+    /// process could be read and none was refused; a scrape that looked at
+    /// no process says nothing.
+    fn report_v1_lookups(&self, discovery: &Discovery) {
+        let health = discovery.health();
+        match &self.v1_lookups.denied {
+            Some((pid, e)) => health.raise(
+                INFO.name,
+                "cgroup_v1",
+                format!(
+                    "the v1 cgroups of containers cannot be found through their processes ({}/{pid}/cgroup: {e}); \
+                     where they differ from the v2 path, memory and CPU throttling series are missing; {}",
+                    discovery.procfs().display(),
+                    ebpf::grant(&["CAP_SYS_PTRACE"])
+                ),
+            ),
+            None if self.v1_lookups.seen => health.clear(INFO.name, "cgroup_v1"),
+            None => {}
+        }
     }
 
     /// Reads the files of every live known cgroup, spread over the CPUs
@@ -509,7 +584,9 @@ impl Inner {
 
     /// Each pod's interface counters, through a process of the pod found
     /// once and kept while it lives (looking again costs a read of
-    /// `cgroup.procs` per container).
+    /// `cgroup.procs` per container). Without ptrace access to other
+    /// users' processes the pods' namespaces cannot be told apart: that is
+    /// raised as `cgroup`/`pod_network`, and cleared once they can.
     fn read_pods(&mut self, c: &CgroupCollector, known: &[KnownCgroup]) {
         let procfs = c.discovery.procfs();
         let mut pods: HashMap<&str, ((String, String), Vec<&KnownCgroup>)> = HashMap::new();
@@ -523,17 +600,27 @@ impl Inner {
         // counters until a process of theirs can be read again.
         let known_pods: HashSet<&str> = known.iter().filter_map(|k| k.workload.pod_uid.as_deref()).collect();
         self.pods.retain(|uid, _| known_pods.contains(uid.as_str()));
-        let host_netns = netns::inode(procfs, 1);
+        // The first refusal of a pod's process, as "path: error"; and
+        // whether any pod's namespace could be read (a scrape that looked
+        // at no process says nothing either way).
+        let mut denied: Option<String> = None;
+        let mut read_any = false;
+        // The node's namespace, to skip host-network pods. PID 1 is not
+        // evidence of a missing capability: some hosts' init may not be
+        // looked into even by root. Our own namespace is the node's when
+        // the exporter runs on the host network, as it should.
+        let host_netns = netns::inode(procfs, 1).or_else(|_| netns::own_inode(procfs)).ok();
         for (uid, (labels, cgroups)) in pods {
             let cached = self.pods.get(uid).and_then(|p| p.reader);
-            let still_there = |(pid, netns): (u32, u64)| netns::inode(procfs, pid) == Some(netns);
-            let reader = cached.filter(|r| still_there(*r)).or_else(|| {
-                cgroups.iter().find_map(|k| {
+            let reader = match cached {
+                Some((pid, ns)) if netns_of(procfs, pid, &mut denied) == Some(ns) => Some((pid, ns)),
+                _ => cgroups.iter().find_map(|k| {
                     let dir = c.v2_root.join(k.relative_path.trim_start_matches('/'));
                     let pid = *process::cgroup_pids(&dir).first()?;
-                    Some((pid, netns::inode(procfs, pid)?))
-                })
-            });
+                    Some((pid, netns_of(procfs, pid, &mut denied)?))
+                }),
+            };
+            read_any |= reader.is_some();
             // No process, or a host-network pod (its "interfaces" are the
             // node's): nothing to read.
             let Some((pid, netns)) = reader.filter(|(_, ns)| Some(*ns) != host_netns) else {
@@ -542,10 +629,15 @@ impl Inner {
                 }
                 continue;
             };
-            match files::read_into(&procfs.join(pid.to_string()).join("net/dev"), &mut self.buf) {
+            let path = procfs.join(pid.to_string()).join("net/dev");
+            match files::read_into(&path, &mut self.buf) {
                 Ok(()) => {
                     let interfaces = netdev::parse(&self.buf);
                     self.pods.insert(uid.to_string(), PodInterfaces { labels, interfaces, reader: Some((pid, netns)) });
+                }
+                Err(e) if process::is_denied(procfs, &e) => {
+                    denied.get_or_insert_with(|| format!("{}: {e}", path.display()));
+                    *self.read_errors.entry("net/dev").or_default() += 1;
                 }
                 // The process just exited: keep the last reading, look
                 // for another process next time.
@@ -556,6 +648,20 @@ impl Inner {
                 }
                 Err(_) => *self.read_errors.entry("net/dev").or_default() += 1,
             }
+        }
+        let health = c.discovery.health();
+        match denied {
+            Some(why) => health.raise(
+                INFO.name,
+                "pod_network",
+                format!(
+                    "the pods' network namespaces cannot be read ({why}), so the pmoas_pod_network_* series are \
+                     missing; {}",
+                    ebpf::grant(&["CAP_SYS_PTRACE"])
+                ),
+            ),
+            None if read_any => health.clear(INFO.name, "pod_network"),
+            None => {}
         }
     }
 
@@ -650,6 +756,20 @@ impl Inner {
         );
         for (file, n) in &self.read_errors {
             out.counter(&READ_ERRORS, vec![("file", file.to_string())], *n as f64);
+        }
+    }
+}
+
+/// The network namespace of `pid`; a refusal (not a process that is gone)
+/// is kept in `denied`, the first one as "path: error".
+fn netns_of(procfs: &std::path::Path, pid: u32, denied: &mut Option<String>) -> Option<u64> {
+    match netns::inode(procfs, pid) {
+        Ok(ns) => Some(ns),
+        Err(e) => {
+            if denied.is_none() && process::is_denied(procfs, &e) {
+                *denied = Some(format!("{}/{pid}/ns/net: {e}", procfs.display()));
+            }
+            None
         }
     }
 }

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+#[cfg(doc)]
 use pmoas_discovery::cgroupfs;
 
 use super::files::Dirs;
@@ -33,19 +34,17 @@ pub struct PathMap {
 
 impl PathMap {
     /// The directories of the cgroup at v2 path `relative` (below the v2
-    /// mount), v1 ones resolved from `pid`'s view when it has one.
-    /// `complete` is false when a v1 directory is still unknown (asked
-    /// again on a later scrape).
+    /// mount), v1 ones resolved from the view of a process in it (`own`:
+    /// its `/proc/<pid>/cgroup`, [`cgroupfs::process_cgroups`]; empty when
+    /// it has none or it could not be read). `complete` is false when a v1
+    /// directory is still unknown (asked again on a later scrape).
     pub fn dirs(
         &mut self,
         v2_root: &Path,
         v1_roots: &BTreeMap<String, PathBuf>,
-        procfs: &Path,
         relative: &str,
-        pid: Option<u32>,
+        own: &[(String, String)],
     ) -> (Dirs, bool) {
-        let own: Vec<(String, String)> =
-            pid.and_then(|p| cgroupfs::process_cgroups(procfs, p).ok()).unwrap_or_default();
         // The process must still be in this cgroup (it may have just moved).
         let in_cgroup = own.iter().any(|(c, p)| c.is_empty() && p == relative);
         let mut dirs = Dirs { v2: v2_root.join(relative.trim_start_matches('/')), ..Dirs::default() };
@@ -153,21 +152,22 @@ mod tests {
         std::fs::write(procfs.join("42/cgroup"), "4:memory:/api/kube/c1\n0::/kube/c1\n").unwrap();
         let v1: BTreeMap<String, PathBuf> = [("memory".to_string(), mem.clone())].into();
 
+        let own = pmoas_discovery::cgroupfs::process_cgroups(&procfs, 42).unwrap();
         let mut m = PathMap::default();
-        let (d1, complete) = m.dirs(&v2, &v1, &procfs, "/kube/c1", Some(42));
+        let (d1, complete) = m.dirs(&v2, &v1, "/kube/c1", &own);
         assert!(complete);
         assert_eq!(d1.v2, v2.join("kube/c1"));
         assert_eq!(d1.memory, Some(mem.join("api/kube/c1")));
         assert_eq!(d1.cpu, None, "cpu is not mounted here");
         // c2 has no process: the rule learned from c1 finds it.
-        let (d2, complete) = m.dirs(&v2, &v1, &procfs, "/kube/c2", None);
+        let (d2, complete) = m.dirs(&v2, &v1, "/kube/c2", &[]);
         assert!(complete);
         assert_eq!(d2.memory, Some(mem.join("api/kube/c2")));
         // The pod level too.
-        let (pod, _) = m.dirs(&v2, &v1, &procfs, "/kube", None);
+        let (pod, _) = m.dirs(&v2, &v1, "/kube", &[]);
         assert_eq!(pod.memory, Some(mem.join("api/kube")));
         // A process that moved elsewhere is not trusted.
-        let (d3, complete) = PathMap::default().dirs(&v2, &v1, &procfs, "/kube/c2", Some(42));
+        let (d3, complete) = PathMap::default().dirs(&v2, &v1, "/kube/c2", &own);
         assert!(!complete);
         assert_eq!(d3.memory, None);
         std::fs::remove_dir_all(&tmp).unwrap();

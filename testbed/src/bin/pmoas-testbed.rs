@@ -64,12 +64,15 @@ impl Opts<'_> {
 }
 
 fn run(args: &[String]) -> Result<()> {
-    let Some(cmd) = args.first() else {
+    // `up --help` must print help, not build a pod.
+    let Some(cmd) = args.first().filter(|_| !args.iter().any(|a| matches!(a.as_str(), "-h" | "--help" | "help")))
+    else {
         println!("{USAGE}");
         return Ok(());
     };
     let o = Opts(&args[1..]);
     match cmd.as_str() {
+        "up" | "status" if !o.0.is_empty() => bail!("`{cmd}` takes no arguments (got {:?}); see --help", o.0),
         "up" => {
             let pod = Pod::up(&PodOptions::default())?;
             let s = pod.state.clone();
