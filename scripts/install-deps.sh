@@ -45,6 +45,12 @@ if [ "$want" = test ]; then
     envoy_bin=$(ls "$venv"/lib/python3*/site-packages/envoy/_bin/envoy | head -n1)
   fi
   "$envoy_bin" --version >/dev/null
+  # The OTLP tests' receiver (testbed/otlp_receiver.py), built from the
+  # official OTLP definitions; the import check keeps a second run quick.
+  if ! "$venv/bin/python" -c 'import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' 2>/dev/null; then
+    echo "pmoas: installing opentelemetry-proto, grpcio, protobuf (PyPI) into $venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check opentelemetry-proto grpcio protobuf
+  fi
 fi
 
 if ! command -v cargo >/dev/null; then

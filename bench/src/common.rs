@@ -250,3 +250,55 @@ pub fn wrk(
         errors,
     })
 }
+
+/// Stops the exporter when dropped, also on an early error.
+pub struct Running(pub Option<Exporter>);
+
+impl Running {
+    pub fn get(&self) -> &Exporter {
+        self.0.as_ref().expect("running exporter")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(e) = self.0.take() {
+            e.stop();
+        }
+    }
+}
+
+/// kernel.bpf_stats_enabled on while it lives.
+pub struct BpfStats;
+
+impl BpfStats {
+    pub fn on() -> BpfStats {
+        set_bpf_stats(true);
+        BpfStats
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        set_bpf_stats(false);
+    }
+}
+
+/// CPU seconds all CPUs of the machine were busy so far (/proc/stat: all
+/// but idle and iowait).
+pub fn machine_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest is in user).
+    let busy: f64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    // SAFETY: sysconf has no preconditions.
+    busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Half the min..max range and the standard deviation, % of the mean.
+pub fn spread(v: &[f64]) -> (f64, f64) {
+    let m = mean(v);
+    let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len().max(2) - 1) as f64).sqrt();
+    ((percentile(v, 1.0) - percentile(v, 0.0)) / 2.0 / m * 100.0, sd / m * 100.0)
+}

@@ -6,16 +6,19 @@
 //!   50 busy ones vs all of them ([`discovery`]);
 //! - `cgroup`: the cgroup collector with 100 containers (scrape time, CPU),
 //!   and its per-packet cgroup_skb programs through a real sidecar ([`cgroup`]);
+//! - `netstack`: CPU per request and the programs' run time through a real
+//!   sidecar, at the default sampling and at every packet ([`netstack`]);
 //! - `scrape-memory`: the exporter's RSS around 10 concurrent scrapes of 750
 //!   containers, optionally beside another build (`--compare PATH`)
 //!   ([`scrape_memory`]); not part of `all`.
 //!
-//! Run: `scripts/bench.sh [socket|discovery|cgroup|scrape-memory|all] [--rounds N] [--seconds S]`
+//! Run: `scripts/bench.sh [socket|discovery|cgroup|netstack|scrape-memory|all] [--rounds N] [--seconds S]`
 //! (builds release binaries; as root).
 
 mod cgroup;
 mod common;
 mod discovery;
+mod netstack;
 mod scrape_memory;
 mod socket;
 
@@ -68,12 +71,14 @@ fn run() -> Result<()> {
         "socket" => socket::run(&o),
         "discovery" => discovery::run(&o),
         "cgroup" => cgroup::run(&o),
+        "netstack" => netstack::run(&o),
         "scrape-memory" => scrape_memory::run(&o),
         "all" => {
             socket::run(&o)?;
             discovery::run(&o)?;
-            cgroup::run(&o)
+            cgroup::run(&o)?;
+            netstack::run(&o)
         }
-        other => bail!("unknown benchmark `{other}` (socket, discovery, cgroup, scrape-memory, all)"),
+        other => bail!("unknown benchmark `{other}` (socket, discovery, cgroup, netstack, scrape-memory, all)"),
     }
 }

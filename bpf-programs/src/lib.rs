@@ -6,10 +6,12 @@
 //! |-----------|---------------------|-----------------|
 //! | socket    | `src/socket.bpf.c`  | [`SOCKET`]      |
 //! | cgroup    | `src/cgroup.bpf.c`  | [`CGROUP`]      |
+//! | netstack  | `src/netstack.bpf.c`| [`NETSTACK`]    |
 //!
 //! [`types`] mirrors the structs of `include/pmoas_types.h` that cross the
 //! kernel/user boundary.
 
+pub mod netstack;
 pub mod types;
 
 /// The socket collector's programs and maps (`src/socket.bpf.c`).
@@ -17,3 +19,6 @@ pub static SOCKET: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// The cgroup collector's programs and maps (`src/cgroup.bpf.c`).
 pub static CGROUP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgroup.bpf.o"));
+
+/// The netstack collector's programs and maps (`src/netstack.bpf.c`).
+pub static NETSTACK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netstack.bpf.o"));

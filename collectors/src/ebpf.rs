@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::{MapData, PerCpuArray};
 use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
-use pmoas_bpf::types::LOST_REASONS;
+use pmoas_bpf::types::LOST_REASON_SLOTS;
 use pmoas_discovery::Health;
 
 use crate::metrics::{Desc, MetricSet};
@@ -718,14 +718,18 @@ pub struct LostEvents {
 }
 
 impl LostEvents {
-    /// `reasons`: names from [`LOST_REASONS`] this collector's programs count.
+    /// `reasons`: the collector's own reasons; reason `i` is slot `i` of
+    /// its object's `lost_events` array (the indices its C header defines).
     pub fn take(
         collector: &'static str,
         ebpf: &mut Ebpf,
         reasons: &'static [&'static str],
     ) -> anyhow::Result<LostEvents> {
-        if let Some(r) = reasons.iter().find(|r| !LOST_REASONS.contains(r)) {
-            anyhow::bail!("unknown lost-event reason {r}");
+        if reasons.len() > LOST_REASON_SLOTS {
+            anyhow::bail!(
+                "{collector}: {} lost-event reasons, the lost_events array has {LOST_REASON_SLOTS}",
+                reasons.len()
+            );
         }
         let map = ebpf.take_map("lost_events").ok_or_else(|| anyhow::anyhow!("object has no lost_events map"))?;
         Ok(LostEvents { map: PerCpuArray::try_from(map)?, collector, reasons })
@@ -734,9 +738,8 @@ impl LostEvents {
     /// Totals per reason, summed over CPUs.
     pub fn totals(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
         let mut out = Vec::with_capacity(self.reasons.len());
-        for reason in self.reasons {
-            let index = LOST_REASONS.iter().position(|r| r == reason).expect("checked in take()") as u32;
-            let per_cpu = self.map.get(&index, 0)?;
+        for (index, reason) in self.reasons.iter().enumerate() {
+            let per_cpu = self.map.get(&(index as u32), 0)?;
             out.push((*reason, per_cpu.iter().sum()));
         }
         Ok(out)
@@ -751,6 +754,94 @@ impl LostEvents {
             );
         }
         Ok(())
+    }
+}
+
+/// A collector's loaded eBPF object and what every collector does with it
+/// the same way: the target filter, map sizes, attaching each program,
+/// health (program states, run counters, lost events), and following the
+/// watched cgroups. A collector's constructor adds only what is its own:
+/// which maps it reads ([`Kernel::take_map`]) and how it folds them.
+pub struct Kernel {
+    collector: &'static str,
+    ebpf: std::sync::Mutex<Ebpf>,
+    programs: Vec<ProgramStatus>,
+    lost: LostEvents,
+}
+
+impl Kernel {
+    /// Loads `object` for the collector `spec` describes, with `programs`
+    /// (its whole table, or the part its settings want), map sizes from its
+    /// settings, and `cgroup_root` for cgroup-attached programs. The error
+    /// carries every program's state, so a collector that cannot start
+    /// still reports each one.
+    pub fn load(
+        spec: &crate::CollectorSpec,
+        ctx: &crate::BuildContext,
+        object: &[u8],
+        map_sizes: &[(&'static str, u32)],
+        programs: &'static [ProgramSpec],
+        cgroup_root: Option<&Path>,
+    ) -> Result<Kernel, crate::BuildError> {
+        let collector = spec.info.name;
+        let fail = |message: String, programs: Vec<ProgramStatus>| crate::BuildError::Failed { message, programs };
+        ctx.discovery.cgroupfs().v2_root().map_err(|e| {
+            fail(
+                format!("the {collector} collector names workloads by cgroup v2 id: {e}"),
+                unattached(collector, programs, "no cgroup v2 mount"),
+            )
+        })?;
+        let filter = ctx.discovery.targets_enabled();
+        let globals = [(pmoas_bpf::types::FILTER_TARGETS_GLOBAL, u8::from(filter))];
+        let loaded = load(collector, object, map_sizes, &globals, programs, cgroup_root, ctx.discovery.health())
+            .map_err(|e| {
+                let states = match &e {
+                    LoadError::NothingAttached { programs, .. } => programs.clone(),
+                    other => unattached(collector, programs, &other.to_string()),
+                };
+                fail(e.to_string(), states)
+            })?;
+        let mut ebpf = loaded.ebpf;
+        let states = loaded.programs;
+        let lost = LostEvents::take(collector, &mut ebpf, spec.lost_reasons)
+            .map_err(|e| fail(e.to_string(), states.clone()))?;
+        if filter {
+            let map = ebpf.take_map("target_cgroups").ok_or_else(|| {
+                fail(format!("map target_cgroups missing from the {collector} object"), states.clone())
+            })?;
+            follow_targets(collector, map, &ctx.discovery).map_err(|e| fail(e.to_string(), states.clone()))?;
+        }
+        Ok(Kernel { collector, ebpf: std::sync::Mutex::new(ebpf), programs: states, lost })
+    }
+
+    /// Takes a map out of the object, typed (`PerCpuHashMap<_, K, V>`, ...).
+    pub fn take_map<M>(&self, name: &str) -> Result<M, crate::BuildError>
+    where
+        M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let fail = |message: String| crate::BuildError::Failed { message, programs: self.programs.clone() };
+        let map = self
+            .lock()
+            .take_map(name)
+            .ok_or_else(|| fail(format!("map {name} missing from the {} object (build mismatch)", self.collector)))?;
+        M::try_from(map).map_err(|e| fail(format!("map {name} of the {} object: {e}", self.collector)))
+    }
+
+    /// Every program and whether it is attached.
+    pub fn programs(&self) -> &[ProgramStatus] {
+        &self.programs
+    }
+
+    /// Lost events by reason and the programs' run counters.
+    pub fn export_health(&self, out: &mut MetricSet) -> anyhow::Result<()> {
+        self.lost.export(out)?;
+        let stats = program_stats(&self.lock(), &self.programs);
+        export_program_stats(self.collector, &stats, out);
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ebpf> {
+        self.ebpf.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

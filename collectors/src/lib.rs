@@ -11,12 +11,18 @@
 //! |-----------|--------------------|------------------------------------|
 //! | socket    | [`socket`]         | `bpf-programs/src/socket.bpf.c`    |
 //! | cgroup    | [`cgroup`]         | `bpf-programs/src/cgroup.bpf.c`    |
+//! | netstack  | [`netstack`]       | `bpf-programs/src/netstack.bpf.c`  |
+//!
+//! Adding one: CONTRIBUTING.md ("Adding a collector").
 
 pub mod cgroup;
 pub mod ebpf;
+pub mod fold;
 pub mod histogram;
 pub mod metrics;
+pub mod netstack;
 pub mod registry;
+pub mod setting;
 pub mod socket;
 
 use std::sync::Arc;
@@ -27,6 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use ebpf::ProgramStatus;
 pub use metrics::{Format, MetricSet};
 pub use registry::{CollectorState, Registry, ScrapeFilter};
+pub use setting::Setting;
 
 /// One collector: built once, asked for its series on every scrape.
 pub trait Collector: Send + Sync + 'static {
@@ -47,8 +54,77 @@ pub struct CollectorInfo {
     pub default_enabled: bool,
 }
 
-/// Every collector this build has.
-pub const CATALOG: &[CollectorInfo] = &[socket::INFO, cgroup::INFO];
+/// Everything a collector module declares about itself (`pub const SPEC`);
+/// the catalog, the config section, flags, `--help`, the example file and
+/// the lost-event reasons all follow from it.
+pub struct CollectorSpec {
+    pub info: CollectorInfo,
+    /// Its `collector.<name>.*` settings, with help and bounds (the
+    /// `enabled` toggle is added for every collector).
+    pub settings: &'static [Setting],
+    /// Its eBPF programs, for health reporting when it cannot start.
+    pub programs: &'static [ebpf::ProgramSpec],
+    /// Its lost-event reasons; reason `i` is slot `i` of its object's
+    /// `lost_events` array, as its C header numbers them.
+    pub lost_reasons: &'static [&'static str],
+    /// Loads and attaches it.
+    pub build: fn(&BuildContext) -> Result<Arc<dyn Collector>, BuildError>,
+}
+
+/// The registration: one line per collector, naming its module. The module
+/// provides `SPEC: CollectorSpec` and `Config` (its `[collector.<name>]`
+/// section, serde with defaults, with an `enabled: Option<bool>` field).
+macro_rules! collectors {
+    ($($name:ident),+ $(,)?) => {
+        /// Every collector this build has, in registration order.
+        pub const SPECS: &[&CollectorSpec] = &[$(&$name::SPEC),+];
+
+        /// Name, help and default of every collector.
+        pub const CATALOG: &[CollectorInfo] = &[$($name::SPEC.info),+];
+
+        /// Which collectors run, and their settings (config file
+        /// `[collector]` and `[collector.<name>]`).
+        #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct CollectorsConfig {
+            /// Start from no collector instead of the default ones.
+            pub disable_defaults: bool,
+            $(pub $name: $name::Config,)+
+        }
+
+        impl CollectorsConfig {
+            /// `[collector.<name>] enabled`, when it is set.
+            pub fn enabled_override(&self, name: &str) -> Option<bool> {
+                match name {
+                    $(stringify!($name) => self.$name.enabled,)+
+                    _ => None,
+                }
+            }
+        }
+
+        // A module's SPEC names the collector after its module.
+        const _: () = {
+            $(assert!(same(stringify!($name), $name::SPEC.info.name), "SPEC.info.name differs from the module name");)+
+        };
+    };
+}
+
+collectors!(socket, cgroup, netstack);
+
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 /// The collectors enabled by default.
 pub fn default_collectors() -> Vec<&'static str> {
@@ -64,42 +140,20 @@ pub fn info(name: &str) -> Result<&'static CollectorInfo, UnknownCollector> {
 #[error("unknown collector `{0}`; valid collectors: {valid}", valid = CATALOG.iter().map(|c| c.name).collect::<Vec<_>>().join(", "))]
 pub struct UnknownCollector(pub String);
 
-/// Which collectors run, and their settings (config file `[collector]` and
-/// `[collector.<name>]`).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct CollectorsConfig {
-    /// Start from no collector instead of the default ones.
-    pub disable_defaults: bool,
-    pub socket: socket::SocketConfig,
-    pub cgroup: cgroup::CgroupConfig,
-}
-
-impl CollectorsConfig {
-    /// `[collector.<name>] enabled`, when it is set.
-    pub fn enabled_override(&self, name: &str) -> Option<bool> {
-        match name {
-            "socket" => self.socket.enabled,
-            "cgroup" => self.cgroup.enabled,
-            _ => None,
-        }
-    }
-}
-
 /// What a collector may use while it is built.
 #[derive(Clone)]
 pub struct BuildContext {
     pub discovery: Arc<Discovery>,
     pub config: CollectorsConfig,
+    /// Where sampled traces go (`--otlp.*`); a disabled pipeline when no
+    /// endpoint is configured.
+    pub otlp: Arc<pmoas_otlp::Pipeline>,
 }
 
 /// Builds (loads and attaches) one collector by name.
 pub fn build(name: &str, ctx: &BuildContext) -> Result<Arc<dyn Collector>, BuildError> {
-    match name {
-        "socket" => Ok(Arc::new(socket::SocketCollector::new(ctx)?)),
-        "cgroup" => Ok(Arc::new(cgroup::CgroupCollector::new(ctx)?)),
-        other => Err(BuildError::Unknown(UnknownCollector(other.to_string()))),
-    }
+    let spec = SPECS.iter().find(|s| s.info.name == name).ok_or_else(|| UnknownCollector(name.to_string()))?;
+    (spec.build)(ctx)
 }
 
 /// Why a collector could not start; carries the programs' states so they are

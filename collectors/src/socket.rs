@@ -16,15 +16,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use pmoas_bpf::types::{self as t, Log2Hist, SocketCounters, SocketKey};
 use pmoas_discovery::{Discovery, Lookup, Role, Workload, netns, process};
 use serde::{Deserialize, Serialize};
 
-use crate::ebpf::{self, Hook, LostEvents, ProgramSpec, ProgramStatus};
+use crate::ebpf::{self, Hook, Kernel, ProgramSpec, ProgramStatus};
+use crate::fold::{Names, PerCpuTable, SummedTable};
 use crate::histogram::Log2Buckets;
 use crate::metrics::{Desc, Labels, MetricSet, WorkloadLabels};
-use crate::{BuildContext, BuildError, Collector, CollectorInfo};
+use crate::setting::{self, Setting};
+use crate::{BuildContext, BuildError, Collector, CollectorInfo, CollectorSpec};
 
 pub const INFO: CollectorInfo = CollectorInfo {
     name: "socket",
@@ -106,6 +108,39 @@ impl Default for SocketConfig {
         }
     }
 }
+
+/// The `[collector.socket]` section.
+pub type Config = SocketConfig;
+
+/// Flags, variables and bounds of [`SocketConfig`].
+pub const SETTINGS: &[Setting] = &[
+    Setting::count(
+        "collector.socket.max_tracked_connections",
+        64,
+        setting::MAX_MAP_ENTRIES,
+        "Open TCP connections tracked at once, node-wide; beyond it bytes and lifetimes of new connections are lost (and counted)",
+    ),
+    Setting::count(
+        "collector.socket.max_series",
+        64,
+        setting::MAX_MAP_ENTRIES,
+        "(workload, peer) pairs kept in the kernel's counter and histogram maps",
+    ),
+    Setting::duration(
+        "collector.socket.local_address_refresh",
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+        "How often the addresses of the node and its pods are re-read (peer=node vs remote)",
+    ),
+];
+
+pub const SPEC: CollectorSpec = CollectorSpec {
+    info: INFO,
+    settings: SETTINGS,
+    programs: PROGRAMS,
+    lost_reasons: &t::SOCKET_LOST_REASONS,
+    build: |ctx| Ok(Arc::new(SocketCollector::new(ctx)?)),
+};
 
 /// The programs of socket.bpf.c, in attach order.
 pub const PROGRAMS: &[ProgramSpec] = &[
@@ -229,36 +264,48 @@ struct Carried<V> {
     value: V,
 }
 
-struct Inner {
-    counters: PerCpuHashMap<MapData, SocketKey, SocketCounters>,
-    histograms: PerCpuHashMap<MapData, SocketKey, Log2Hist>,
-    local_addrs: BpfHashMap<MapData, [u8; 16], u8>,
-    lost: LostEvents,
+/// Kernel map entries -> series: the part tested on fixture maps.
+struct Folding {
+    counters: Box<dyn SummedTable<SocketKey, SocketCounters>>,
+    histograms: Box<dyn SummedTable<SocketKey, Log2Hist>>,
     /// The series each (cgroup, peer cgroup, class) last resolved to.
     resolved: HashMap<Triple, Series>,
     carry_counters: HashMap<Series, Carried<SocketCounters>>,
     carry_hists: HashMap<(Series, u8), Carried<Log2Hist>>,
+}
+
+impl Folding {
+    fn new(
+        counters: Box<dyn SummedTable<SocketKey, SocketCounters>>,
+        histograms: Box<dyn SummedTable<SocketKey, Log2Hist>>,
+    ) -> Folding {
+        Folding {
+            counters,
+            histograms,
+            resolved: HashMap::new(),
+            carry_counters: HashMap::new(),
+            carry_hists: HashMap::new(),
+        }
+    }
+}
+
+struct Inner {
+    fold: Folding,
+    local_addrs: BpfHashMap<MapData, [u8; 16], u8>,
     local_addrs_refreshed: Option<Instant>,
     local_addrs_known: HashSet<[u8; 16]>,
 }
 
 pub struct SocketCollector {
-    // Field order: `inner` (the maps) drops before `ebpf` detaches programs.
+    // Field order: `inner` (the maps) drops before `kernel` detaches programs.
     inner: Mutex<Inner>,
-    ebpf: Mutex<aya::Ebpf>,
-    programs: Vec<ProgramStatus>,
+    kernel: Kernel,
     discovery: Arc<Discovery>,
     config: SocketConfig,
 }
 
 impl SocketCollector {
     pub fn new(ctx: &BuildContext) -> Result<SocketCollector, BuildError> {
-        let fail = |message: String, programs: Vec<ProgramStatus>| BuildError::Failed { message, programs };
-        ctx.discovery
-            .cgroupfs()
-            .v2_root()
-            .map_err(|e| fail(format!("the socket collector names workloads by cgroup v2 id: {e}"), vec![]))?;
-
         let cfg = ctx.config.socket.clone();
         let sizes = [
             ("socket_conns", cfg.max_tracked_connections),
@@ -266,49 +313,18 @@ impl SocketCollector {
             ("socket_counters", cfg.max_series),
             ("socket_histograms", cfg.max_series),
         ];
-        let filter = ctx.discovery.targets_enabled();
-        let globals = [(t::FILTER_TARGETS_GLOBAL, u8::from(filter))];
-        let loaded = ebpf::load(INFO.name, pmoas_bpf::SOCKET, &sizes, &globals, PROGRAMS, None, ctx.discovery.health())
-            .map_err(|e| {
-                let programs = match &e {
-                    ebpf::LoadError::NothingAttached { programs, .. } => programs.clone(),
-                    other => ebpf::unattached(INFO.name, PROGRAMS, &other.to_string()),
-                };
-                fail(e.to_string(), programs)
-            })?;
-        let mut bpf = loaded.ebpf;
-        let programs = loaded.programs;
-        let take = |bpf: &mut aya::Ebpf, name: &str| {
-            bpf.take_map(name).ok_or_else(|| format!("map {name} missing from the socket object (build mismatch)"))
+        let kernel = Kernel::load(&SPEC, ctx, pmoas_bpf::SOCKET, &sizes, PROGRAMS, None)?;
+        let inner = Inner {
+            fold: Folding::new(
+                Box::new(PerCpuTable::new(kernel.take_map("socket_counters")?, SocketCounters::merge)),
+                Box::new(PerCpuTable::new(kernel.take_map("socket_histograms")?, Log2Hist::merge)),
+            ),
+            local_addrs: kernel.take_map("local_addrs")?,
+            local_addrs_refreshed: None,
+            local_addrs_known: HashSet::new(),
         };
-        let inner = (|| -> Result<Inner, String> {
-            Ok(Inner {
-                counters: PerCpuHashMap::try_from(take(&mut bpf, "socket_counters")?).map_err(|e| e.to_string())?,
-                histograms: PerCpuHashMap::try_from(take(&mut bpf, "socket_histograms")?).map_err(|e| e.to_string())?,
-                local_addrs: BpfHashMap::try_from(take(&mut bpf, "local_addrs")?).map_err(|e| e.to_string())?,
-                // socket.bpf.c counts every reason pmoas_types.h has so far.
-                lost: LostEvents::take(INFO.name, &mut bpf, &t::LOST_REASONS).map_err(|e| e.to_string())?,
-                resolved: HashMap::new(),
-                carry_counters: HashMap::new(),
-                carry_hists: HashMap::new(),
-                local_addrs_refreshed: None,
-                local_addrs_known: HashSet::new(),
-            })
-        })()
-        .map_err(|e| fail(e, programs.clone()))?;
-
-        if filter {
-            let map = take(&mut bpf, "target_cgroups").map_err(|e| fail(e, programs.clone()))?;
-            ebpf::follow_targets(INFO.name, map, &ctx.discovery).map_err(|e| fail(e.to_string(), programs.clone()))?;
-        }
-
-        let collector = SocketCollector {
-            inner: Mutex::new(inner),
-            ebpf: Mutex::new(bpf),
-            programs,
-            discovery: ctx.discovery.clone(),
-            config: cfg,
-        };
+        let collector =
+            SocketCollector { inner: Mutex::new(inner), kernel, discovery: ctx.discovery.clone(), config: cfg };
         // Seed the node's addresses before the first connection is judged.
         collector.lock().refresh_local_addrs(&collector.discovery);
         Ok(collector)
@@ -325,14 +341,12 @@ impl Collector for SocketCollector {
         if inner.local_addrs_refreshed.is_none_or(|t| t.elapsed() >= self.config.local_address_refresh) {
             inner.refresh_local_addrs(&self.discovery);
         }
-        inner.lost.export(out)?;
-        let stats = ebpf::program_stats(&self.ebpf.lock().unwrap_or_else(|p| p.into_inner()), &self.programs);
-        ebpf::export_program_stats(INFO.name, &stats, out);
-        inner.collect(&self.discovery, out)
+        self.kernel.export_health(out)?;
+        inner.fold.collect(self.discovery.as_ref(), out)
     }
 
     fn programs(&self) -> Vec<ProgramStatus> {
-        self.programs.clone()
+        self.kernel.programs().to_vec()
     }
 }
 
@@ -389,9 +403,11 @@ impl Inner {
         let _ = process::report_visibility(health, procfs);
         self.local_addrs_refreshed = Some(Instant::now());
     }
+}
 
+impl Folding {
     /// Decides, once per scrape, the series and fate of every key.
-    fn resolve(&mut self, discovery: &Discovery, triples: &HashSet<Triple>) -> HashMap<Triple, (Series, Fate, u64)> {
+    fn resolve(&mut self, discovery: &dyn Names, triples: &HashSet<Triple>) -> HashMap<Triple, (Series, Fate, u64)> {
         let mut out = HashMap::with_capacity(triples.len());
         for &tr in triples {
             let (cgroup, peer_cgroup, class) = tr;
@@ -429,9 +445,9 @@ impl Inner {
         out
     }
 
-    fn collect(&mut self, discovery: &Discovery, out: &mut MetricSet) -> anyhow::Result<()> {
-        let counters = ebpf::read_summed(&self.counters, SocketCounters::merge)?;
-        let hists = ebpf::read_summed(&self.histograms, Log2Hist::merge)?;
+    fn collect(&mut self, discovery: &dyn Names, out: &mut MetricSet) -> anyhow::Result<()> {
+        let counters = self.counters.entries()?;
+        let hists = self.histograms.entries()?;
         let triples: HashSet<Triple> =
             counters.iter().map(|(k, _)| triple(k)).chain(hists.iter().map(|(k, _)| triple(k))).collect();
         let fates = self.resolve(discovery, &triples);
@@ -447,10 +463,10 @@ impl Inner {
                         .or_insert_with(|| Carried { owner: *owner, value: SocketCounters::default() })
                         .value
                         .merge(value);
-                    let _ = self.counters.remove(key);
+                    self.counters.remove(key);
                 }
                 Fate::Drop => {
-                    let _ = self.counters.remove(key);
+                    self.counters.remove(key);
                 }
             }
         }
@@ -466,10 +482,10 @@ impl Inner {
                         .or_insert_with(|| Carried { owner: *owner, value: Log2Hist::default() })
                         .value
                         .merge(value);
-                    let _ = self.histograms.remove(key);
+                    self.histograms.remove(key);
                 }
                 Fate::Drop => {
-                    let _ = self.histograms.remove(key);
+                    self.histograms.remove(key);
                 }
             }
         }
@@ -585,5 +601,107 @@ mod tests {
     fn aya_obj_names(data: &[u8]) -> Vec<String> {
         let obj = aya_obj::Object::parse(data).expect("socket.bpf.o parses");
         obj.programs.keys().cloned().collect()
+    }
+
+    // ---- folding on fixture maps (no root, no kernel) ----
+
+    use crate::fold::{FixtureNames, FixtureTable};
+    use crate::metrics::Value;
+
+    const ENVOY: u64 = 10;
+    const NGINX: u64 = 11;
+    const REPLACED: u64 = 12;
+
+    fn key(cgroup: u64, peer: u64, class: u8, hist: u8) -> SocketKey {
+        SocketKey { cgroup_id: cgroup, peer_cgroup_id: peer, peer_class: class, hist_kind: hist, pad: [0; 6] }
+    }
+
+    fn names() -> FixtureNames {
+        FixtureNames::default()
+            .live(ENVOY, pod_container("p1", "envoy", Role::Sidecar))
+            .live(NGINX, pod_container("p1", "nginx", Role::App))
+            .live(REPLACED, pod_container("p1", "old-nginx", Role::App))
+    }
+
+    fn counter(set: &MetricSet, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        match set.get(name, labels) {
+            Some(Value::Counter(v)) => Some(*v),
+            other => panic!("{name} {labels:?}: {other:?}"),
+        }
+    }
+
+    fn folding(counters: Vec<(SocketKey, SocketCounters)>, hists: Vec<(SocketKey, Log2Hist)>) -> Folding {
+        Folding::new(
+            Box::new(FixtureTable { entries: counters, removed: vec![] }),
+            Box::new(FixtureTable { entries: hists, removed: vec![] }),
+        )
+    }
+
+    #[test]
+    fn fixture_maps_fold_into_labelled_series() {
+        let mut hist = Log2Hist::default();
+        hist.slots[20] = 3; // ~1 ms
+        hist.sum_ns = 3 << 20;
+        let mut f = folding(
+            vec![
+                (
+                    key(ENVOY, NGINX, t::PEER_CGROUP, 0),
+                    SocketCounters { connects: 5, sent_bytes: 500, ..Default::default() },
+                ),
+                (key(NGINX, ENVOY, t::PEER_CGROUP, 0), SocketCounters { accepts: 5, ..Default::default() }),
+                (key(ENVOY, 0, t::PEER_REMOTE, 0), SocketCounters { accepts: 7, ..Default::default() }),
+                (
+                    key(ENVOY, 0, t::PEER_NONE, 0),
+                    SocketCounters { retransmits: 3, resets_sent: 1, ..Default::default() },
+                ),
+            ],
+            vec![(key(ENVOY, NGINX, t::PEER_CGROUP, t::HIST_CONNECT), hist)],
+        );
+        let mut out = MetricSet::new();
+        f.collect(&names(), &mut out).unwrap();
+        let envoy = [("pod", "p1"), ("container", "envoy"), ("role", "sidecar")];
+        let with = |extra: (&'static str, &'static str)| {
+            let mut l = envoy.to_vec();
+            l.push(extra);
+            l
+        };
+        assert_eq!(counter(&out, "pmoas_tcp_connects_total", &with(("peer", "app"))), Some(5.0));
+        assert_eq!(counter(&out, "pmoas_tcp_sent_bytes_total", &with(("peer", "app"))), Some(500.0));
+        assert_eq!(counter(&out, "pmoas_tcp_accepts_total", &with(("peer", "remote"))), Some(7.0));
+        assert_eq!(
+            counter(&out, "pmoas_tcp_accepts_total", &[("container", "nginx"), ("role", "app"), ("peer", "sidecar")]),
+            Some(5.0)
+        );
+        assert_eq!(counter(&out, "pmoas_tcp_retransmits_total", &envoy), Some(3.0));
+        assert_eq!(counter(&out, "pmoas_tcp_resets_total", &with(("direction", "sent"))), Some(1.0));
+        match out.get("pmoas_tcp_connect_duration_seconds", &with(("peer", "app"))) {
+            Some(Value::Histogram(h)) => assert_eq!(h.count, 3),
+            other => panic!("connect histogram: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_gone_peer_is_carried_and_a_gone_owner_dropped() {
+        let c = |n| SocketCounters { connects: n, ..Default::default() };
+        let mut f = folding(vec![(key(ENVOY, REPLACED, t::PEER_CGROUP, 0), c(4))], vec![]);
+        let envoy_to_app = [("container", "envoy"), ("peer", "app")];
+        let mut out = MetricSet::new();
+        f.collect(&names(), &mut out).unwrap();
+        assert_eq!(counter(&out, "pmoas_tcp_connects_total", &envoy_to_app), Some(4.0));
+
+        // The peer container is replaced: its key leaves the kernel map, and
+        // the count stays under the labels it had (never goes backwards).
+        let without_peer = FixtureNames::default()
+            .live(ENVOY, pod_container("p1", "envoy", Role::Sidecar))
+            .live(NGINX, pod_container("p1", "nginx", Role::App));
+        let mut out = MetricSet::new();
+        f.collect(&without_peer, &mut out).unwrap();
+        assert_eq!(counter(&out, "pmoas_tcp_connects_total", &envoy_to_app), Some(4.0));
+        assert!(f.counters.entries().unwrap().is_empty(), "the folded key was removed from the kernel map");
+
+        // The owner itself is gone past its grace period: everything goes.
+        let mut out = MetricSet::new();
+        f.collect(&FixtureNames::default(), &mut out).unwrap();
+        assert_eq!(out.get("pmoas_tcp_connects_total", &envoy_to_app), None);
     }
 }

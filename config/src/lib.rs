@@ -44,6 +44,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub sidecar: SidecarConfig,
     pub target: TargetConfig,
+    pub otlp: pmoas_otlp::OtlpConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -247,6 +248,8 @@ impl Config {
         }
         let config: Config = figment.extract()?;
         config.validate()?;
+        // The OTLP destination also depends on the standard OTEL_* variables.
+        config.otlp.resolve(env).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(config)
     }
 
@@ -364,6 +367,58 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// First and last line of the part of `pmoas.example.toml` that is
+/// generated from the collectors' own declarations.
+pub const EXAMPLE_BEGIN: &str =
+    "# ---- collectors: generated from each collector's SPEC (PMOAS_BLESS=1 cargo test -p pmoas-config) ----";
+pub const EXAMPLE_END: &str = "# ---- end of collectors ----";
+
+/// The `[collector.<name>]` sections of the example file: each
+/// collector's help, its `enabled` toggle and every setting with its help,
+/// range and default, as the collector's module declares them.
+pub fn example_collector_sections() -> String {
+    let defaults = toml::Value::try_from(Config::default()).expect("defaults serialize");
+    let mut out = String::new();
+    for spec in pmoas_collectors::SPECS {
+        let name = spec.info.name;
+        out.push_str(&format!("\n[collector.{name}]\n"));
+        out.push_str(&comment(&format!(
+            "{} ({} by default).",
+            spec.info.help,
+            if spec.info.default_enabled { "on" } else { "off" }
+        )));
+        out.push_str(&format!("# enabled = {}\n", spec.info.default_enabled));
+        for s in spec.settings {
+            let range = s.bounds.map(|b| format!(" [range: {}]", b.describe())).unwrap_or_default();
+            out.push_str(&comment(&format!("{}.{range}", s.help)));
+            let leaf = s.key.rsplit('.').next().unwrap_or(s.key);
+            match lookup(&defaults, s.key) {
+                Some(v) => out.push_str(&format!("{leaf} = {v}\n")),
+                None => out.push_str(&format!("# {leaf} =\n")),
+            }
+        }
+    }
+    out
+}
+
+/// `text` as `# ` comment lines of at most 80 columns.
+fn comment(text: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::from("#");
+    for word in text.split_whitespace() {
+        if line.len() + 1 + word.len() > 80 && line.len() > 1 {
+            out.push_str(&line);
+            out.push('\n');
+            line = String::from("#");
+        }
+        line.push(' ');
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
 }
 
 /// The value at a dotted key, if set.

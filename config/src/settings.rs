@@ -1,127 +1,16 @@
 //! The table of settings: from it come the command-line flags, the
-//! environment variables and the `--help` text. A test checks that it names
-//! every key of [`crate::Config`] and nothing else.
+//! environment variables and the `--help` text. The exporter's own settings
+//! are here; each collector's come from its module
+//! (`pmoas_collectors::CollectorSpec::settings`). A test checks that
+//! together they name every key of [`crate::Config`] and nothing else.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use humantime_serde::re::humantime;
+pub use pmoas_collectors::setting::{Bounds, Kind, Setting};
+use pmoas_collectors::{CATALOG, SPECS};
 
-use pmoas_collectors::CATALOG;
-
-/// How a setting is given on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// `--key VALUE`
-    Value,
-    /// `--key` alone sets it to true.
-    Switch,
-    /// `collector.<name>.enabled`: `--collector.<name>` / `--no-collector.<name>`.
-    CollectorToggle,
-    /// `--key VALUE`, repeatable; the values are joined with this separator.
-    Repeated(&'static str),
-}
-
-/// The values a number or duration setting may take, both ends included.
-/// Every such setting has one (a test checks it), and
-/// [`crate::Config::validate`] checks them all in one place: a zero or
-/// absurd value is refused at start-up and by `--config.check`, never met
-/// at run time as a busy loop or a panic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bounds {
-    Duration(Duration, Duration),
-    Count(u64, u64),
-}
-
-impl Bounds {
-    /// `100ms..=1h`, `64..=16777216`.
-    pub fn describe(&self) -> String {
-        match self {
-            Bounds::Duration(lo, hi) => {
-                format!("{}..={}", humantime::format_duration(*lo), humantime::format_duration(*hi))
-            }
-            Bounds::Count(lo, hi) => format!("{lo}..={hi}"),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Setting {
-    /// Dotted TOML key, e.g. `web.listen_address`.
-    pub key: &'static str,
-    pub value_name: &'static str,
-    pub help: &'static str,
-    pub kind: Kind,
-    /// A second, shorter flag (`--kubeconfig`).
-    pub alias: Option<&'static str>,
-    /// Allowed values of a number or duration.
-    pub bounds: Option<Bounds>,
-}
-
-impl Setting {
-    const fn value(key: &'static str, value_name: &'static str, help: &'static str) -> Setting {
-        Setting { key, value_name, help, kind: Kind::Value, alias: None, bounds: None }
-    }
-
-    /// A count or size within `min..=max`.
-    const fn count(key: &'static str, min: u64, max: u64, help: &'static str) -> Setting {
-        Setting { bounds: Some(Bounds::Count(min, max)), ..Setting::value(key, "N", help) }
-    }
-
-    /// A duration within `min..=max`.
-    const fn duration(key: &'static str, min: Duration, max: Duration, help: &'static str) -> Setting {
-        Setting { bounds: Some(Bounds::Duration(min, max)), ..Setting::value(key, "DURATION", help) }
-    }
-
-    const fn repeated(
-        key: &'static str,
-        value_name: &'static str,
-        separator: &'static str,
-        help: &'static str,
-    ) -> Setting {
-        Setting { key, value_name, help, kind: Kind::Repeated(separator), alias: None, bounds: None }
-    }
-
-    /// `--web.listen-address` (for a toggle: `--collector.socket`).
-    pub fn flag(&self) -> String {
-        match self.kind {
-            Kind::CollectorToggle => format!("--{}", self.key.trim_end_matches(".enabled")),
-            _ => format!("--{}", self.key.replace('_', "-")),
-        }
-    }
-
-    /// The flag without its leading dashes (clap's long name).
-    pub fn long(&self) -> String {
-        self.flag().trim_start_matches('-').to_string()
-    }
-
-    /// `PMOAS_WEB_LISTEN_ADDRESS`.
-    pub fn env_var(&self) -> String {
-        format!("PMOAS_{}", self.key.replace('.', "_").to_ascii_uppercase())
-    }
-
-    /// The `--help` heading it is listed under.
-    pub fn heading(&self) -> String {
-        if self.kind == Kind::CollectorToggle {
-            return "Collectors".into();
-        }
-        let mut parts = self.key.split('.');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some("collector"), Some(name), Some(_)) => format!("Collector {name}"),
-            (Some("collector") | Some("collectors"), _, _) => "Collectors".into(),
-            (Some(section), _, _) => {
-                let mut c = section.chars();
-                c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
-            }
-            _ => String::new(),
-        }
-    }
-}
-
-const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
-/// Kernel maps larger than this cost more memory than any node needs.
-const MAX_MAP_ENTRIES: u64 = 1 << 24;
 
 /// Settings every build has; collector toggles are added by [`all`].
 pub const SETTINGS: &[Setting] = &[
@@ -138,35 +27,6 @@ pub const SETTINGS: &[Setting] = &[
         alias: None,
         bounds: None,
     },
-    Setting::count(
-        "collector.socket.max_tracked_connections",
-        64,
-        MAX_MAP_ENTRIES,
-        "Open TCP connections tracked at once, node-wide; beyond it bytes and lifetimes of new connections are lost (and counted)",
-    ),
-    Setting::count(
-        "collector.socket.max_series",
-        64,
-        MAX_MAP_ENTRIES,
-        "(workload, peer) pairs kept in the kernel's counter and histogram maps",
-    ),
-    Setting::duration(
-        "collector.socket.local_address_refresh",
-        SECOND,
-        HOUR,
-        "How often the addresses of the node and its pods are re-read (peer=node vs remote)",
-    ),
-    Setting::count(
-        "collector.cgroup.max_cgroups",
-        64,
-        MAX_MAP_ENTRIES,
-        "cgroups with kernel-side network, block I/O and OOM counters, node-wide; beyond it new cgroups are not counted (and that is counted)",
-    ),
-    Setting::value(
-        "collector.cgroup.network_per_container",
-        "BOOL",
-        "Count network bytes per container with cgroup_skb programs on the cgroup v2 root (true), or not (false)",
-    ),
     Setting::value(
         "web.listen_address",
         "ADDR",
@@ -269,6 +129,40 @@ pub const SETTINGS: &[Setting] = &[
         "SELECTOR",
         "Watch only pods whose labels match this selector (Kubernetes syntax: app=web,tier in (a,b),!canary)",
     ),
+    Setting::value(
+        "otlp.endpoint",
+        "URL",
+        "Export traces over OTLP to this receiver, e.g. http://jaeger:4317 (grpc) or http://jaeger:4318 (http/protobuf); empty: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT, else no export",
+    ),
+    Setting::value(
+        "otlp.protocol",
+        "grpc|http/protobuf",
+        "OTLP transport; empty: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL, else grpc",
+    ),
+    Setting::duration(
+        "otlp.timeout",
+        Duration::from_millis(100),
+        Duration::from_secs(300),
+        "Longest one OTLP export request may take; left at 10s, OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT replaces it",
+    ),
+    Setting::value(
+        "otlp.headers",
+        "KEY=VALUE,...",
+        "Extra headers of OTLP requests, values percent-encoded; empty: OTEL_EXPORTER_OTLP_(TRACES_)HEADERS",
+    ),
+    Setting::count(
+        "otlp.queue_size",
+        1,
+        1_000_000,
+        "Spans waiting for export at most; a trace that does not fit is dropped (and counted)",
+    ),
+    Setting::count("otlp.batch_size", 1, 100_000, "Spans sent in one OTLP export request at most"),
+    Setting::duration(
+        "otlp.batch_delay",
+        Duration::from_millis(10),
+        Duration::from_secs(60),
+        "Longest a span waits for its batch to fill before it is sent anyway",
+    ),
 ];
 
 /// Every setting, with one `collector.<name>.enabled` toggle per collector.
@@ -276,9 +170,11 @@ pub fn all() -> impl Iterator<Item = &'static Setting> {
     static ALL: OnceLock<Vec<Setting>> = OnceLock::new();
     ALL.get_or_init(|| {
         // Which collectors first (the list, the switch, the toggles), then
+        // each collector's own settings as its module declares them, then
         // everything else in table order.
         let (which, rest): (Vec<&Setting>, Vec<&Setting>) =
             SETTINGS.iter().partition(|s| s.key == "collectors" || s.key == "collector.disable_defaults");
+        let own = SPECS.iter().flat_map(|c| c.settings.iter());
         let toggles = CATALOG.iter().map(|c| Setting {
             key: Box::leak(format!("collector.{}.enabled", c.name).into_boxed_str()),
             value_name: "",
@@ -287,7 +183,7 @@ pub fn all() -> impl Iterator<Item = &'static Setting> {
             alias: None,
             bounds: None,
         });
-        which.into_iter().cloned().chain(toggles).chain(rest.into_iter().cloned()).collect()
+        which.into_iter().cloned().chain(toggles).chain(own.cloned()).chain(rest.into_iter().cloned()).collect()
     })
     .iter()
 }

@@ -82,9 +82,11 @@ fn collector_selection() {
 
 #[test]
 fn unknown_collector_lists_the_valid_ones() {
-    let err = Config::load(None, &[], &vec![("collectors", "socket,netstack".into())]).unwrap_err().to_string();
+    let err = Config::load(None, &[], &vec![("collectors", "socket,nosuch".into())]).unwrap_err().to_string();
     assert!(
-        err.contains("collectors") && err.contains("`netstack`") && err.contains("valid collectors: socket, cgroup"),
+        err.contains("collectors")
+            && err.contains("`nosuch`")
+            && err.contains("valid collectors: socket, cgroup, netstack"),
         "{err}"
     );
 }
@@ -292,4 +294,28 @@ fn unknown_pmoas_variables_are_warned_about() {
         "{w:?}"
     );
     assert!(w[1].contains("PMOAS_NONSENSE") && !w[1].contains("did you mean"), "{w:?}");
+}
+
+/// The collectors' sections of the example file come from their modules:
+/// a collector added or changed there shows here, or this test fails (and
+/// `PMOAS_BLESS=1 cargo test -p pmoas-config` writes the new text).
+#[test]
+fn example_collector_sections_come_from_the_collectors() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pmoas.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let begin = text.find(EXAMPLE_BEGIN).expect("begin marker") + EXAMPLE_BEGIN.len();
+    let end = text.find(EXAMPLE_END).expect("end marker");
+    let want = format!("{}\n", example_collector_sections().trim_end());
+    let want = format!("\n{}", want.trim_start_matches('\n'));
+    if std::env::var_os("PMOAS_BLESS").is_some() {
+        std::fs::write(&path, format!("{}{want}{}", &text[..begin], &text[end..])).unwrap();
+        return;
+    }
+    assert_eq!(&text[begin..end], want, "pmoas.example.toml is stale: run PMOAS_BLESS=1 cargo test -p pmoas-config");
+    for spec in pmoas_collectors::SPECS {
+        assert!(text.contains(&format!("[collector.{}]", spec.info.name)));
+        for s in spec.settings {
+            assert!(s.key.starts_with(&format!("collector.{}.", spec.info.name)), "{} outside its section", s.key);
+        }
+    }
 }

@@ -309,6 +309,16 @@ mod tests {
             assert!(help.contains(&format!("--no-collector.{}", c.name)));
         }
         assert!(help.contains("[default: :8765]"), "{help}");
-        assert!(help.contains("[valid: socket, cgroup]"), "{help}");
+        let valid = CATALOG.iter().map(|c| c.name).collect::<Vec<_>>().join(", ");
+        assert!(help.contains(&format!("[valid: {valid}]")) && valid.starts_with("socket, cgroup"), "{help}");
+        // Each collector's own settings, with their bounds, as its module declares them.
+        for spec in pmoas_collectors::SPECS {
+            for s in spec.settings {
+                assert!(help.contains(&s.flag()), "--help lacks {} of the {} collector", s.flag(), spec.info.name);
+                if let Some(b) = s.bounds {
+                    assert!(help.contains(&format!("[range: {}]", b.describe())), "{}", s.key);
+                }
+            }
+        }
     }
 }

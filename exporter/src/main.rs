@@ -37,7 +37,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("PMOAS_")).collect();
+    // PMOAS_* settings, and the standard OTEL_EXPORTER_OTLP_* variables.
+    let env: Vec<(String, String)> = std::env::vars().collect();
     let config = match Config::load(args.config_file.as_deref(), &env, &args.overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -144,7 +145,16 @@ async fn serve_until_signal(config: Config, reloader: Arc<reload::Reloader>) -> 
         tracing::warn!("no collector is enabled; serving the exporter's own metrics only");
     }
     let registry = Arc::new(Registry::new(&enabled));
-    registry.start_all(BuildContext { discovery: discovery.clone(), config: config.collector.clone() });
+    let node = pmoas_discovery::kubernetes::node_name(&config.kubernetes);
+    let otlp = Arc::new(
+        pmoas_otlp::Pipeline::start(&config.otlp, pmoas_otlp::node_resource(Some(&node)))
+            .map_err(|e| anyhow::anyhow!("otlp: {e}"))?,
+    );
+    registry.start_all(BuildContext {
+        discovery: discovery.clone(),
+        config: config.collector.clone(),
+        otlp: otlp.clone(),
+    });
 
     let state = Arc::new(server::AppState {
         registry: registry.clone(),
@@ -154,6 +164,7 @@ async fn serve_until_signal(config: Config, reloader: Arc<reload::Reloader>) -> 
             scrape_timeout: config.scrape.timeout,
         }),
         reloader: reloader.clone(),
+        otlp: otlp.clone(),
         listen,
         max_requests: config.web.max_requests,
         max_connections: config.web.max_connections,
@@ -181,6 +192,11 @@ async fn serve_until_signal(config: Config, reloader: Arc<reload::Reloader>) -> 
     stop.store(true, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
     let _ = server.await;
+    // Traces already sampled get a moment to leave.
+    if otlp.is_enabled() {
+        let otlp = otlp.clone();
+        let _ = tokio::task::spawn_blocking(move || otlp.flush(Duration::from_secs(2))).await;
+    }
     Ok(registry)
 }
 

@@ -74,7 +74,7 @@ impl Reloader {
         &self,
         apply: impl FnOnce(&Config, &[String]) -> Result<Vec<String>, String>,
     ) -> Result<Outcome, String> {
-        let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("PMOAS_")).collect();
+        let env: Vec<(String, String)> = std::env::vars().collect();
         let new = Config::load(self.file.as_deref(), &env, &self.overrides).map_err(|e| e.to_string())?;
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let changed = changed_keys(&current, &new);
@@ -94,6 +94,7 @@ impl Reloader {
         merged.log = current.log.clone();
         merged.discovery = current.discovery.clone();
         merged.kubernetes = current.kubernetes.clone();
+        merged.otlp = current.otlp.clone();
         merged.engine = current.engine.clone();
         if needs_restart.iter().any(|r| r.starts_with("target selection switched")) {
             merged.target = current.target.clone();

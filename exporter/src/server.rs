@@ -42,6 +42,20 @@ pub const RELOAD_TIMESTAMP: Desc = Desc::gauge(
     "pmoas_config_last_reload_success_timestamp_seconds",
     "When the configuration last loaded, at start or on SIGHUP (Unix time).",
 );
+pub const OTLP_SUBMITTED: Desc = Desc::counter(
+    "pmoas_otlp_spans_submitted_total",
+    "Spans handed to the OTLP pipeline (sampled journeys and requests).",
+);
+pub const OTLP_EXPORTED: Desc = Desc::counter("pmoas_otlp_spans_exported_total", "Spans the OTLP receiver accepted.");
+pub const OTLP_DROPPED: Desc = Desc::counter(
+    "pmoas_otlp_spans_dropped_total",
+    "Spans not delivered: queue_full, export_failed (receiver down or refusing), invalid, shutdown.",
+);
+pub const OTLP_REQUESTS: Desc =
+    Desc::counter("pmoas_otlp_export_requests_total", "OTLP export requests, by result (ok, error).");
+pub const OTLP_QUEUE: Desc = Desc::gauge("pmoas_otlp_queue_spans", "Spans waiting in the OTLP queue.");
+pub const OTLP_CAPACITY: Desc =
+    Desc::gauge("pmoas_otlp_queue_capacity_spans", "Spans the OTLP queue holds at most (--otlp.queue-size).");
 pub const CONTAINER_INFO: Desc = Desc::gauge(
     "pmoas_container_info",
     "One series per live container with its image and sidecar kind (1), for joins in PromQL.",
@@ -59,6 +73,8 @@ pub struct AppState {
     pub web: RwLock<ReloadableWeb>,
     /// The last SIGHUP's outcome, for the reload metrics.
     pub reloader: Arc<crate::reload::Reloader>,
+    /// The OTLP trace pipeline, for its counters.
+    pub otlp: Arc<pmoas_otlp::Pipeline>,
     pub listen: SocketAddr,
     /// `--web.max-requests`: parallel scrapes of the metrics page.
     pub max_requests: usize,
@@ -385,6 +401,18 @@ fn exporter_metrics(state: &AppState, set: &mut MetricSet) {
     }
     for (source, n) in state.discovery.errors() {
         set.counter(&DISCOVERY_ERRORS, vec![("source", source.as_label().into())], n as f64);
+    }
+    if state.otlp.is_enabled() {
+        let o = state.otlp.stats();
+        set.counter(&OTLP_SUBMITTED, vec![], o.submitted as f64);
+        set.counter(&OTLP_EXPORTED, vec![], o.exported as f64);
+        for reason in pmoas_otlp::DropReason::ALL {
+            set.counter(&OTLP_DROPPED, vec![("reason", reason.as_str().into())], o.dropped(reason) as f64);
+        }
+        set.counter(&OTLP_REQUESTS, vec![("result", "ok".into())], o.requests_ok as f64);
+        set.counter(&OTLP_REQUESTS, vec![("result", "error".into())], o.requests_failed as f64);
+        set.gauge(&OTLP_QUEUE, vec![], o.queued as f64);
+        set.gauge(&OTLP_CAPACITY, vec![], o.capacity as f64);
     }
     let (reload_ok, reload_at) = state.reloader.status();
     set.gauge(&RELOAD_SUCCESSFUL, vec![], if reload_ok { 1.0 } else { 0.0 });

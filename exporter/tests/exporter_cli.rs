@@ -14,10 +14,13 @@ fn run(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn unknown_collector_is_an_error_that_lists_the_valid_ones() {
-    let out = run(&["--collectors", "socket,netstack"]);
+    let out = run(&["--collectors", "socket,nosuch"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown collector `netstack`") && err.contains("valid collectors: socket, cgroup"), "{err}");
+    assert!(
+        err.contains("unknown collector `nosuch`") && err.contains("valid collectors: socket, cgroup, netstack"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -21,16 +21,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use aya::maps::{MapData, PerCpuHashMap};
 use pmoas_bpf::types::{self as t, CgroupCounters};
 use pmoas_discovery::{Discovery, KnownCgroup, Lookup, cgroupfs, netns, process};
 use serde::{Deserialize, Serialize};
 
 use self::files::{Dirs, Plan, Resource, Source, Stats};
 use self::paths::PathMap;
-use crate::ebpf::{self, Hook, LostEvents, ProgramSpec, ProgramStatus};
+use crate::ebpf::{self, Hook, Kernel, ProgramSpec, ProgramStatus};
+use crate::fold::{PerCpuTable, SummedTable};
 use crate::metrics::{Desc, Labels, MetricSet, WorkloadLabels};
-use crate::{BuildContext, BuildError, Collector, CollectorInfo};
+use crate::setting::{self, Setting};
+use crate::{BuildContext, BuildError, Collector, CollectorInfo, CollectorSpec};
 
 pub const INFO: CollectorInfo = CollectorInfo {
     name: "cgroup",
@@ -149,8 +150,32 @@ pub const PROGRAMS: &[ProgramSpec] = &[
 /// With `network_per_container = false`: no per-packet program.
 const PROGRAMS_WITHOUT_NETWORK: &[ProgramSpec] = &[PROGRAMS[2], PROGRAMS[3]];
 
-/// The lost-event reasons cgroup.bpf.c counts (a full `cgroup_counters`).
-const LOST: &[&str] = &[t::LOST_REASONS[0]];
+/// The `[collector.cgroup]` section.
+pub type Config = CgroupConfig;
+
+/// Flags, variables and bounds of [`CgroupConfig`].
+pub const SETTINGS: &[Setting] = &[
+    Setting::count(
+        "collector.cgroup.max_cgroups",
+        64,
+        setting::MAX_MAP_ENTRIES,
+        "cgroups with kernel-side network, block I/O and OOM counters, node-wide; beyond it new cgroups are not counted (and that is counted)",
+    ),
+    Setting::value(
+        "collector.cgroup.network_per_container",
+        "BOOL",
+        "Count network bytes per container with cgroup_skb programs on the cgroup v2 root (true), or not (false)",
+    ),
+];
+
+pub const SPEC: CollectorSpec = CollectorSpec {
+    info: INFO,
+    settings: SETTINGS,
+    programs: PROGRAMS,
+    // cgroup.bpf.c counts one reason: a full `cgroup_counters`.
+    lost_reasons: &["aggregation_map_full"],
+    build: |ctx| Ok(Arc::new(CgroupCollector::new(ctx)?)),
+};
 
 /// Threads that read cgroupfs at once, at most; and the fewest cgroups
 /// worth a thread of their own.
@@ -185,8 +210,7 @@ struct PodInterfaces {
 
 /// The kernel side's maps, when its object loaded.
 struct KernelMaps {
-    counters: PerCpuHashMap<MapData, u64, CgroupCounters>,
-    lost: LostEvents,
+    counters: Box<dyn SummedTable<u64, CgroupCounters>>,
 }
 
 struct Inner {
@@ -215,11 +239,11 @@ struct V1Lookups {
 }
 
 pub struct CgroupCollector {
-    // Field order: `inner` (the maps) drops before `ebpf` detaches programs.
+    // Field order: `inner` (the maps) drops before `kernel` detaches programs.
     inner: Mutex<Inner>,
     /// `None` when the object could not be loaded at all (no privileges,
     /// no BTF): the collector then serves what cgroupfs says.
-    ebpf: Option<Mutex<aya::Ebpf>>,
+    kernel: Option<Kernel>,
     programs: Vec<ProgramStatus>,
     discovery: Arc<Discovery>,
     v2_root: PathBuf,
@@ -241,15 +265,17 @@ impl CgroupCollector {
         let cfg = ctx.config.cgroup.clone();
         let specs = if cfg.network_per_container { PROGRAMS } else { PROGRAMS_WITHOUT_NETWORK };
         let sizes = [("cgroup_counters", cfg.max_cgroups)];
-        let filter = ctx.discovery.targets_enabled();
-        let globals = [(t::FILTER_TARGETS_GLOBAL, u8::from(filter))];
-        let loaded =
-            ebpf::load(INFO.name, pmoas_bpf::CGROUP, &sizes, &globals, specs, Some(&v2_root), ctx.discovery.health());
         // cgroupfs alone still gives CPU, throttling, memory, OOM kills and
         // (where it counts) block I/O: without its programs the collector
         // runs on, and pmoas_cgroup_sources says what is missing.
-        let (bpf, programs) = match loaded {
-            Ok(l) => (Some(l.ebpf), l.programs),
+        let loaded = Kernel::load(&SPEC, ctx, pmoas_bpf::CGROUP, &sizes, specs, Some(&v2_root))
+            .and_then(|k| Ok((k.take_map("cgroup_counters")?, k)));
+        let (kernel, programs) = match loaded {
+            Ok((counters, k)) => {
+                let programs = k.programs().to_vec();
+                let counters = Box::new(PerCpuTable::new(counters, CgroupCounters::merge));
+                (Some((KernelMaps { counters }, k)), programs)
+            }
             Err(e) => {
                 tracing::warn!(
                     collector = INFO.name,
@@ -257,38 +283,11 @@ impl CgroupCollector {
                     "no eBPF programs: serving cgroupfs numbers only (no network per container; block I/O only \
                      where cgroupfs counts it)"
                 );
-                let programs = match &e {
-                    ebpf::LoadError::NothingAttached { programs, .. } => programs.clone(),
-                    other => ebpf::unattached(INFO.name, specs, &other.to_string()),
-                };
-                (None, programs)
+                (None, e.programs().to_vec())
             }
-        };
-        let kernel = match bpf {
-            Some(mut bpf) => {
-                let take = |bpf: &mut aya::Ebpf, name: &str| {
-                    bpf.take_map(name)
-                        .ok_or_else(|| format!("map {name} missing from the cgroup object (build mismatch)"))
-                };
-                let maps = (|| -> Result<KernelMaps, String> {
-                    Ok(KernelMaps {
-                        counters: PerCpuHashMap::try_from(take(&mut bpf, "cgroup_counters")?)
-                            .map_err(|e| e.to_string())?,
-                        lost: LostEvents::take(INFO.name, &mut bpf, LOST).map_err(|e| e.to_string())?,
-                    })
-                })()
-                .map_err(|e| fail(e, programs.clone()))?;
-                if filter {
-                    let map = take(&mut bpf, "target_cgroups").map_err(|e| fail(e, programs.clone()))?;
-                    ebpf::follow_targets(INFO.name, map, &ctx.discovery)
-                        .map_err(|e| fail(e.to_string(), programs.clone()))?;
-                }
-                Some((maps, bpf))
-            }
-            None => None,
         };
         let attached = |name: &str| programs.iter().any(|p| p.program == name && p.attached);
-        let (maps, bpf) = kernel.map_or((None, None), |(m, b)| (Some(m), Some(Mutex::new(b))));
+        let (maps, kernel) = kernel.map_or((None, None), |(m, k)| (Some(m), Some(k)));
         Ok(CgroupCollector {
             inner: Mutex::new(Inner {
                 kernel: maps,
@@ -301,7 +300,7 @@ impl CgroupCollector {
                 v1_lookups: V1Lookups::default(),
                 buf: String::with_capacity(4096),
             }),
-            ebpf: bpf,
+            kernel,
             network: attached("cgroup_skb_ingress") && attached("cgroup_skb_egress"),
             block_io: attached("cgroup_block_io"),
             oom: attached("cgroup_oom_victim"),
@@ -320,10 +319,8 @@ impl CgroupCollector {
 impl Collector for CgroupCollector {
     fn collect(&self, out: &mut MetricSet) -> anyhow::Result<()> {
         let mut inner = self.lock();
-        if let (Some(k), Some(bpf)) = (&inner.kernel, &self.ebpf) {
-            k.lost.export(out)?;
-            let stats = ebpf::program_stats(&bpf.lock().unwrap_or_else(|p| p.into_inner()), &self.programs);
-            ebpf::export_program_stats(INFO.name, &stats, out);
+        if let Some(k) = &self.kernel {
+            k.export_health(out)?;
         }
         inner.collect(self, out)
     }
@@ -405,7 +402,7 @@ impl Inner {
         // 2. Kernel counters, by the cgroup that owns the socket / the task.
         let mut per_pod: HashMap<String, CgroupCounters> = HashMap::new();
         let entries = match &self.kernel {
-            Some(k) => ebpf::read_summed(&k.counters, CgroupCounters::merge)?,
+            Some(k) => k.counters.entries()?,
             None => Vec::new(),
         };
         for (id, value) in entries {
@@ -429,7 +426,7 @@ impl Inner {
                         self.node_carry.merge(&value);
                     }
                     if let Some(k) = &mut self.kernel {
-                        let _ = k.counters.remove(&id);
+                        k.counters.remove(&id);
                     }
                 }
             }

@@ -48,7 +48,20 @@ pub fn testbed_bin() -> PathBuf {
     p
 }
 
+/// A loopback port free now, below the ephemeral range: a port the kernel
+/// handed out for bind(0) is also where the next client socket of a
+/// parallel test (wrk, curl, the exporter's own API client) may land before
+/// the exporter binds it.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() % 4000) as u16 * 3;
+    for _ in 0..12000 {
+        let port = 20000 + (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % 12000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -66,7 +79,26 @@ impl Exporter {
         Self::start_with(Command::new(exporter_bin()), args)
     }
 
-    pub fn start_with(mut cmd: Command, args: &[&str]) -> Exporter {
+    /// `cmd` names the program (and e.g. setpriv's arguments before it);
+    /// a port taken between choosing and binding it is retried with another.
+    pub fn start_with(cmd: Command, args: &[&str]) -> Exporter {
+        for _ in 0..5 {
+            if let Some(e) = Self::try_start(&cmd, args) {
+                return e;
+            }
+        }
+        panic!("exporter could not bind a free port in 5 tries");
+    }
+
+    fn try_start(template: &Command, args: &[&str]) -> Option<Exporter> {
+        let mut cmd = Command::new(template.get_program());
+        cmd.args(template.get_args());
+        for (k, v) in template.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
         let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = std::env::temp_dir().join(format!("pmoas-exporter-test-{port}.log"));
@@ -80,11 +112,15 @@ impl Exporter {
         let mut e = Exporter { child, addr, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok((200, _)) = e.get("/readyz") {
-                return e;
-            }
+            // Exited first: the answer below would be someone else's.
             if let Ok(Some(status)) = e.child.try_wait() {
+                if e.log_text().contains("Address already in use") {
+                    return None;
+                }
                 panic!("exporter exited with {status}:\n{}", e.log_text());
+            }
+            if let Ok((200, _)) = e.get("/readyz") {
+                return Some(e);
             }
             assert!(Instant::now() < deadline, "exporter not ready in 20 s:\n{}", e.log_text());
             std::thread::sleep(Duration::from_millis(20));

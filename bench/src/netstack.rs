@@ -1,0 +1,224 @@
+//! The netstack collector's cost: wrk keep-alive requests through Envoy
+//! into nginx on a testbed pod, in rounds that rotate no exporter, the
+//! collector at its default sampling and at `--collector.netstack.sample-rate 1`
+//! (every packet followed). Per arm: requests/s, the CPU the whole machine
+//! spent per request (what the issue's "<= 3% more CPU per request" is
+//! about: throughput alone cannot resolve 3% on this VM), the netstack
+//! programs' own run time per request (bpf stats), the exporter's CPU and
+//! RSS, and the lost events.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use pmoas_testbed::{Pod, PodOptions};
+
+use crate::Opts;
+use crate::common::*;
+
+/// Scrape interval during the rounds (harder than Prometheus's usual 15 s).
+const LOAD_SCRAPE: Duration = Duration::from_secs(5);
+const NETSTACK: [&str; 1] = ["collector=\"netstack\""];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Arm {
+    None,
+    Default,
+    Every,
+}
+
+impl Arm {
+    fn name(self) -> &'static str {
+        match self {
+            Arm::None => "no exporter",
+            Arm::Default => "netstack, default sampling",
+            Arm::Every => "netstack, sample-rate 1",
+        }
+    }
+}
+
+struct Window {
+    wrk: Wrk,
+    wall: f64,
+    /// Whole-machine CPU seconds (all CPUs).
+    busy: f64,
+    exporter_cpu: f64,
+    bpf_runs: f64,
+    bpf_ns: f64,
+    lost: f64,
+    rss_mib: f64,
+}
+
+impl Window {
+    fn requests(&self) -> f64 {
+        self.wrk.requests_per_sec * self.wall
+    }
+
+    /// Machine CPU per request, microseconds.
+    fn cpu_us_per_request(&self) -> f64 {
+        self.busy / self.requests().max(1.0) * 1e6
+    }
+
+    fn bpf_ns_per_request(&self) -> f64 {
+        self.bpf_ns / self.requests().max(1.0)
+    }
+
+    fn runs_per_request(&self) -> f64 {
+        self.bpf_runs / self.requests().max(1.0)
+    }
+}
+
+fn window(pod: &Pod, o: &Opts, arm: Arm, default_rate: &mut String) -> Result<Window> {
+    if arm == Arm::None {
+        let (busy0, t0) = (machine_busy(), Instant::now());
+        let w = wrk(pod, o, o.seconds, Connections::KeepAlive, || {})?;
+        let wall = t0.elapsed().as_secs_f64();
+        let busy = machine_busy() - busy0;
+        return Ok(Window {
+            wrk: w,
+            wall,
+            busy,
+            exporter_cpu: 0.0,
+            bpf_runs: 0.0,
+            bpf_ns: 0.0,
+            lost: 0.0,
+            rss_mib: 0.0,
+        });
+    }
+    let mut args = vec!["--collectors", "netstack"];
+    if arm == Arm::Every {
+        args.extend(["--collector.netstack.sample-rate", "1"]);
+    }
+    let (e, _) = Exporter::start_until(&o.exporter, &args, |body| {
+        metric(body, "pmoas_scrape_collector_success", &NETSTACK) == 1.0
+    })?;
+    let e = Running(Some(e));
+    let _stats = BpfStats::on();
+    let (_, before) = http_get(e.get().addr, "/metrics")?;
+    ensure!(
+        metric(&before, "pmoas_ebpf_program_attached", &NETSTACK) >= 4.0,
+        "{}: the netstack programs are not attached",
+        arm.name()
+    );
+    if arm == Arm::Default && default_rate.is_empty() {
+        let help = std::process::Command::new(&o.exporter).arg("--help").output()?;
+        let help = String::from_utf8_lossy(&help.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+        *default_rate = help
+            .split("--collector.netstack.sample-rate")
+            .nth(1)
+            .and_then(|r| r.split("[default: ").nth(1))
+            .and_then(|r| r.split(']').next())
+            .unwrap_or("?")
+            .to_string();
+    }
+    let (ns0, runs0) = bpf_totals(&before, &NETSTACK);
+    let lost0 = metric(&before, "pmoas_ebpf_events_lost_total", &NETSTACK);
+    let (cpu0, busy0, t0) = (e.get().cpu_seconds(), machine_busy(), Instant::now());
+    let mut last = Instant::now();
+    let w = wrk(pod, o, o.seconds, Connections::KeepAlive, || {
+        if last.elapsed() >= LOAD_SCRAPE {
+            let _ = http_get(e.get().addr, "/metrics");
+            last = Instant::now();
+        }
+    })?;
+    let wall = t0.elapsed().as_secs_f64();
+    let busy = machine_busy() - busy0;
+    let cpu = e.get().cpu_seconds() - cpu0;
+    let (_, after) = http_get(e.get().addr, "/metrics")?;
+    let (ns1, runs1) = bpf_totals(&after, &NETSTACK);
+    let lost = metric(&after, "pmoas_ebpf_events_lost_total", &NETSTACK) - lost0;
+    Ok(Window {
+        wrk: w,
+        wall,
+        busy,
+        exporter_cpu: cpu / wall * 100.0,
+        bpf_runs: runs1 - runs0,
+        bpf_ns: ns1 - ns0,
+        lost,
+        rss_mib: e.get().rss_mib().0,
+    })
+}
+
+pub fn run(o: &Opts) -> Result<()> {
+    let pod = Pod::up(&PodOptions::default())?;
+    eprintln!("pmoas-bench: testbed {} up; warming up", pod.state.name);
+    wrk(&pod, o, 10, Connections::KeepAlive, || {})?;
+    let arms = [Arm::None, Arm::Default, Arm::Every];
+    let mut windows: Vec<(Arm, Window)> = Vec::new();
+    let mut default_rate = String::new();
+    for round in 0..o.rounds {
+        // Rotate which arm goes first, so drift favours none.
+        for k in 0..arms.len() {
+            let arm = arms[(round + k) % arms.len()];
+            let w = window(&pod, o, arm, &mut default_rate)?;
+            eprintln!(
+                "pmoas-bench: round {round} {}: {:.0} req/s, {:.1} us CPU/request, eBPF {:.0} ns/request",
+                arm.name(),
+                w.wrk.requests_per_sec,
+                w.cpu_us_per_request(),
+                w.bpf_ns_per_request()
+            );
+            windows.push((arm, w));
+        }
+    }
+    pod.down()?;
+    let report = render(o, &windows, &default_rate);
+    write_section(&o.out, "netstack", &report)?;
+    println!("{report}");
+    Ok(())
+}
+
+fn render(o: &Opts, windows: &[(Arm, Window)], default_rate: &str) -> String {
+    let of = |arm: Arm| windows.iter().filter(move |(a, _)| *a == arm).map(|(_, w)| w);
+    let avg = |arm: Arm, f: &dyn Fn(&Window) -> f64| mean(&of(arm).map(f).collect::<Vec<_>>());
+    let base_cpu = avg(Arm::None, &|w| w.cpu_us_per_request());
+    let mut t = String::new();
+    let _ = writeln!(t, "## netstack collector: wrk keep-alive through Envoy\n");
+    let _ = writeln!(
+        t,
+        "Measured {}. Reproduce (as root): `scripts/bench.sh netstack --rounds {} --seconds {} --connections {}`.\n",
+        machine(),
+        o.rounds,
+        o.seconds,
+        o.connections
+    );
+    let _ = writeln!(
+        t,
+        "wrk `-t2 -c{} -d{}s` keep-alive from the client cgroup through Envoy into nginx on a testbed pod; rounds \
+         rotate the arms. CPU per request is the whole machine's busy time (/proc/stat) over the requests served: \
+         the cost of following packets lands in softirq and in the traced tasks, not in the exporter. The \
+         default sampling is 1 in {default_rate} packets; drops are counted on every packet in both arms.\n",
+        o.connections, o.seconds
+    );
+    let _ = writeln!(
+        t,
+        "| arm | req/s (mean, spread +-%) | machine CPU per request | vs no exporter | eBPF runs / request | \
+         eBPF ns / request | exporter CPU | exporter RSS | lost events |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for arm in [Arm::None, Arm::Default, Arm::Every] {
+        let rps: Vec<f64> = of(arm).map(|w| w.wrk.requests_per_sec).collect();
+        let cpu = avg(arm, &|w| w.cpu_us_per_request());
+        let _ = writeln!(
+            t,
+            "| {} | {:.0} (+-{:.0}) | {cpu:.1} us | {} | {:.1} | {:.0} | {:.2} % | {:.1} MiB | {:.0} |",
+            arm.name(),
+            mean(&rps),
+            spread(&rps).0,
+            if arm == Arm::None { "-".to_string() } else { format!("{:+.1} %", (cpu / base_cpu - 1.0) * 100.0) },
+            avg(arm, &|w| w.runs_per_request()),
+            avg(arm, &|w| w.bpf_ns_per_request()),
+            avg(arm, &|w| w.exporter_cpu),
+            avg(arm, &|w| w.rss_mib),
+            of(arm).map(|w| w.lost).sum::<f64>()
+        );
+    }
+    let default_share = avg(Arm::Default, &|w| w.bpf_ns_per_request()) / 1000.0 / base_cpu * 100.0;
+    let _ = writeln!(
+        t,
+        "\nThe programs' own run time at the default sampling is {default_share:.2} % of the CPU a request costs \
+         without the exporter (target: <= 3 % more CPU per request). The machine-CPU column includes the noise of \
+         this 2-core VM (see the spread of req/s); the eBPF run time is measured by the kernel and does not have \
+         that noise."
+    );
+    t
+}

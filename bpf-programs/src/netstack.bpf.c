@@ -1,0 +1,700 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * netstack collector, kernel side: a sampled packet's path through the
+ * network stack of each network namespace, drops with the kernel's reason,
+ * and smoothed TCP RTT per container and peer.
+ *
+ * Stages (pmoas_netstack.h): 1 in N skbs is followed from its first stage
+ * through the next ones in netstack_packets (LRU), and the time between two
+ * consecutive stages goes into a log2 histogram keyed by (netns, direction,
+ * stage). The netns is read once at the first stage, from the device or the
+ * socket, never from the current task: most stages run in softirq.
+ *
+ * Drops: every kfree_skb (never consume_skb), keyed by (netns, reason).
+ * RTT: 1 in N received segments of established sockets, keyed by the
+ * socket's cgroup and its peer (matched at ESTABLISHED as socket.bpf.c does).
+ * See docs/netstack.md.
+ */
+#include "pmoas_common.h"
+#include "pmoas_netstack.h"
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define TCPHDR_FIN 0x01
+#define TCPHDR_SYN 0x02
+#define TCPHDR_RST 0x04
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PMOAS_NETSTACK_PACKET_MAP_SIZE);
+	__type(key, struct pmoas_netstack_pkt_key);
+	__type(value, struct pmoas_netstack_pkt);
+} netstack_packets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PMOAS_NETSTACK_SEND_MAP_SIZE);
+	__type(key, __u64);
+	__type(value, struct pmoas_netstack_pkt);
+} netstack_sends SEC(".maps");
+
+/* For each kind (PMOAS_DIR_*), PMOAS_NETSTACK_FILTER_SLOTS addresses of
+ * what is followed. Not per-CPU: a packet's stages run on several CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 3 * PMOAS_NETSTACK_FILTER_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} netstack_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PMOAS_NETSTACK_STATS);
+	__type(key, __u32);
+	__type(value, __u64);
+} netstack_packet_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PMOAS_SAMPLERS);
+	__type(key, __u32);
+	__type(value, struct pmoas_netstack_sampler);
+} netstack_sampler SEC(".maps");
+
+/* The tracked skb whose tcp_probe ran last on this CPU, and its socket: the
+ * sk_data_ready that follows in the same softirq names only the socket. */
+struct rx_current {
+	__u64 skb;
+	__u64 sk;
+	__u64 h; /* the skb's filter hash */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rx_current);
+} netstack_rx_current SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, PMOAS_NETSTACK_STAGE_MAP_SIZE);
+	__type(key, struct pmoas_netstack_stage_key);
+	__type(value, struct pmoas_log2_hist);
+} netstack_stages SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, PMOAS_NETSTACK_DROP_MAP_SIZE);
+	__type(key, struct pmoas_netstack_drop_key);
+	__type(value, __u64);
+} netstack_drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, PMOAS_NETSTACK_RTT_MAP_SIZE);
+	__type(key, struct pmoas_netstack_rtt_key);
+	__type(value, struct pmoas_log2_hist);
+} netstack_rtt SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PMOAS_NETSTACK_CONN_MAP_SIZE);
+	__type(key, __u64);
+	__type(value, struct pmoas_netstack_conn);
+} netstack_conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PMOAS_NETSTACK_PENDING_MAP_SIZE);
+	__type(key, struct pmoas_endpoint_key);
+	__type(value, struct pmoas_netstack_client);
+} netstack_pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PMOAS_NETSTACK_LOCAL_ADDR_MAP_SIZE);
+	__type(key, __u8[16]);
+	__type(value, __u8);
+} netstack_local_addrs SEC(".maps");
+
+static const struct pmoas_log2_hist zero_hist;
+static const __u64 zero_count;
+
+static __always_inline void count_stat(__u32 which)
+{
+	__u64 *n = bpf_map_lookup_elem(&netstack_packet_stats, &which);
+
+	/* Atomic: a softirq program may interrupt a process-context one. */
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+/* 1 in `rate` calls per CPU returns true; none until user space set rate. */
+static __always_inline bool sampled(__u32 which)
+{
+	struct pmoas_netstack_sampler *s = bpf_map_lookup_elem(&netstack_sampler, &which);
+
+	if (!s || s->rate == 0)
+		return false;
+	if (++s->tick < s->rate)
+		return false;
+	s->tick = 0;
+	return true;
+}
+
+static __always_inline __u64 dev_netns(const struct net_device *dev)
+{
+	return dev ? dev->nd_net.net->ns.inum : 0;
+}
+
+static __always_inline __u64 sock_netns(const struct sock *sk)
+{
+	return sk->__sk_common.skc_net.net->ns.inum;
+}
+
+/*
+ * The filter: slot chosen by a number that identifies the object well
+ * enough (the verifier allows no arithmetic on the pointer itself: an
+ * skb's data buffer address, a socket's connection hash), and holding the
+ * object's address, compared as is.
+ */
+_Static_assert(PMOAS_NETSTACK_FILTER_SLOTS == 1 << 14, "filter_slot() keeps 14 bits");
+
+static __always_inline __u64 *filter_slot(__u64 h, __u32 tag, bool second)
+{
+	/* Fibonacci hashing, top 14 bits, one multiplier per choice. 64-bit
+	 * operations only, and the key read from the low half of a u64: the
+	 * verifier still sees an skb's buffer address as a pointer, on which
+	 * it refuses 32-bit arithmetic. */
+	__u64 mul = second ? 0xC2B2AE3D27D4EB4FULL : 0x9E3779B97F4A7C15ULL;
+	__u64 slot = ((h * mul) >> 50) + (__u64)tag * PMOAS_NETSTACK_FILTER_SLOTS;
+
+	return bpf_map_lookup_elem(&netstack_filter, &slot);
+}
+
+/* Could `obj` be followed? False for nearly every unsampled packet. */
+static __always_inline bool maybe_followed(__u64 h, __u32 tag, __u64 obj)
+{
+	__u64 *slot = filter_slot(h, tag, false);
+
+	if (slot && *slot == obj)
+		return true;
+	slot = filter_slot(h, tag, true);
+	return slot && *slot == obj;
+}
+
+static __always_inline bool still_followed(__u32 tag, __u64 obj);
+
+/* Takes whichever of the two slots holds nothing that is still followed
+ * (left-overs of packets that took a path without a last stage are
+ * overwritten); when both are, the first one's packet is no longer seen
+ * and will end as an eviction. */
+static __always_inline void filter_set(__u64 h, __u32 tag, __u64 obj)
+{
+	__u64 *first = filter_slot(h, tag, false);
+	__u64 *second = filter_slot(h, tag, true);
+
+	if (!first || !second || *first == obj || *second == obj)
+		return;
+	if (*first && still_followed(tag, *first) && !(*second && still_followed(tag, *second))) {
+		*second = obj;
+		return;
+	}
+	*first = obj;
+}
+
+static __always_inline void filter_clear(__u64 h, __u32 tag, __u64 obj)
+{
+	__u64 *slot = filter_slot(h, tag, false);
+
+	if (slot && *slot == obj)
+		*slot = 0;
+	slot = filter_slot(h, tag, true);
+	if (slot && *slot == obj)
+		*slot = 0;
+}
+
+/* An skb's data buffer: the same through its stages unless the stack
+ * reallocates it (rare; the sample is then left unfinished). */
+static __always_inline __u64 skb_hash_of(const struct sk_buff *skb)
+{
+	return (__u64)skb->head;
+}
+
+/* A socket's connection hash: set when it is hashed, kept until it goes. */
+static __always_inline __u64 sk_hash_of(const struct sock *sk)
+{
+	return sk->__sk_common.skc_hash;
+}
+
+static __always_inline bool still_followed(__u32 tag, __u64 obj)
+{
+	struct pmoas_netstack_pkt_key key = { .skb = obj, .direction = tag };
+
+	if (tag == PMOAS_DIR_SEND)
+		return bpf_map_lookup_elem(&netstack_sends, &obj) != NULL;
+	return bpf_map_lookup_elem(&netstack_packets, &key) != NULL;
+}
+
+static __always_inline void stage_add(__u64 netns, __u32 direction, __u32 stage, __u64 ns)
+{
+	struct pmoas_netstack_stage_key key = { .netns = netns, .direction = direction, .stage = stage };
+	struct pmoas_log2_hist *h = pmoas_lookup_or_init(&netstack_stages, &key, &zero_hist);
+
+	if (h)
+		pmoas_hist_add(h, ns);
+}
+
+/* Starts following a packet. An entry already there is a freed skb whose
+ * address came back before we saw its last stage: replaced, and counted. */
+static __always_inline void track(__u64 skb, __u64 h, __u32 direction, __u64 netns, __u32 stage,
+				  __u64 now)
+{
+	struct pmoas_netstack_pkt_key key = { .skb = skb, .direction = direction };
+	struct pmoas_netstack_pkt v = { .ts_ns = now, .netns = netns, .stage = stage };
+
+	if (bpf_map_update_elem(&netstack_packets, &key, &v, BPF_NOEXIST) == 0) {
+		count_stat(PMOAS_NETSTACK_STAT_TRACKED);
+		filter_set(h, direction, skb);
+		return;
+	}
+	if (bpf_map_update_elem(&netstack_packets, &key, &v, BPF_ANY) == 0) {
+		count_stat(PMOAS_NETSTACK_STAT_TRACKED);
+		count_stat(PMOAS_NETSTACK_STAT_FINISHED);
+		pmoas_count_lost(PMOAS_NETSTACK_LOST_PACKET_PATH_UNSEEN);
+		filter_set(h, direction, skb);
+	}
+}
+
+static __always_inline void untrack(struct pmoas_netstack_pkt_key *key, __u64 h)
+{
+	filter_clear(h, key->direction, key->skb);
+	if (bpf_map_delete_elem(&netstack_packets, key) == 0)
+		count_stat(PMOAS_NETSTACK_STAT_FINISHED);
+}
+
+/* Records the stage a followed packet reached; returns its entry. The
+ * clock is read only for followed packets: in a VM it may cost more than
+ * everything else here. */
+static __always_inline struct pmoas_netstack_pkt *reach(struct pmoas_netstack_pkt_key *key, __u64 h,
+							__u32 stage)
+{
+	struct pmoas_netstack_pkt *p;
+	__u64 now;
+
+	if (!maybe_followed(h, key->direction, key->skb))
+		return NULL;
+	p = bpf_map_lookup_elem(&netstack_packets, key);
+	if (!p)
+		return NULL;
+	now = bpf_ktime_get_ns();
+	stage_add(p->netns, key->direction, stage, now - p->ts_ns);
+	p->ts_ns = now;
+	p->stage = stage;
+	return p;
+}
+
+/* ---------------------------------------------------------------- ingress */
+
+/* Only TCP segments that will reach an established socket are followed:
+ * SYN, FIN and RST take paths without a later stage. skb->data is at the
+ * network header here (the device driver pulled the link header). */
+static __always_inline bool tcp_data_segment(const struct sk_buff *skb)
+{
+	__u16 proto = bpf_ntohs(skb->protocol);
+	const unsigned char *data = skb->data;
+	__u8 ip[40];
+	__u8 flags = 0;
+	__u32 thoff;
+
+	if (proto == ETH_P_IP) {
+		if (bpf_probe_read_kernel(ip, 20, data) || ip[9] != IPPROTO_TCP)
+			return false;
+		thoff = (ip[0] & 0xf) * 4;
+	} else if (proto == ETH_P_IPV6) {
+		/* Extension headers are not followed: such packets are not
+		 * sampled. */
+		if (bpf_probe_read_kernel(ip, 40, data) || ip[6] != IPPROTO_TCP)
+			return false;
+		thoff = 40;
+	} else {
+		return false;
+	}
+	if (thoff < 20 || thoff > 60)
+		return false;
+	if (bpf_probe_read_kernel(&flags, 1, data + thoff + 13))
+		return false;
+	return !(flags & (TCPHDR_SYN | TCPHDR_FIN | TCPHDR_RST));
+}
+
+/* A packet that a stacked device hands up again (a bridge port, then the
+ * bridge) does so within microseconds; an entry older than this at the
+ * first stage is a freed skb whose address came back. */
+#define RERECEIVE_NS 1000000ULL
+
+/* Hook: net:netif_receive_skb, where every device's packets (NAPI, the
+ * backlog of loopback and veth) enter the protocol stack: the first
+ * ingress stage. */
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(netstack_rx, struct sk_buff *skb)
+{
+	struct pmoas_netstack_pkt_key key = { .skb = (__u64)skb, .direction = PMOAS_DIR_INGRESS };
+	__u64 h = skb_hash_of(skb);
+	struct pmoas_netstack_pkt *p;
+	__u64 now;
+
+	/* Handed up again by the next device: its first stage starts over. */
+	if (maybe_followed(h, PMOAS_DIR_INGRESS, key.skb)) {
+		p = bpf_map_lookup_elem(&netstack_packets, &key);
+		now = bpf_ktime_get_ns();
+		if (p && p->stage == PMOAS_STAGE_DEVICE_RECEIVE && now - p->ts_ns < RERECEIVE_NS) {
+			p->ts_ns = now;
+			p->netns = dev_netns(skb->dev);
+			return 0;
+		}
+	}
+	if (!sampled(PMOAS_SAMPLER_INGRESS) || !tcp_data_segment(skb))
+		return 0;
+	track(key.skb, h, PMOAS_DIR_INGRESS, dev_netns(skb->dev), PMOAS_STAGE_DEVICE_RECEIVE,
+	      bpf_ktime_get_ns());
+	return 0;
+}
+
+/* Segment length in sequence space (payload, plus one for SYN/FIN). */
+static __always_inline __u32 tcp_seq_len(const struct sk_buff *skb)
+{
+	__u64 off = bpf_core_field_offset(struct sk_buff, cb);
+	__u32 seq[2] = {};
+
+	bpf_probe_read_kernel(seq, sizeof(seq), (const char *)skb + off);
+	return seq[1] - seq[0];
+}
+
+static __always_inline void rtt_sample(struct sock *sk);
+
+/* Hook: tcp:tcp_probe, the start of tcp_rcv_established(): every segment
+ * an established socket receives, in softirq or from the socket backlog. */
+SEC("tp_btf/tcp_probe")
+int BPF_PROG(netstack_tcp_rcv, struct sock *sk, const struct sk_buff *skb)
+{
+	struct pmoas_netstack_pkt_key key = { .skb = (__u64)skb, .direction = PMOAS_DIR_INGRESS };
+	__u32 zero = 0;
+	struct rx_current *cur = bpf_map_lookup_elem(&netstack_rx_current, &zero);
+	__u64 h = skb_hash_of(skb);
+
+	if (sampled(PMOAS_SAMPLER_RTT))
+		rtt_sample(sk);
+	if (cur)
+		cur->skb = 0;
+	if (!reach(&key, h, PMOAS_STAGE_TCP_RECEIVE))
+		return 0;
+	/* A pure ACK is freed by TCP: its path ends here. */
+	if (tcp_seq_len(skb) == 0) {
+		untrack(&key, h);
+		return 0;
+	}
+	if (cur) {
+		cur->skb = (__u64)skb;
+		cur->sk = (__u64)sk;
+		cur->h = h;
+	}
+	return 0;
+}
+
+/* Hook: sock:sk_data_ready, the reader's wake-up once TCP queued the data.
+ * It names no skb: the tracked one is the segment this CPU's tcp_probe just
+ * handled, for the same socket. */
+SEC("tp_btf/sk_data_ready")
+int BPF_PROG(netstack_data_ready, const struct sock *sk)
+{
+	__u32 zero = 0;
+	struct rx_current *cur = bpf_map_lookup_elem(&netstack_rx_current, &zero);
+	struct pmoas_netstack_pkt_key key = { .direction = PMOAS_DIR_INGRESS };
+	struct pmoas_netstack_pkt *p;
+
+	if (!cur || !cur->skb || cur->sk != (__u64)sk)
+		return 0;
+	key.skb = cur->skb;
+	cur->skb = 0;
+	p = bpf_map_lookup_elem(&netstack_packets, &key);
+	if (p && p->stage == PMOAS_STAGE_TCP_RECEIVE)
+		reach(&key, cur->h, PMOAS_STAGE_SOCKET_QUEUE);
+	return 0;
+}
+
+/* Hook: skb:skb_copy_datagram_iovec, recvmsg() copying the skb's data to
+ * the application: the last ingress stage. */
+SEC("tp_btf/skb_copy_datagram_iovec")
+int BPF_PROG(netstack_app_read, const struct sk_buff *skb, int len)
+{
+	struct pmoas_netstack_pkt_key key = { .skb = (__u64)skb, .direction = PMOAS_DIR_INGRESS };
+
+	__u64 h = skb_hash_of(skb);
+
+	if (reach(&key, h, PMOAS_STAGE_APP_READ))
+		untrack(&key, h);
+	return 0;
+}
+
+/* ----------------------------------------------------------------- egress */
+
+/* Hook: tcp:tcp_sendmsg_locked, inside send()/write() on a TCP socket (once
+ * per chunk of a large write: the first one counts). The skb it names may
+ * not be the one sent, so the send is keyed by socket until the socket's
+ * next packet reaches a device. */
+SEC("tp_btf/tcp_sendmsg_locked")
+int BPF_PROG(netstack_app_send, const struct sock *sk, const struct msghdr *msg,
+	     const struct sk_buff *skb, int size_goal)
+{
+	struct pmoas_netstack_pkt v = {};
+	__u64 key;
+	long err;
+
+	if (!sampled(PMOAS_SAMPLER_EGRESS))
+		return 0;
+	key = (__u64)sk;
+	v.ts_ns = bpf_ktime_get_ns();
+	v.netns = sock_netns(sk);
+	v.stage = PMOAS_STAGE_APP_SEND;
+	/* A send of this socket still on its way keeps its earlier time. */
+	err = bpf_map_update_elem(&netstack_sends, &key, &v, BPF_NOEXIST);
+	if (err == 0)
+		filter_set(sk_hash_of(sk), PMOAS_DIR_SEND, key);
+	else if (err == -E2BIG)
+		pmoas_count_lost(PMOAS_NETSTACK_LOST_SEND_MAP_FULL);
+	return 0;
+}
+
+/* Hook: net:net_dev_queue, dev_queue_xmit(): the packet is handed to the
+ * device layer (qdisc, or the device at once for noqueue devices). */
+SEC("tp_btf/net_dev_queue")
+int BPF_PROG(netstack_dev_queue, struct sk_buff *skb)
+{
+	struct pmoas_netstack_pkt *send;
+	struct sock *owner = skb->sk;
+	__u64 now, netns, sk, h;
+
+	if (!owner)
+		return 0;
+	sk = (__u64)owner;
+	h = sk_hash_of(owner);
+	if (!maybe_followed(h, PMOAS_DIR_SEND, sk))
+		return 0;
+	send = bpf_map_lookup_elem(&netstack_sends, &sk);
+	if (!send)
+		return 0;
+	now = bpf_ktime_get_ns();
+	netns = send->netns;
+	stage_add(netns, PMOAS_DIR_EGRESS, PMOAS_STAGE_DEV_QUEUE, now - send->ts_ns);
+	bpf_map_delete_elem(&netstack_sends, &sk);
+	filter_clear(h, PMOAS_DIR_SEND, sk);
+	track((__u64)skb, skb_hash_of(skb), PMOAS_DIR_EGRESS, netns, PMOAS_STAGE_DEV_QUEUE, now);
+	return 0;
+}
+
+/* Hook: net:net_dev_start_xmit, just before the driver's ndo_start_xmit
+ * (after the qdisc let it go). Through stacked devices (a bridge, then its
+ * port) only the first counts; dev_xmit then closes at the innermost. */
+SEC("tp_btf/net_dev_start_xmit")
+int BPF_PROG(netstack_dev_start_xmit, const struct sk_buff *skb, const struct net_device *dev)
+{
+	struct pmoas_netstack_pkt_key key = { .skb = (__u64)skb, .direction = PMOAS_DIR_EGRESS };
+	__u64 h = skb_hash_of(skb);
+	struct pmoas_netstack_pkt *p;
+
+	if (!maybe_followed(h, PMOAS_DIR_EGRESS, key.skb))
+		return 0;
+	p = bpf_map_lookup_elem(&netstack_packets, &key);
+	if (p && p->stage == PMOAS_STAGE_DEV_QUEUE)
+		reach(&key, h, PMOAS_STAGE_DEV_START_XMIT);
+	return 0;
+}
+
+/* Hook: net:net_dev_xmit, the driver returned: the last egress stage. The
+ * skb is in its peer's backlog (loopback, veth) or waits for the device's
+ * completion; were it freed already, reading its buffer address cannot
+ * fault (BTF loads) and a stale one only leaves the sample unfinished. */
+SEC("tp_btf/net_dev_xmit")
+int BPF_PROG(netstack_dev_xmit, struct sk_buff *skb, int rc, struct net_device *dev,
+	     unsigned int len)
+{
+	struct pmoas_netstack_pkt_key key = { .skb = (__u64)skb, .direction = PMOAS_DIR_EGRESS };
+
+	__u64 h = skb_hash_of(skb);
+
+	if (reach(&key, h, PMOAS_STAGE_DEV_XMIT))
+		untrack(&key, h);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ drops */
+
+/* Hook: skb:kfree_skb, a packet dropped (consume_skb, a packet used up,
+ * has its own tracepoint). Declared with the three arguments every kernel
+ * since 5.17 passes; 6.x adds the receiving socket, unused here. The netns
+ * is the device's, else the socket's; 0 when neither is left. */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(netstack_drop, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	struct pmoas_netstack_drop_key key = { .reason = reason };
+	struct pmoas_netstack_pkt_key pkt = { .skb = (__u64)skb, .direction = PMOAS_DIR_INGRESS };
+	struct net_device *dev = skb->dev;
+	struct sock *sk = skb->sk;
+	__u64 *n;
+
+	if (reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
+		return 0;
+	if (dev)
+		key.netns = dev_netns(dev);
+	else if (sk)
+		key.netns = sock_netns(sk);
+	n = pmoas_lookup_or_init(&netstack_drops, &key, &zero_count);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	/* A followed packet ends here. */
+	if (maybe_followed(skb_hash_of(skb), PMOAS_DIR_INGRESS, pkt.skb))
+		untrack(&pkt, skb_hash_of(skb));
+	pkt.direction = PMOAS_DIR_EGRESS;
+	if (maybe_followed(skb_hash_of(skb), PMOAS_DIR_EGRESS, pkt.skb))
+		untrack(&pkt, skb_hash_of(skb));
+	return 0;
+}
+
+/* -------------------------------------------------------------------- RTT */
+
+static __always_inline void read_addrs(const struct sock *sk, __u8 saddr[16], __u8 daddr[16])
+{
+	if (sk->__sk_common.skc_family == AF_INET) {
+		pmoas_addr_from_v4(saddr, sk->__sk_common.skc_rcv_saddr);
+		pmoas_addr_from_v4(daddr, sk->__sk_common.skc_daddr);
+	} else {
+		__builtin_memcpy(saddr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(daddr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+	}
+}
+
+static __always_inline __u8 classify_addr(const __u8 addr[16])
+{
+	if (pmoas_addr_is_loopback(addr))
+		return PMOAS_PEER_SAME_NETNS;
+	if (bpf_map_lookup_elem(&netstack_local_addrs, addr))
+		return PMOAS_PEER_NODE;
+	return PMOAS_PEER_REMOTE;
+}
+
+static __always_inline void rtt_sample(struct sock *sk)
+{
+	const struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	struct pmoas_netstack_rtt_key key = {};
+	struct pmoas_netstack_conn *c;
+	struct pmoas_log2_hist *h;
+	__u64 skey = (__u64)sk;
+	__u32 srtt;
+
+	if (!tp)
+		return;
+	/* srtt_us holds 8 times the smoothed RTT in microseconds. */
+	srtt = tp->srtt_us >> 3;
+	if (srtt == 0)
+		return;
+	key.cgroup_id = pmoas_sock_cgroup_id(sk);
+	if (!pmoas_watched(key.cgroup_id))
+		return;
+	c = bpf_map_lookup_elem(&netstack_conns, &skey);
+	if (c) {
+		key.peer_cgroup_id = c->peer_cgroup_id;
+		key.peer_class = c->peer_class;
+	} else {
+		/* Opened before we attached, or not matched. */
+		__u8 saddr[16], daddr[16];
+
+		read_addrs(sk, saddr, daddr);
+		key.peer_class = classify_addr(daddr);
+	}
+	h = pmoas_lookup_or_init(&netstack_rtt, &key, &zero_hist);
+	if (h)
+		pmoas_hist_add(h, (__u64)srtt * 1000);
+}
+
+static __always_inline void endpoint_key(struct pmoas_endpoint_key *k, const struct sock *sk,
+					 const __u8 addr[16], __u16 port)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	__builtin_memcpy(k->addr, addr, 16);
+	k->port = port;
+	if (pmoas_addr_is_loopback(addr))
+		k->netns = sock_netns(sk);
+}
+
+static __always_inline void set_conn(__u64 sk, __u8 peer_class, __u64 peer_cgroup_id)
+{
+	struct pmoas_netstack_conn c = { .peer_cgroup_id = peer_cgroup_id, .peer_class = peer_class };
+
+	if (bpf_map_update_elem(&netstack_conns, &sk, &c, BPF_ANY) == -E2BIG)
+		pmoas_count_lost(PMOAS_NETSTACK_LOST_CONN_MAP_FULL);
+}
+
+/* Hook: sock:inet_sock_set_state. At ESTABLISHED the two ends of a
+ * connection on this node find each other (the client is established
+ * first and leaves its endpoint; the server's child takes it), which gives
+ * the RTT its peer; at CLOSE the socket's entries go. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(netstack_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	struct pmoas_endpoint_key ek;
+	__u8 saddr[16], daddr[16];
+	__u64 key = (__u64)sk;
+	__u16 sport, dport;
+	__u8 one = 1;
+
+	if (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE)
+		return 0;
+	if (sk->sk_protocol != IPPROTO_TCP ||
+	    (sk->__sk_common.skc_family != AF_INET && sk->__sk_common.skc_family != AF_INET6))
+		return 0;
+	read_addrs(sk, saddr, daddr);
+	sport = sk->__sk_common.skc_num;
+	dport = bpf_ntohs(sk->__sk_common.skc_dport);
+
+	if (newstate == TCP_CLOSE) {
+		bpf_map_delete_elem(&netstack_conns, &key);
+		if (bpf_map_delete_elem(&netstack_sends, &key) == 0)
+			filter_clear(sk_hash_of(sk), PMOAS_DIR_SEND, key);
+		endpoint_key(&ek, sk, saddr, sport);
+		bpf_map_delete_elem(&netstack_pending, &ek);
+		return 0;
+	}
+	/* Every established socket's own address is one of this node's. */
+	if (!pmoas_addr_is_loopback(saddr) && !bpf_map_lookup_elem(&netstack_local_addrs, saddr) &&
+	    bpf_map_update_elem(&netstack_local_addrs, saddr, &one, BPF_NOEXIST) == -E2BIG)
+		pmoas_count_lost(PMOAS_NETSTACK_LOST_LOCAL_ADDR_MAP_FULL);
+
+	if (oldstate == TCP_SYN_SENT) {
+		struct pmoas_netstack_client client = { .sk = key, .cgroup_id = pmoas_sock_cgroup_id(sk) };
+
+		set_conn(key, classify_addr(daddr), 0);
+		endpoint_key(&ek, sk, saddr, sport);
+		if (bpf_map_update_elem(&netstack_pending, &ek, &client, BPF_ANY) == -E2BIG)
+			pmoas_count_lost(PMOAS_NETSTACK_LOST_PENDING_MAP_FULL);
+	} else {
+		struct pmoas_netstack_client *client;
+
+		endpoint_key(&ek, sk, daddr, dport);
+		client = bpf_map_lookup_elem(&netstack_pending, &ek);
+		if (client) {
+			__u64 client_sk = client->sk;
+
+			set_conn(key, PMOAS_PEER_CGROUP, client->cgroup_id);
+			set_conn(client_sk, PMOAS_PEER_CGROUP, pmoas_sock_cgroup_id(sk));
+			bpf_map_delete_elem(&netstack_pending, &ek);
+		} else {
+			set_conn(key, classify_addr(daddr), 0);
+		}
+	}
+	return 0;
+}

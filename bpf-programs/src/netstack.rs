@@ -1,0 +1,171 @@
+//! Rust mirrors of `include/pmoas_netstack.h`, the netstack collector's
+//! contract with `src/netstack.bpf.c`. Sizes and field offsets are asserted
+//! against the numbers in the header's comments.
+
+#![allow(missing_docs)]
+
+use core::mem::{offset_of, size_of};
+
+use crate::types::c;
+
+pub const PACKET_MAP_SIZE: u32 = c::PMOAS_NETSTACK_PACKET_MAP_SIZE as u32;
+pub const SEND_MAP_SIZE: u32 = c::PMOAS_NETSTACK_SEND_MAP_SIZE as u32;
+pub const STAGE_MAP_SIZE: u32 = c::PMOAS_NETSTACK_STAGE_MAP_SIZE as u32;
+pub const DROP_MAP_SIZE: u32 = c::PMOAS_NETSTACK_DROP_MAP_SIZE as u32;
+pub const CONN_MAP_SIZE: u32 = c::PMOAS_NETSTACK_CONN_MAP_SIZE as u32;
+pub const PENDING_MAP_SIZE: u32 = c::PMOAS_NETSTACK_PENDING_MAP_SIZE as u32;
+pub const RTT_MAP_SIZE: u32 = c::PMOAS_NETSTACK_RTT_MAP_SIZE as u32;
+pub const LOCAL_ADDR_MAP_SIZE: u32 = c::PMOAS_NETSTACK_LOCAL_ADDR_MAP_SIZE as u32;
+
+pub const DIR_INGRESS: u32 = c::PMOAS_DIR_INGRESS as u32;
+pub const DIR_EGRESS: u32 = c::PMOAS_DIR_EGRESS as u32;
+
+pub const STAGE_DEVICE_RECEIVE: u32 = c::PMOAS_STAGE_DEVICE_RECEIVE as u32;
+pub const STAGE_TCP_RECEIVE: u32 = c::PMOAS_STAGE_TCP_RECEIVE as u32;
+pub const STAGE_SOCKET_QUEUE: u32 = c::PMOAS_STAGE_SOCKET_QUEUE as u32;
+pub const STAGE_APP_READ: u32 = c::PMOAS_STAGE_APP_READ as u32;
+pub const STAGE_APP_SEND: u32 = c::PMOAS_STAGE_APP_SEND as u32;
+pub const STAGE_DEV_QUEUE: u32 = c::PMOAS_STAGE_DEV_QUEUE as u32;
+pub const STAGE_DEV_START_XMIT: u32 = c::PMOAS_STAGE_DEV_START_XMIT as u32;
+pub const STAGE_DEV_XMIT: u32 = c::PMOAS_STAGE_DEV_XMIT as u32;
+
+/// The `stage` label of each `PMOAS_STAGE_*`, by value.
+pub const STAGE_NAMES: [&str; 8] = [
+    "device_receive",
+    "tcp_receive",
+    "socket_queue",
+    "app_read",
+    "app_send",
+    "dev_queue",
+    "dev_start_xmit",
+    "dev_xmit",
+];
+
+/// The collector's lost-event reasons, slot `i` of `lost_events` being
+/// reason `i` (`PMOAS_NETSTACK_LOST_*`; slot 0 is pmoas_common.h's
+/// `PMOAS_LOST_AGGREGATION_MAP_FULL`). `packet_map_evicted` is not a slot:
+/// user space computes it (see the header).
+pub const LOST_REASONS: [&str; 6] = [
+    "aggregation_map_full",
+    "packet_path_unseen",
+    "connection_map_full",
+    "pending_map_full",
+    "local_addr_map_full",
+    "send_map_full",
+];
+pub const LOST_PACKET_PATH_UNSEEN_SLOT: usize = c::PMOAS_NETSTACK_LOST_PACKET_PATH_UNSEEN as usize;
+
+pub const STAT_TRACKED: u32 = c::PMOAS_NETSTACK_STAT_TRACKED as u32;
+pub const STAT_FINISHED: u32 = c::PMOAS_NETSTACK_STAT_FINISHED as u32;
+
+pub const SAMPLER_INGRESS: u32 = c::PMOAS_SAMPLER_INGRESS as u32;
+pub const SAMPLER_EGRESS: u32 = c::PMOAS_SAMPLER_EGRESS as u32;
+pub const SAMPLER_RTT: u32 = c::PMOAS_SAMPLER_RTT as u32;
+pub const SAMPLERS: u32 = c::PMOAS_SAMPLERS as u32;
+
+/// `struct pmoas_netstack_sampler`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sampler {
+    pub rate: u32,
+    pub tick: u32,
+}
+
+/// `struct pmoas_netstack_pkt_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PktKey {
+    pub skb: u64,
+    pub direction: u32,
+    pub pad: u32,
+}
+
+/// `struct pmoas_netstack_pkt`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pkt {
+    pub ts_ns: u64,
+    pub netns: u64,
+    pub stage: u32,
+    pub pad: u32,
+}
+
+/// `struct pmoas_netstack_stage_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StageKey {
+    pub netns: u64,
+    pub direction: u32,
+    pub stage: u32,
+}
+
+/// `struct pmoas_netstack_drop_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DropKey {
+    pub netns: u64,
+    pub reason: u32,
+    pub pad: u32,
+}
+
+/// `struct pmoas_netstack_rtt_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RttKey {
+    pub cgroup_id: u64,
+    pub peer_cgroup_id: u64,
+    pub peer_class: u8,
+    pub pad: [u8; 7],
+}
+
+const _: () = {
+    assert!(size_of::<Sampler>() == 8);
+    assert!(offset_of!(Sampler, rate) == 0);
+    assert!(offset_of!(Sampler, tick) == 4);
+    assert!(size_of::<PktKey>() == 16);
+    assert!(offset_of!(PktKey, skb) == 0);
+    assert!(offset_of!(PktKey, direction) == 8);
+    assert!(offset_of!(PktKey, pad) == 12);
+    assert!(size_of::<Pkt>() == 24);
+    assert!(offset_of!(Pkt, ts_ns) == 0);
+    assert!(offset_of!(Pkt, netns) == 8);
+    assert!(offset_of!(Pkt, stage) == 16);
+    assert!(offset_of!(Pkt, pad) == 20);
+    assert!(size_of::<StageKey>() == 16);
+    assert!(offset_of!(StageKey, netns) == 0);
+    assert!(offset_of!(StageKey, direction) == 8);
+    assert!(offset_of!(StageKey, stage) == 12);
+    assert!(size_of::<DropKey>() == 16);
+    assert!(offset_of!(DropKey, netns) == 0);
+    assert!(offset_of!(DropKey, reason) == 8);
+    assert!(offset_of!(DropKey, pad) == 12);
+    assert!(size_of::<RttKey>() == 24);
+    assert!(offset_of!(RttKey, cgroup_id) == 0);
+    assert!(offset_of!(RttKey, peer_cgroup_id) == 8);
+    assert!(offset_of!(RttKey, peer_class) == 16);
+    assert!(offset_of!(RttKey, pad) == 17);
+    assert!(LOST_REASONS.len() == c::PMOAS_NETSTACK_LOST_REASONS as usize);
+    assert!(LOST_REASONS.len() <= crate::types::LOST_REASON_SLOTS);
+    assert!(c::PMOAS_NETSTACK_LOST_CONN_MAP_FULL == 2 && c::PMOAS_NETSTACK_LOST_SEND_MAP_FULL == 5);
+    assert!(c::PMOAS_LOST_AGGREGATION_MAP_FULL == 0);
+    assert!(STAGE_NAMES.len() == c::PMOAS_STAGE_DEV_XMIT as usize + 1);
+};
+
+// SAFETY: plain-old-data, `repr(C)`, explicit padding only.
+unsafe impl aya::Pod for Sampler {}
+unsafe impl aya::Pod for PktKey {}
+unsafe impl aya::Pod for Pkt {}
+unsafe impl aya::Pod for StageKey {}
+unsafe impl aya::Pod for DropKey {}
+unsafe impl aya::Pod for RttKey {}
+
+/// Every mirrored struct of pmoas_netstack.h; `tests/netstack_contract.rs`
+/// compares them with the BTF of netstack.bpf.o, field by field.
+pub const LAYOUTS: &[crate::types::Layout] = &[
+    crate::layout!("pmoas_netstack_sampler", Sampler, rate, tick),
+    crate::layout!("pmoas_netstack_pkt_key", PktKey, skb, direction, pad),
+    crate::layout!("pmoas_netstack_pkt", Pkt, ts_ns, netns, stage, pad),
+    crate::layout!("pmoas_netstack_stage_key", StageKey, netns, direction, stage),
+    crate::layout!("pmoas_netstack_drop_key", DropKey, netns, reason, pad),
+    crate::layout!("pmoas_netstack_rtt_key", RttKey, cgroup_id, peer_cgroup_id, peer_class, pad),
+];
