@@ -80,25 +80,30 @@ impl Exporter {
     }
 
     /// `cmd` names the program (and e.g. setpriv's arguments before it);
-    /// a port taken between choosing and binding it is retried with another.
+    /// a port taken between choosing and binding it is retried with another
+    /// (a copy of `cmd`: program, arguments and environment, not pre_exec).
     pub fn start_with(cmd: Command, args: &[&str]) -> Exporter {
-        for _ in 0..5 {
-            if let Some(e) = Self::try_start(&cmd, args) {
+        let copy = || {
+            let mut c = Command::new(cmd.get_program());
+            c.args(cmd.get_args());
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => c.env(k, v),
+                    None => c.env_remove(k),
+                };
+            }
+            c
+        };
+        let retries: Vec<Command> = (0..4).map(|_| copy()).collect();
+        for c in std::iter::once(cmd).chain(retries) {
+            if let Some(e) = Self::try_start(c, args) {
                 return e;
             }
         }
         panic!("exporter could not bind a free port in 5 tries");
     }
 
-    fn try_start(template: &Command, args: &[&str]) -> Option<Exporter> {
-        let mut cmd = Command::new(template.get_program());
-        cmd.args(template.get_args());
-        for (k, v) in template.get_envs() {
-            match v {
-                Some(v) => cmd.env(k, v),
-                None => cmd.env_remove(k),
-            };
-        }
+    fn try_start(mut cmd: Command, args: &[&str]) -> Option<Exporter> {
         let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = std::env::temp_dir().join(format!("pmoas-exporter-test-{port}.log"));
