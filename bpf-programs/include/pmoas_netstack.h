@@ -35,6 +35,9 @@
 #define PMOAS_NETSTACK_RTT_MAP_SIZE 16384
 /* Addresses of this node, learnt from established sockets. */
 #define PMOAS_NETSTACK_LOCAL_ADDR_MAP_SIZE 4096
+/* Bytes of the ring buffer that carries journeys (80 bytes each) to user
+ * space, drained every 100 ms: room for ~3,000 at once. */
+#define PMOAS_NETSTACK_JOURNEY_RING_BYTES 262144
 
 /* ---- stages: a histogram is the time from the previous stage to this one */
 #define PMOAS_DIR_INGRESS 0
@@ -59,7 +62,8 @@
 #define PMOAS_NETSTACK_LOST_PENDING_MAP_FULL 3
 #define PMOAS_NETSTACK_LOST_LOCAL_ADDR_MAP_FULL 4
 #define PMOAS_NETSTACK_LOST_SEND_MAP_FULL 5
-#define PMOAS_NETSTACK_LOST_REASONS 6
+#define PMOAS_NETSTACK_LOST_JOURNEY_RING_FULL 6
+#define PMOAS_NETSTACK_LOST_REASONS 7
 
 /* ---- netstack_packet_stats: per-CPU counters user space turns into
  * packet_map_evicted (tracked - finished - still in the map) */
@@ -71,7 +75,8 @@
 #define PMOAS_SAMPLER_INGRESS 0
 #define PMOAS_SAMPLER_EGRESS 1
 #define PMOAS_SAMPLER_RTT 2
-#define PMOAS_SAMPLERS 3
+#define PMOAS_SAMPLER_TRACE 3 /* 1 in N followed packets becomes a journey */
+#define PMOAS_SAMPLERS 4
 
 /* Per-CPU value of netstack_sampler. User space writes `rate` on every
  * CPU after loading; 0 (not yet written) samples nothing. */
@@ -93,12 +98,24 @@ _Static_assert(sizeof(struct pmoas_netstack_pkt_key) == 16, "pmoas_netstack_pkt_
 
 /* Value of netstack_packets (and of netstack_sends, keyed by socket). */
 struct pmoas_netstack_pkt {
-	__u64 ts_ns; /* offset 0: bpf_ktime_get_ns() at the last stage */
-	__u64 netns; /* offset 8: netns inode, taken at the first stage */
-	__u32 stage; /* offset 16: last stage seen */
-	__u32 pad;   /* offset 20 */
+	__u64 ts_ns;	   /* offset 0: bpf_ktime_get_ns() at the last stage */
+	__u64 netns;	   /* offset 8: netns inode, taken at the first stage */
+	__u32 stage;	   /* offset 16: last stage seen */
+	__u32 traced;	   /* offset 20: 1 when it becomes a journey */
+	__u64 stage_ts[4]; /* offset 24: when it reached stage i of its direction
+			    * (journeys only; 0 = not reached) */
 };
-_Static_assert(sizeof(struct pmoas_netstack_pkt) == 24, "pmoas_netstack_pkt layout");
+_Static_assert(sizeof(struct pmoas_netstack_pkt) == 56, "pmoas_netstack_pkt layout");
+
+/* A journey, sent through netstack_journeys when a traced packet reaches the
+ * last stage of its direction; user space makes it one trace. */
+struct pmoas_netstack_journey {
+	__u64 netns;	 /* offset 0 */
+	__u64 ts_ns[8];	 /* offset 8: by PMOAS_STAGE_*, 0 = not reached */
+	__u32 direction; /* offset 72: PMOAS_DIR_INGRESS or _EGRESS */
+	__u32 pad;	 /* offset 76 */
+};
+_Static_assert(sizeof(struct pmoas_netstack_journey) == 80, "pmoas_netstack_journey layout");
 
 /* Key of netstack_stages (value: struct pmoas_log2_hist). */
 struct pmoas_netstack_stage_key {

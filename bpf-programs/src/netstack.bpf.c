@@ -122,6 +122,15 @@ struct {
 	__type(value, __u8);
 } netstack_local_addrs SEC(".maps");
 
+/* Journeys of traced packets to user space (OTLP traces). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, PMOAS_NETSTACK_JOURNEY_RING_BYTES);
+} netstack_journeys SEC(".maps");
+/* A ring buffer names no value type: this puts the journey's layout into
+ * the object's BTF, where tests/contract.rs checks it against Rust. */
+struct pmoas_netstack_journey *netstack_journey_layout __attribute__((unused));
+
 static const struct pmoas_log2_hist zero_hist;
 static const __u64 zero_count;
 
@@ -250,13 +259,23 @@ static __always_inline void stage_add(__u64 netns, __u32 direction, __u32 stage,
 		pmoas_hist_add(h, ns);
 }
 
-/* Starts following a packet. An entry already there is a freed skb whose
- * address came back before we saw its last stage: replaced, and counted. */
+/* Starts following a packet (`from`: its send, for an egress packet). An
+ * entry already there is a freed skb whose address came back before we saw
+ * its last stage: replaced, and counted. */
 static __always_inline void track(__u64 skb, __u64 h, __u32 direction, __u64 netns, __u32 stage,
-				  __u64 now)
+				  __u64 now, const struct pmoas_netstack_pkt *from)
 {
 	struct pmoas_netstack_pkt_key key = { .skb = skb, .direction = direction };
 	struct pmoas_netstack_pkt v = { .ts_ns = now, .netns = netns, .stage = stage };
+
+	if (from) {
+		v.traced = from->traced;
+		__builtin_memcpy(v.stage_ts, from->stage_ts, sizeof(v.stage_ts));
+	} else {
+		v.traced = sampled(PMOAS_SAMPLER_TRACE);
+	}
+	if (v.traced)
+		v.stage_ts[stage & 3] = now;
 
 	if (bpf_map_update_elem(&netstack_packets, &key, &v, BPF_NOEXIST) == 0) {
 		count_stat(PMOAS_NETSTACK_STAT_TRACKED);
@@ -296,7 +315,31 @@ static __always_inline struct pmoas_netstack_pkt *reach(struct pmoas_netstack_pk
 	stage_add(p->netns, key->direction, stage, now - p->ts_ns);
 	p->ts_ns = now;
 	p->stage = stage;
+	if (p->traced)
+		p->stage_ts[stage & 3] = now;
 	return p;
+}
+
+/* A traced packet at its last stage: its journey goes to user space. */
+static __always_inline void journey_out(const struct pmoas_netstack_pkt *p, __u32 direction)
+{
+	struct pmoas_netstack_journey *j;
+
+	if (!p->traced)
+		return;
+	j = bpf_ringbuf_reserve(&netstack_journeys, sizeof(*j), 0);
+	if (!j) {
+		pmoas_count_lost(PMOAS_NETSTACK_LOST_JOURNEY_RING_FULL);
+		return;
+	}
+	__builtin_memset(j, 0, sizeof(*j));
+	j->netns = p->netns;
+	j->direction = direction;
+	if (direction == PMOAS_DIR_INGRESS)
+		__builtin_memcpy(&j->ts_ns[PMOAS_STAGE_DEVICE_RECEIVE], p->stage_ts, sizeof(p->stage_ts));
+	else
+		__builtin_memcpy(&j->ts_ns[PMOAS_STAGE_APP_SEND], p->stage_ts, sizeof(p->stage_ts));
+	bpf_ringbuf_submit(j, 0);
 }
 
 /* ---------------------------------------------------------------- ingress */
@@ -355,13 +398,15 @@ int BPF_PROG(netstack_rx, struct sk_buff *skb)
 		if (p && p->stage == PMOAS_STAGE_DEVICE_RECEIVE && now - p->ts_ns < RERECEIVE_NS) {
 			p->ts_ns = now;
 			p->netns = dev_netns(skb->dev);
+			if (p->traced)
+				p->stage_ts[0] = now;
 			return 0;
 		}
 	}
 	if (!sampled(PMOAS_SAMPLER_INGRESS) || !tcp_data_segment(skb))
 		return 0;
 	track(key.skb, h, PMOAS_DIR_INGRESS, dev_netns(skb->dev), PMOAS_STAGE_DEVICE_RECEIVE,
-	      bpf_ktime_get_ns());
+	      bpf_ktime_get_ns(), NULL);
 	return 0;
 }
 
@@ -435,9 +480,12 @@ int BPF_PROG(netstack_app_read, const struct sk_buff *skb, int len)
 	struct pmoas_netstack_pkt_key key = { .skb = (__u64)skb, .direction = PMOAS_DIR_INGRESS };
 
 	__u64 h = skb_hash_of(skb);
+	struct pmoas_netstack_pkt *p = reach(&key, h, PMOAS_STAGE_APP_READ);
 
-	if (reach(&key, h, PMOAS_STAGE_APP_READ))
+	if (p) {
+		journey_out(p, PMOAS_DIR_INGRESS);
 		untrack(&key, h);
+	}
 	return 0;
 }
 
@@ -461,6 +509,9 @@ int BPF_PROG(netstack_app_send, const struct sock *sk, const struct msghdr *msg,
 	v.ts_ns = bpf_ktime_get_ns();
 	v.netns = sock_netns(sk);
 	v.stage = PMOAS_STAGE_APP_SEND;
+	v.traced = sampled(PMOAS_SAMPLER_TRACE);
+	if (v.traced)
+		v.stage_ts[0] = v.ts_ns;
 	/* A send of this socket still on its way keeps its earlier time. */
 	err = bpf_map_update_elem(&netstack_sends, &key, &v, BPF_NOEXIST);
 	if (err == 0)
@@ -475,7 +526,7 @@ int BPF_PROG(netstack_app_send, const struct sock *sk, const struct msghdr *msg,
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(netstack_dev_queue, struct sk_buff *skb)
 {
-	struct pmoas_netstack_pkt *send;
+	struct pmoas_netstack_pkt *send, sent;
 	struct sock *owner = skb->sk;
 	__u64 now, netns, sk, h;
 
@@ -491,9 +542,10 @@ int BPF_PROG(netstack_dev_queue, struct sk_buff *skb)
 	now = bpf_ktime_get_ns();
 	netns = send->netns;
 	stage_add(netns, PMOAS_DIR_EGRESS, PMOAS_STAGE_DEV_QUEUE, now - send->ts_ns);
+	sent = *send;
 	bpf_map_delete_elem(&netstack_sends, &sk);
 	filter_clear(h, PMOAS_DIR_SEND, sk);
-	track((__u64)skb, skb_hash_of(skb), PMOAS_DIR_EGRESS, netns, PMOAS_STAGE_DEV_QUEUE, now);
+	track((__u64)skb, skb_hash_of(skb), PMOAS_DIR_EGRESS, netns, PMOAS_STAGE_DEV_QUEUE, now, &sent);
 	return 0;
 }
 
@@ -526,9 +578,12 @@ int BPF_PROG(netstack_dev_xmit, struct sk_buff *skb, int rc, struct net_device *
 	struct pmoas_netstack_pkt_key key = { .skb = (__u64)skb, .direction = PMOAS_DIR_EGRESS };
 
 	__u64 h = skb_hash_of(skb);
+	struct pmoas_netstack_pkt *p = reach(&key, h, PMOAS_STAGE_DEV_XMIT);
 
-	if (reach(&key, h, PMOAS_STAGE_DEV_XMIT))
+	if (p) {
+		journey_out(p, PMOAS_DIR_EGRESS);
 		untrack(&key, h);
+	}
 	return 0;
 }
 

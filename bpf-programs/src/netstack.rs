@@ -45,13 +45,14 @@ pub const STAGE_NAMES: [&str; 8] = [
 /// reason `i` (`PMOAS_NETSTACK_LOST_*`; slot 0 is pmoas_common.h's
 /// `PMOAS_LOST_AGGREGATION_MAP_FULL`). `packet_map_evicted` is not a slot:
 /// user space computes it (see the header).
-pub const LOST_REASONS: [&str; 6] = [
+pub const LOST_REASONS: [&str; 7] = [
     "aggregation_map_full",
     "packet_path_unseen",
     "connection_map_full",
     "pending_map_full",
     "local_addr_map_full",
     "send_map_full",
+    "journey_ring_full",
 ];
 pub const LOST_PACKET_PATH_UNSEEN_SLOT: usize = c::PMOAS_NETSTACK_LOST_PACKET_PATH_UNSEEN as usize;
 
@@ -61,6 +62,7 @@ pub const STAT_FINISHED: u32 = c::PMOAS_NETSTACK_STAT_FINISHED as u32;
 pub const SAMPLER_INGRESS: u32 = c::PMOAS_SAMPLER_INGRESS as u32;
 pub const SAMPLER_EGRESS: u32 = c::PMOAS_SAMPLER_EGRESS as u32;
 pub const SAMPLER_RTT: u32 = c::PMOAS_SAMPLER_RTT as u32;
+pub const SAMPLER_TRACE: u32 = c::PMOAS_SAMPLER_TRACE as u32;
 pub const SAMPLERS: u32 = c::PMOAS_SAMPLERS as u32;
 
 /// `struct pmoas_netstack_sampler`.
@@ -87,7 +89,31 @@ pub struct Pkt {
     pub ts_ns: u64,
     pub netns: u64,
     pub stage: u32,
+    pub traced: u32,
+    pub stage_ts: [u64; 4],
+}
+
+/// `struct pmoas_netstack_journey`: a traced packet's stage times.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Journey {
+    pub netns: u64,
+    pub ts_ns: [u64; 8],
+    pub direction: u32,
     pub pad: u32,
+}
+
+impl Journey {
+    /// A record read from the `netstack_journeys` ring buffer; `None` when
+    /// it is shorter than a journey.
+    pub fn from_bytes(b: &[u8]) -> Option<Journey> {
+        if b.len() < size_of::<Journey>() {
+            return None;
+        }
+        // SAFETY: `Journey` is plain data of that many bytes; any bit
+        // pattern is a valid value; read_unaligned needs no alignment.
+        Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<Journey>()) })
+    }
 }
 
 /// `struct pmoas_netstack_stage_key`.
@@ -126,11 +152,15 @@ const _: () = {
     assert!(offset_of!(PktKey, skb) == 0);
     assert!(offset_of!(PktKey, direction) == 8);
     assert!(offset_of!(PktKey, pad) == 12);
-    assert!(size_of::<Pkt>() == 24);
+    assert!(size_of::<Pkt>() == 56);
     assert!(offset_of!(Pkt, ts_ns) == 0);
     assert!(offset_of!(Pkt, netns) == 8);
     assert!(offset_of!(Pkt, stage) == 16);
-    assert!(offset_of!(Pkt, pad) == 20);
+    assert!(offset_of!(Pkt, traced) == 20);
+    assert!(offset_of!(Pkt, stage_ts) == 24);
+    assert!(size_of::<Journey>() == 80);
+    assert!(offset_of!(Journey, ts_ns) == 8);
+    assert!(offset_of!(Journey, direction) == 72);
     assert!(size_of::<StageKey>() == 16);
     assert!(offset_of!(StageKey, netns) == 0);
     assert!(offset_of!(StageKey, direction) == 8);
@@ -159,12 +189,13 @@ unsafe impl aya::Pod for StageKey {}
 unsafe impl aya::Pod for DropKey {}
 unsafe impl aya::Pod for RttKey {}
 
-/// Every mirrored struct of pmoas_netstack.h; `tests/netstack_contract.rs`
+/// Every mirrored struct of pmoas_netstack.h; `tests/contract.rs`
 /// compares them with the BTF of netstack.bpf.o, field by field.
 pub const LAYOUTS: &[crate::types::Layout] = &[
     crate::layout!("pmoas_netstack_sampler", Sampler, rate, tick),
     crate::layout!("pmoas_netstack_pkt_key", PktKey, skb, direction, pad),
-    crate::layout!("pmoas_netstack_pkt", Pkt, ts_ns, netns, stage, pad),
+    crate::layout!("pmoas_netstack_pkt", Pkt, ts_ns, netns, stage, traced, stage_ts),
+    crate::layout!("pmoas_netstack_journey", Journey, netns, ts_ns, direction, pad),
     crate::layout!("pmoas_netstack_stage_key", StageKey, netns, direction, stage),
     crate::layout!("pmoas_netstack_drop_key", DropKey, netns, reason, pad),
     crate::layout!("pmoas_netstack_rtt_key", RttKey, cgroup_id, peer_cgroup_id, peer_class, pad),

@@ -395,3 +395,105 @@ fn ebpf_cost_per_request_at_the_default_rate() {
     // What is checked is that nothing costs more than that measurement.
     assert!(share < 0.06, "netstack eBPF added {:.2}% to the request path's CPU", share * 100.0);
 }
+
+/// Journeys as traces: with `--otlp.endpoint`, followed packets become
+/// traces at the real OTLP receiver (built from the official
+/// opentelemetry-proto definitions), over gRPC and over HTTP/protobuf: a
+/// root span per packet and one span per stage, in path order, parented to
+/// the root, attributed to the pod whose network namespace it crossed. With
+/// the receiver gone the exporter keeps serving and counts what it loses.
+fn journeys_reach_the_receiver(test: &str, protocol: &str) {
+    let _one = serialize();
+    let Some(python) = pmoas_testbed::otlp_receiver::can_run(test) else { return };
+    let mut receiver = pmoas_testbed::otlp_receiver::Receiver::start(&python);
+    let port = if protocol == "grpc" { receiver.grpc } else { receiver.http };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let Some((pod, exp)) = setup(
+        test,
+        &[
+            "--collector.netstack.sample-rate",
+            "1",
+            "--collector.netstack.trace-sample-rate",
+            "20",
+            "--otlp.endpoint",
+            &endpoint,
+            "--otlp.protocol",
+            protocol,
+            "--otlp.batch-delay",
+            "100ms",
+        ],
+    ) else {
+        return;
+    };
+    let netns = std::fs::metadata(format!("/run/netns/{}", pod.state.netns))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .expect("the pod's netns");
+    wrk(&pod, 2, 2);
+    let spans = receiver.spans(200, Duration::from_secs(15));
+    assert!(!spans.is_empty(), "no span arrived over {protocol}:\n{}", exp.log_text());
+
+    // Group by trace; each trace is one packet's journey.
+    let mut traces: HashMap<String, Vec<&serde_json::Value>> = HashMap::new();
+    for s in &spans {
+        traces.entry(s["trace_id"].as_str().unwrap().to_string()).or_default().push(s);
+    }
+    let str_attr = |s: &serde_json::Value, k: &str| s["attributes"][k].as_str().map(str::to_string);
+    let mut ours = 0;
+    for (id, t) in &traces {
+        let roots: Vec<_> = t.iter().filter(|s| s["parent_span_id"].as_str().unwrap_or("").is_empty()).collect();
+        assert_eq!(roots.len(), 1, "trace {id}: one root: {t:?}");
+        let root = roots[0];
+        let direction = str_attr(root, "pmoas.direction").expect("pmoas.direction");
+        let path: &[&str] = if direction == "ingress" {
+            &["device_receive", "tcp_receive", "socket_queue", "app_read"]
+        } else {
+            &["app_send", "dev_queue", "dev_start_xmit", "dev_xmit"]
+        };
+        let mut stages: Vec<_> = t.iter().filter(|s| s["span_id"] != root["span_id"]).collect();
+        stages.sort_by_key(|s| (s["end_unix_nano"].as_u64(), s["start_unix_nano"].as_u64()));
+        for s in &stages {
+            assert_eq!(s["parent_span_id"], root["span_id"], "trace {id}: stages hang off the root");
+        }
+        let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
+        let order: Vec<usize> = names
+            .iter()
+            .map(|n| path.iter().position(|p| p == n).unwrap_or_else(|| panic!("{n} is no {direction} stage")))
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "trace {id}: stages out of path order: {names:?}");
+        assert!(names.len() >= 2, "trace {id}: {names:?}");
+        // The root spans its stages.
+        let first = stages.iter().map(|s| s["start_unix_nano"].as_u64().unwrap()).min().unwrap();
+        let last = stages.iter().map(|s| s["end_unix_nano"].as_u64().unwrap()).max().unwrap();
+        assert_eq!((root["start_unix_nano"].as_u64(), root["end_unix_nano"].as_u64()), (Some(first), Some(last)));
+        if root["attributes"]["pmoas.netns.inode"].as_i64() == Some(netns as i64) {
+            ours += 1;
+            assert_eq!(
+                str_attr(root, "k8s.pod.uid").or_else(|| root["resource"]["k8s.pod.uid"].as_str().map(str::to_string)),
+                Some(pod.state.uid.clone()),
+                "trace {id}: attributed to the pod: {root}"
+            );
+        }
+    }
+    assert!(ours > 0, "no journey through the pod's namespace {netns} among {} traces", traces.len());
+    let m = exp.scrape();
+    assert!(m.get("pmoas_otlp_spans_exported_total", &[]).unwrap_or(0.0) >= spans.len() as f64);
+
+    // The receiver goes; the exporter keeps serving and counts the loss.
+    receiver.stop();
+    wrk(&pod, 2, 1);
+    let m = exp.eventually("export failures counted", Duration::from_secs(30), |m| {
+        m.get("pmoas_otlp_spans_dropped_total", &[("reason", "export_failed")]).unwrap_or(0.0) > 0.0
+    });
+    assert_eq!(m.get("pmoas_scrape_collector_success", &[("collector", "netstack")]), Some(1.0));
+    assert_eq!(exp.get("/healthz").unwrap().0, 200);
+}
+
+#[test]
+fn journeys_reach_an_otlp_receiver_over_grpc() {
+    journeys_reach_the_receiver("journeys_reach_an_otlp_receiver_over_grpc", "grpc");
+}
+
+#[test]
+fn journeys_reach_an_otlp_receiver_over_http() {
+    journeys_reach_the_receiver("journeys_reach_an_otlp_receiver_over_http", "http/protobuf");
+}

@@ -5,113 +5,11 @@
 //! away and the pipeline must keep taking traces and count what it loses.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pmoas_otlp::{DropReason, OtlpConfig, Pipeline, Pod, Protocol, Span, SpanKind, Trace, attr, node_resource};
+use pmoas_testbed::otlp_receiver::{Receiver, can_run};
 use serde_json::Value;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// The venv's Python, if it has what the receiver imports; else why not.
-fn python() -> Result<PathBuf, String> {
-    let python = workspace().join("target/pmoas-venv/bin/python");
-    if !python.exists() {
-        return Err(format!("{} missing (scripts/install-deps.sh test)", python.display()));
-    }
-    let probe = Command::new(&python)
-        .args(["-c", "import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc"])
-        .output()
-        .map_err(|e| format!("{}: {e}", python.display()))?;
-    if !probe.status.success() {
-        return Err(format!(
-            "opentelemetry-proto/grpcio missing from target/pmoas-venv (scripts/install-deps.sh test): {}",
-            String::from_utf8_lossy(&probe.stderr).lines().last().unwrap_or("")
-        ));
-    }
-    Ok(python)
-}
-
-/// Like the exporter tests' `can_run`: skip loudly, or fail under
-/// PMOAS_REQUIRE_BPF (what CI sets), where a skipped test would hide a
-/// broken setup.
-fn can_run(test: &str) -> Option<PathBuf> {
-    match python() {
-        Ok(p) => Some(p),
-        Err(why) if std::env::var_os("PMOAS_REQUIRE_BPF").is_some_and(|v| v == "1") => {
-            panic!("{test}: PMOAS_REQUIRE_BPF is set but: {why}")
-        }
-        Err(why) => {
-            pmoas_testbed::report_skip(test, &why);
-            None
-        }
-    }
-}
-
-struct Receiver {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    grpc: u16,
-    http: u16,
-}
-
-impl Receiver {
-    fn start(python: &Path) -> Receiver {
-        let mut child = Command::new(python)
-            .arg(workspace().join("testbed/otlp_receiver.py"))
-            .args(["--grpc-port", "0", "--http-port", "0"])
-            // The receiver exits when this pipe closes, even if this test dies.
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start otlp_receiver.py");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let ready = lines.recv_timeout(Duration::from_secs(60)).expect("the receiver's ready line");
-        let ready: Value = serde_json::from_str(&ready).expect("ready line is JSON");
-        let port = |k: &str| ready["ready"][k].as_u64().and_then(|p| u16::try_from(p).ok()).expect("a port");
-        let (grpc, http) = (port("grpc"), port("http"));
-        Receiver { child, lines, grpc, http }
-    }
-
-    /// `n` span lines, or whatever arrived by the deadline.
-    fn spans(&self, n: usize, within: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + within;
-        let mut out = Vec::new();
-        while out.len() < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => out.push(serde_json::from_str(&line).expect("span line is JSON")),
-                Err(_) => break,
-            }
-        }
-        out
-    }
-
-    fn stop(&mut self) {
-        // Only the process this test started, by its handle.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn pod(i: usize) -> Pod {
     Pod {

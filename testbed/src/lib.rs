@@ -25,6 +25,7 @@ pub mod fake_kube;
 pub mod lite;
 pub mod load;
 pub mod net;
+pub mod otlp_receiver;
 pub mod podman;
 pub mod procs;
 pub mod traffic;

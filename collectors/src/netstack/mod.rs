@@ -12,12 +12,14 @@
 //! cannot see: docs/netstack.md.
 
 pub mod btf;
+pub mod journey;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
 use pmoas_bpf::netstack::{self as n, DropKey, Pkt, PktKey, RttKey, Sampler, StageKey};
 use pmoas_bpf::types::{self as t, Log2Hist};
 use pmoas_discovery::{Discovery, Workload, netns};
@@ -65,6 +67,13 @@ const UNKNOWN_NETNS_TTL: Duration = Duration::from_secs(600);
 /// hook (docs/netstack.md has the measurement).
 pub const DEFAULT_SAMPLE_RATE: u32 = 64;
 
+/// 1 in 6,400 packets (1 in 100 followed ones at the default sampling):
+/// ~15 traces/s at the ~100k packets/s seen through Envoy here.
+pub const DEFAULT_TRACE_SAMPLE_RATE: u32 = 6400;
+
+/// How often the journeys' ring buffer is drained.
+const JOURNEY_DRAIN: Duration = Duration::from_millis(100);
+
 /// Settings of the netstack collector (`[collector.netstack]`).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -83,6 +92,10 @@ pub struct NetstackConfig {
     /// (namespace, direction, stage), (namespace, reason) and (workload,
     /// peer) series in the kernel's maps.
     pub max_series: u32,
+    /// With `--otlp.endpoint`: 1 in this many packets becomes a trace (its
+    /// journey, a span per stage). Taken from the followed packets, so at
+    /// most every followed one (`sample_rate`).
+    pub trace_sample_rate: u32,
 }
 
 impl Default for NetstackConfig {
@@ -92,6 +105,7 @@ impl Default for NetstackConfig {
             sample_rate: DEFAULT_SAMPLE_RATE,
             max_tracked_packets: n::PACKET_MAP_SIZE,
             max_series: n::STAGE_MAP_SIZE,
+            trace_sample_rate: DEFAULT_TRACE_SAMPLE_RATE,
         }
     }
 }
@@ -118,6 +132,12 @@ pub const SETTINGS: &[Setting] = &[
         64,
         setting::MAX_MAP_ENTRIES,
         "(namespace, stage), (namespace, drop reason) and (workload, peer) series in the kernel's maps",
+    ),
+    Setting::count(
+        "collector.netstack.trace_sample_rate",
+        1,
+        1 << 30,
+        "With --otlp.endpoint, 1 in N packets becomes a trace (a span per stage); taken from the followed packets, so at most 1 in sample-rate",
     ),
 ];
 
@@ -314,6 +334,75 @@ pub struct NetstackCollector {
     inner: Mutex<Inner>,
     kernel: Kernel,
     discovery: Arc<Discovery>,
+    /// Set to stop the journey thread (with OTLP only).
+    journeys: Option<Arc<AtomicBool>>,
+}
+
+impl Drop for NetstackCollector {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.journeys {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Drains the journeys' ring buffer into the OTLP pipeline until `stop`:
+/// each journey one trace, attributed to the pod whose network namespace
+/// it crossed (the node's own namespace: no pod).
+fn spawn_journeys(
+    mut ring: RingBuf<MapData>,
+    discovery: Arc<Discovery>,
+    otlp: Arc<pmoas_otlp::Pipeline>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name("netstack-journeys".into()).spawn(move || {
+        let mut pods: HashMap<u64, PodNetns> = HashMap::new();
+        let mut named: Option<Instant> = None;
+        while !stop.load(Ordering::Relaxed) {
+            let clock = journey::Clock::now();
+            let mut batch = Vec::new();
+            while let Some(item) = ring.next() {
+                batch.extend(n::Journey::from_bytes(&item));
+            }
+            let stale = named.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
+            let unknown = batch.iter().any(|j| !pods.contains_key(&j.netns));
+            if !batch.is_empty() && (stale || (unknown && named.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))))
+            {
+                name_pods(&discovery, &mut pods);
+                named = Some(Instant::now());
+            }
+            for j in &batch {
+                let pod = pods.get(&j.netns).map(|p| pmoas_otlp::Pod {
+                    namespace: p.namespace.clone(),
+                    name: p.pod.clone(),
+                    uid: p.uid.clone(),
+                    container: None,
+                });
+                if let Some(trace) = journey::to_trace(j, pod, &clock) {
+                    otlp.submit(trace);
+                }
+            }
+            std::thread::sleep(JOURNEY_DRAIN);
+        }
+    })?;
+    Ok(())
+}
+
+/// Names each live pod's network namespace through one of its processes;
+/// pods gone past the grace period leave.
+fn name_pods(discovery: &Discovery, pods: &mut HashMap<u64, PodNetns>) {
+    let procfs = discovery.procfs();
+    let mut known: HashMap<String, (String, String)> = HashMap::new();
+    for k in discovery.cgroups() {
+        if let Some(uid) = &k.workload.pod_uid {
+            known.entry(uid.clone()).or_insert_with(|| (k.workload.namespace.clone(), k.workload.pod.clone()));
+        }
+    }
+    for (uid, pid) in discovery.pod_pids() {
+        let (Ok(ns), Some((namespace, pod))) = (netns::inode(procfs, pid), known.get(&uid)) else { continue };
+        pods.insert(ns, PodNetns { uid, namespace: namespace.clone(), pod: pod.clone() });
+    }
+    pods.retain(|_, p| known.contains_key(&p.uid));
 }
 
 impl NetstackCollector {
@@ -330,11 +419,23 @@ impl NetstackCollector {
         let fail = |message: String| BuildError::Failed { message, programs: kernel.programs().to_vec() };
         let mut sampler: PerCpuArray<MapData, Sampler> = kernel.take_map("netstack_sampler")?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| fail(format!("netstack: {what}: {e}")))?;
+        // The trace sampler ticks on followed packets only; 0 traces none.
+        let trace_rate = if ctx.otlp.is_enabled() { (cfg.trace_sample_rate / cfg.sample_rate).max(1) } else { 0 };
         for slot in 0..n::SAMPLERS {
-            let values = PerCpuValues::try_from(vec![Sampler { rate: cfg.sample_rate, tick: 0 }; cpus])
+            let rate = if slot == n::SAMPLER_TRACE { trace_rate } else { cfg.sample_rate };
+            let values = PerCpuValues::try_from(vec![Sampler { rate, tick: 0 }; cpus])
                 .map_err(|e| fail(format!("netstack sampler: {e}")))?;
             sampler.set(slot, values, 0).map_err(|e| fail(format!("setting the netstack sample rate: {e}")))?;
         }
+        let journeys = if trace_rate > 0 {
+            let ring = kernel.take_map("netstack_journeys")?;
+            let stop = Arc::new(AtomicBool::new(false));
+            spawn_journeys(ring, ctx.discovery.clone(), ctx.otlp.clone(), stop.clone())
+                .map_err(|e| fail(format!("starting the netstack journey thread: {e}")))?;
+            Some(stop)
+        } else {
+            None
+        };
         // Without names the drops are still counted, as UNKNOWN_<n>.
         let reasons = btf::drop_reasons().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "drop reasons cannot be named; they are exported as UNKNOWN_<number>");
@@ -352,7 +453,7 @@ impl NetstackCollector {
             remembered: HashMap::new(),
             evicted: 0,
         };
-        Ok(NetstackCollector { inner: Mutex::new(inner), kernel, discovery: ctx.discovery.clone() })
+        Ok(NetstackCollector { inner: Mutex::new(inner), kernel, discovery: ctx.discovery.clone(), journeys })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -372,21 +473,8 @@ impl Collector for NetstackCollector {
 }
 
 impl Inner {
-    /// Names each live pod's network namespace through one of its
-    /// processes; pods gone past the grace period leave.
     fn refresh_pods(&mut self, discovery: &Discovery) {
-        let procfs = discovery.procfs();
-        let mut known: HashMap<String, (String, String)> = HashMap::new();
-        for k in discovery.cgroups() {
-            if let Some(uid) = &k.workload.pod_uid {
-                known.entry(uid.clone()).or_insert_with(|| (k.workload.namespace.clone(), k.workload.pod.clone()));
-            }
-        }
-        for (uid, pid) in discovery.pod_pids() {
-            let (Ok(ns), Some((namespace, pod))) = (netns::inode(procfs, pid), known.get(&uid)) else { continue };
-            self.pods.insert(ns, PodNetns { uid, namespace: namespace.clone(), pod: pod.clone() });
-        }
-        self.pods.retain(|_, p| known.contains_key(&p.uid));
+        name_pods(discovery, &mut self.pods);
     }
 
     /// A lower bound of the LRU's evictions: tracked entries that neither a
