@@ -28,16 +28,28 @@ fn stderr(out: &std::process::Output) -> String {
 }
 
 /// The flags `--help` shows with a `[range: LO..=HI]`, with their lower end.
+/// An entry starts on a line that begins with `--` (help texts may name
+/// other flags mid-sentence) and runs to the next one.
 fn bounded_flags() -> Vec<(String, String)> {
-    let help = String::from_utf8_lossy(&run(&["--help"]).stdout).split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut out = Vec::new();
-    for chunk in help.split(" --").skip(1) {
-        let flag = format!("--{}", chunk.split_whitespace().next().unwrap_or(""));
-        if let Some(range) = chunk.split("[range: ").nth(1).and_then(|r| r.split(']').next()) {
-            out.push((flag, range.split("..=").next().unwrap().to_string()));
+    let help = String::from_utf8_lossy(&run(&["--help"]).stdout).into_owned();
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let t = line.trim_start();
+        if t.starts_with("--") {
+            let flag = t.split([' ', ',']).next().unwrap_or("").to_string();
+            entries.push((flag, t.to_string()));
+        } else if let Some((_, text)) = entries.last_mut() {
+            text.push(' ');
+            text.push_str(t);
         }
     }
-    out
+    entries
+        .into_iter()
+        .filter_map(|(flag, text)| {
+            let range = text.split("[range: ").nth(1)?.split(']').next()?.trim().to_string();
+            Some((flag, range.split("..=").next()?.trim().to_string()))
+        })
+        .collect()
 }
 
 /// Class: a zero or out-of-range setting that the validator let through
