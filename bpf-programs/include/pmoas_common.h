@@ -165,4 +165,45 @@ static __always_inline bool pmoas_addr_is_loopback(const __u8 a[16])
 	       a[14] == 0 && a[15] == 1;
 }
 
+/* The inode of the network namespace a socket lives in. */
+static __always_inline __u64 pmoas_sock_netns(const struct sock *sk)
+{
+	return sk->__sk_common.skc_net.net->ns.inum;
+}
+
+/* A socket's local and remote addresses, 16 bytes each. */
+static __always_inline void pmoas_sock_addrs(const struct sock *sk, __u8 saddr[16], __u8 daddr[16])
+{
+	if (sk->__sk_common.skc_family == AF_INET) {
+		pmoas_addr_from_v4(saddr, sk->__sk_common.skc_rcv_saddr);
+		pmoas_addr_from_v4(daddr, sk->__sk_common.skc_daddr);
+	} else {
+		__builtin_memcpy(saddr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(daddr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+	}
+}
+
+/* The client endpoint key, as the server end will build it: loopback
+ * addresses repeat in every network namespace, so they carry it. */
+static __always_inline void pmoas_endpoint_key(struct pmoas_endpoint_key *k, const struct sock *sk,
+					       const __u8 addr[16], __u16 port)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	__builtin_memcpy(k->addr, addr, 16);
+	k->port = port;
+	if (pmoas_addr_is_loopback(addr))
+		k->netns = pmoas_sock_netns(sk);
+}
+
+/* Peer class of an address when the peer's socket is not known;
+ * `local_addrs` is the object's map of this node's addresses. */
+static __always_inline __u8 pmoas_classify_addr(void *local_addrs, const __u8 addr[16])
+{
+	if (pmoas_addr_is_loopback(addr))
+		return PMOAS_PEER_SAME_NETNS;
+	if (bpf_map_lookup_elem(local_addrs, addr))
+		return PMOAS_PEER_NODE;
+	return PMOAS_PEER_REMOTE;
+}
+
 #endif /* PMOAS_COMMON_H */

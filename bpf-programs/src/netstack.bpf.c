@@ -161,10 +161,6 @@ static __always_inline __u64 dev_netns(const struct net_device *dev)
 	return dev ? dev->nd_net.net->ns.inum : 0;
 }
 
-static __always_inline __u64 sock_netns(const struct sock *sk)
-{
-	return sk->__sk_common.skc_net.net->ns.inum;
-}
 
 /*
  * The filter: slot chosen by a number that identifies the object well
@@ -507,7 +503,7 @@ int BPF_PROG(netstack_app_send, const struct sock *sk, const struct msghdr *msg,
 		return 0;
 	key = (__u64)sk;
 	v.ts_ns = bpf_ktime_get_ns();
-	v.netns = sock_netns(sk);
+	v.netns = pmoas_sock_netns(sk);
 	v.stage = PMOAS_STAGE_APP_SEND;
 	v.traced = sampled(PMOAS_SAMPLER_TRACE);
 	if (v.traced)
@@ -607,7 +603,7 @@ int BPF_PROG(netstack_drop, struct sk_buff *skb, void *location, enum skb_drop_r
 	if (dev)
 		key.netns = dev_netns(dev);
 	else if (sk)
-		key.netns = sock_netns(sk);
+		key.netns = pmoas_sock_netns(sk);
 	n = pmoas_lookup_or_init(&netstack_drops, &key, &zero_count);
 	if (n)
 		__sync_fetch_and_add(n, 1);
@@ -621,26 +617,6 @@ int BPF_PROG(netstack_drop, struct sk_buff *skb, void *location, enum skb_drop_r
 }
 
 /* -------------------------------------------------------------------- RTT */
-
-static __always_inline void read_addrs(const struct sock *sk, __u8 saddr[16], __u8 daddr[16])
-{
-	if (sk->__sk_common.skc_family == AF_INET) {
-		pmoas_addr_from_v4(saddr, sk->__sk_common.skc_rcv_saddr);
-		pmoas_addr_from_v4(daddr, sk->__sk_common.skc_daddr);
-	} else {
-		__builtin_memcpy(saddr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
-		__builtin_memcpy(daddr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
-	}
-}
-
-static __always_inline __u8 classify_addr(const __u8 addr[16])
-{
-	if (pmoas_addr_is_loopback(addr))
-		return PMOAS_PEER_SAME_NETNS;
-	if (bpf_map_lookup_elem(&netstack_local_addrs, addr))
-		return PMOAS_PEER_NODE;
-	return PMOAS_PEER_REMOTE;
-}
 
 static __always_inline void rtt_sample(struct sock *sk)
 {
@@ -668,22 +644,12 @@ static __always_inline void rtt_sample(struct sock *sk)
 		/* Opened before we attached, or not matched. */
 		__u8 saddr[16], daddr[16];
 
-		read_addrs(sk, saddr, daddr);
-		key.peer_class = classify_addr(daddr);
+		pmoas_sock_addrs(sk, saddr, daddr);
+		key.peer_class = pmoas_classify_addr(&netstack_local_addrs, daddr);
 	}
 	h = pmoas_lookup_or_init(&netstack_rtt, &key, &zero_hist);
 	if (h)
 		pmoas_hist_add(h, (__u64)srtt * 1000);
-}
-
-static __always_inline void endpoint_key(struct pmoas_endpoint_key *k, const struct sock *sk,
-					 const __u8 addr[16], __u16 port)
-{
-	__builtin_memset(k, 0, sizeof(*k));
-	__builtin_memcpy(k->addr, addr, 16);
-	k->port = port;
-	if (pmoas_addr_is_loopback(addr))
-		k->netns = sock_netns(sk);
 }
 
 static __always_inline void set_conn(__u64 sk, __u8 peer_class, __u64 peer_cgroup_id)
@@ -712,7 +678,7 @@ int BPF_PROG(netstack_state, const struct sock *sk, const int oldstate, const in
 	if (sk->sk_protocol != IPPROTO_TCP ||
 	    (sk->__sk_common.skc_family != AF_INET && sk->__sk_common.skc_family != AF_INET6))
 		return 0;
-	read_addrs(sk, saddr, daddr);
+	pmoas_sock_addrs(sk, saddr, daddr);
 	sport = sk->__sk_common.skc_num;
 	dport = bpf_ntohs(sk->__sk_common.skc_dport);
 
@@ -720,7 +686,7 @@ int BPF_PROG(netstack_state, const struct sock *sk, const int oldstate, const in
 		bpf_map_delete_elem(&netstack_conns, &key);
 		if (bpf_map_delete_elem(&netstack_sends, &key) == 0)
 			filter_clear(sk_hash_of(sk), PMOAS_DIR_SEND, key);
-		endpoint_key(&ek, sk, saddr, sport);
+		pmoas_endpoint_key(&ek, sk, saddr, sport);
 		bpf_map_delete_elem(&netstack_pending, &ek);
 		return 0;
 	}
@@ -732,14 +698,14 @@ int BPF_PROG(netstack_state, const struct sock *sk, const int oldstate, const in
 	if (oldstate == TCP_SYN_SENT) {
 		struct pmoas_netstack_client client = { .sk = key, .cgroup_id = pmoas_sock_cgroup_id(sk) };
 
-		set_conn(key, classify_addr(daddr), 0);
-		endpoint_key(&ek, sk, saddr, sport);
+		set_conn(key, pmoas_classify_addr(&netstack_local_addrs, daddr), 0);
+		pmoas_endpoint_key(&ek, sk, saddr, sport);
 		if (bpf_map_update_elem(&netstack_pending, &ek, &client, BPF_ANY) == -E2BIG)
 			pmoas_count_lost(PMOAS_NETSTACK_LOST_PENDING_MAP_FULL);
 	} else {
 		struct pmoas_netstack_client *client;
 
-		endpoint_key(&ek, sk, daddr, dport);
+		pmoas_endpoint_key(&ek, sk, daddr, dport);
 		client = bpf_map_lookup_elem(&netstack_pending, &ek);
 		if (client) {
 			__u64 client_sk = client->sk;
@@ -748,7 +714,7 @@ int BPF_PROG(netstack_state, const struct sock *sk, const int oldstate, const in
 			set_conn(client_sk, PMOAS_PEER_CGROUP, pmoas_sock_cgroup_id(sk));
 			bpf_map_delete_elem(&netstack_pending, &ek);
 		} else {
-			set_conn(key, classify_addr(daddr), 0);
+			set_conn(key, pmoas_classify_addr(&netstack_local_addrs, daddr), 0);
 		}
 	}
 	return 0;

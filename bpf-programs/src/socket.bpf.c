@@ -85,41 +85,9 @@ static __always_inline bool is_tcp(const struct sock *sk)
 
 static __always_inline void read_tuple(const struct sock *sk, struct tuple *t)
 {
-	if (sk->__sk_common.skc_family == AF_INET) {
-		pmoas_addr_from_v4(t->saddr, sk->__sk_common.skc_rcv_saddr);
-		pmoas_addr_from_v4(t->daddr, sk->__sk_common.skc_daddr);
-	} else {
-		__builtin_memcpy(t->saddr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
-		__builtin_memcpy(t->daddr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
-	}
+	pmoas_sock_addrs(sk, t->saddr, t->daddr);
 	t->sport = sk->__sk_common.skc_num;
 	t->dport = bpf_ntohs(sk->__sk_common.skc_dport);
-}
-
-static __always_inline __u64 sock_netns(const struct sock *sk)
-{
-	return sk->__sk_common.skc_net.net->ns.inum;
-}
-
-/* The client endpoint key, as the server end will build it. */
-static __always_inline void endpoint_key(struct pmoas_endpoint_key *k, const struct sock *sk,
-					 const __u8 addr[16], __u16 port)
-{
-	__builtin_memset(k, 0, sizeof(*k));
-	__builtin_memcpy(k->addr, addr, 16);
-	k->port = port;
-	if (pmoas_addr_is_loopback(addr))
-		k->netns = sock_netns(sk);
-}
-
-/* Peer class of an address when the peer's socket is not known. */
-static __always_inline __u8 classify_addr(const __u8 addr[16])
-{
-	if (pmoas_addr_is_loopback(addr))
-		return PMOAS_PEER_SAME_NETNS;
-	if (bpf_map_lookup_elem(&local_addrs, addr))
-		return PMOAS_PEER_NODE;
-	return PMOAS_PEER_REMOTE;
 }
 
 /* Every established socket tells us one address of this node. */
@@ -226,11 +194,11 @@ static __always_inline void on_active_established(const struct sock *sk, __u64 n
 	/* Leave our endpoint for the server end, even when we count the
 	 * connect as remote now: an iptables REDIRECT may still land it on a
 	 * local listener, which then learns its peer from us. */
-	endpoint_key(&ek, sk, t.saddr, t.sport);
+	pmoas_endpoint_key(&ek, sk, t.saddr, t.sport);
 	if (bpf_map_update_elem(&socket_pending, &ek, &key, BPF_ANY) == -E2BIG)
 		pmoas_count_lost(PMOAS_LOST_PENDING_MAP_FULL);
 
-	peer_class = classify_addr(t.daddr);
+	peer_class = pmoas_classify_addr(&local_addrs, t.daddr);
 	if (peer_class == PMOAS_PEER_REMOTE)
 		count_connect(c, PMOAS_PEER_REMOTE, 0);
 	/* else: the server end (or our own close) counts it. */
@@ -255,7 +223,7 @@ static __always_inline void on_passive_established(const struct sock *sk, __u64 
 	c.established_ns = now;
 	c.flags = PMOAS_CONN_ESTABLISHED | PMOAS_CONN_COUNTED;
 
-	endpoint_key(&ek, sk, t.daddr, t.dport);
+	pmoas_endpoint_key(&ek, sk, t.daddr, t.dport);
 	client_sk = bpf_map_lookup_elem(&socket_pending, &ek);
 	if (client_sk) {
 		__u64 client_key = *client_sk;
@@ -270,7 +238,7 @@ static __always_inline void on_passive_established(const struct sock *sk, __u64 
 		bpf_map_delete_elem(&socket_pending, &ek);
 	}
 	if (c.peer_class != PMOAS_PEER_CGROUP)
-		c.peer_class = classify_addr(t.daddr);
+		c.peer_class = pmoas_classify_addr(&local_addrs, t.daddr);
 
 	if (bpf_map_update_elem(&socket_conns, &key, &c, BPF_ANY) == -E2BIG)
 		pmoas_count_lost(PMOAS_LOST_CONNECTION_MAP_FULL);
@@ -296,7 +264,7 @@ static __always_inline void on_connect_failed(const struct sock *sk)
 	if (c)
 		cgroup_id = c->cgroup_id;
 	read_tuple(sk, &t);
-	cnt = counters_for(cgroup_id, classify_addr(t.daddr), 0);
+	cnt = counters_for(cgroup_id, pmoas_classify_addr(&local_addrs, t.daddr), 0);
 	if (cnt)
 		__sync_fetch_and_add(&cnt->connect_failures, 1);
 	if (c)
@@ -360,8 +328,8 @@ static __always_inline void on_closed(const struct sock *sk, __u64 now, int olds
 		/* Never matched by a server end on this node: count it now if
 		 * that has not happened (remote ones were counted at once). */
 		if (!(c->flags & PMOAS_CONN_COUNTED))
-			count_connect(c, classify_addr(t.daddr), 0);
-		endpoint_key(&ek, sk, t.saddr, t.sport);
+			count_connect(c, pmoas_classify_addr(&local_addrs, t.daddr), 0);
+		pmoas_endpoint_key(&ek, sk, t.saddr, t.sport);
 		bpf_map_delete_elem(&socket_pending, &ek);
 	}
 
