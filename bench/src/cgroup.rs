@@ -244,12 +244,16 @@ fn skb_attached(body: &str) -> f64 {
 }
 
 fn window(pod: &Pod, o: &Opts, arm: Arm) -> Result<Window> {
+    let done = |l: LoadWindow, skb: (f64, f64)| Window {
+        wrk: l.wrk,
+        wall: l.wall,
+        exporter_cpu: l.exporter_cpu,
+        skb_runs: skb.1,
+        skb_ns: skb.0,
+        busy: l.busy,
+    };
     if arm == Arm::None {
-        let (busy0, t0) = (machine_busy(), Instant::now());
-        let w = wrk(pod, o, o.seconds, Connections::KeepAlive, || {})?;
-        let wall = t0.elapsed().as_secs_f64();
-        let busy = machine_busy() - busy0;
-        return Ok(Window { wrk: w, wall, exporter_cpu: 0.0, skb_runs: 0.0, skb_ns: 0.0, busy });
+        return Ok(done(load_window(pod, o, None, LOAD_SCRAPE)?, (0.0, 0.0)));
     }
     let mut args = vec!["--collectors", "cgroup"];
     if arm == Arm::NoSkb {
@@ -268,22 +272,10 @@ fn window(pod: &Pod, o: &Opts, arm: Arm) -> Result<Window> {
         skb_attached(&before)
     );
     let _stats = BpfStats::on();
-    let (_, before) = http_get(e.get().addr, "/metrics")?;
-    let (ns0, runs0) = bpf_totals(&before, &SKB);
-    let (cpu0, busy0, t0) = (e.get().cpu_seconds(), machine_busy(), Instant::now());
-    let mut last = Instant::now();
-    let w = wrk(pod, o, o.seconds, Connections::KeepAlive, || {
-        if last.elapsed() >= LOAD_SCRAPE {
-            let _ = http_get(e.get().addr, "/metrics");
-            last = Instant::now();
-        }
-    })?;
-    let wall = t0.elapsed().as_secs_f64();
-    let cpu = e.get().cpu_seconds() - cpu0;
-    let (_, after) = http_get(e.get().addr, "/metrics")?;
-    let (ns1, runs1) = bpf_totals(&after, &SKB);
-    let busy = machine_busy() - busy0;
-    Ok(Window { wrk: w, wall, exporter_cpu: cpu / wall * 100.0, skb_runs: runs1 - runs0, skb_ns: ns1 - ns0, busy })
+    let l = load_window(pod, o, Some(e.get()), LOAD_SCRAPE)?;
+    let (ns0, runs0) = bpf_totals(&l.before, &SKB);
+    let (ns1, runs1) = bpf_totals(&l.after, &SKB);
+    Ok(done(l, (ns1 - ns0, runs1 - runs0)))
 }
 
 fn throughput(o: &Opts) -> Result<Rounds> {

@@ -302,3 +302,49 @@ pub fn spread(v: &[f64]) -> (f64, f64) {
     let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len().max(2) - 1) as f64).sqrt();
     ((percentile(v, 1.0) - percentile(v, 0.0)) / 2.0 / m * 100.0, sd / m * 100.0)
 }
+
+/// One wrk window of keep-alive requests through the pod's sidecar, with
+/// an exporter scraped every `scrape` meanwhile (or none): what the
+/// benchmarks of per-packet costs compare arm by arm.
+pub struct LoadWindow {
+    pub wrk: Wrk,
+    pub wall: f64,
+    /// CPU time the whole machine was busy (all CPUs, seconds).
+    pub busy: f64,
+    /// The exporter's own CPU, % of a core.
+    pub exporter_cpu: f64,
+    /// The metrics page just before and just after the load.
+    pub before: String,
+    pub after: String,
+}
+
+pub fn load_window(
+    pod: &pmoas_testbed::Pod,
+    o: &crate::Opts,
+    e: Option<&Exporter>,
+    scrape: Duration,
+) -> Result<LoadWindow> {
+    let page = |e: Option<&Exporter>| -> Result<String> {
+        Ok(match e {
+            Some(e) => http_get(e.addr, "/metrics")?.1,
+            None => String::new(),
+        })
+    };
+    let before = page(e)?;
+    let cpu0 = e.map_or(0.0, Exporter::cpu_seconds);
+    let (busy0, t0) = (machine_busy(), Instant::now());
+    let mut last = Instant::now();
+    let w = wrk(pod, o, o.seconds, Connections::KeepAlive, || {
+        if let Some(e) = e
+            && last.elapsed() >= scrape
+        {
+            let _ = http_get(e.addr, "/metrics");
+            last = Instant::now();
+        }
+    })?;
+    let wall = t0.elapsed().as_secs_f64();
+    let busy = machine_busy() - busy0;
+    let exporter_cpu = (e.map_or(0.0, Exporter::cpu_seconds) - cpu0) / wall * 100.0;
+    let after = page(e)?;
+    Ok(LoadWindow { wrk: w, wall, busy, exporter_cpu, before, after })
+}

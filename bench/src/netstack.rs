@@ -8,7 +8,7 @@
 //! RSS, and the lost events.
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use pmoas_testbed::{Pod, PodOptions};
@@ -69,21 +69,18 @@ impl Window {
 }
 
 fn window(pod: &Pod, o: &Opts, arm: Arm, default_rate: &mut String) -> Result<Window> {
+    let done = |l: LoadWindow, bpf: (f64, f64), lost: f64, rss_mib: f64| Window {
+        wrk: l.wrk,
+        wall: l.wall,
+        busy: l.busy,
+        exporter_cpu: l.exporter_cpu,
+        bpf_runs: bpf.1,
+        bpf_ns: bpf.0,
+        lost,
+        rss_mib,
+    };
     if arm == Arm::None {
-        let (busy0, t0) = (machine_busy(), Instant::now());
-        let w = wrk(pod, o, o.seconds, Connections::KeepAlive, || {})?;
-        let wall = t0.elapsed().as_secs_f64();
-        let busy = machine_busy() - busy0;
-        return Ok(Window {
-            wrk: w,
-            wall,
-            busy,
-            exporter_cpu: 0.0,
-            bpf_runs: 0.0,
-            bpf_ns: 0.0,
-            lost: 0.0,
-            rss_mib: 0.0,
-        });
+        return Ok(done(load_window(pod, o, None, LOAD_SCRAPE)?, (0.0, 0.0), 0.0, 0.0));
     }
     let mut args = vec!["--collectors", "netstack"];
     if arm == Arm::Every {
@@ -94,49 +91,35 @@ fn window(pod: &Pod, o: &Opts, arm: Arm, default_rate: &mut String) -> Result<Wi
     })?;
     let e = Running(Some(e));
     let _stats = BpfStats::on();
-    let (_, before) = http_get(e.get().addr, "/metrics")?;
+    let (_, page) = http_get(e.get().addr, "/metrics")?;
     ensure!(
-        metric(&before, "pmoas_ebpf_program_attached", &NETSTACK) >= 4.0,
+        metric(&page, "pmoas_ebpf_program_attached", &NETSTACK) >= 4.0,
         "{}: the netstack programs are not attached",
         arm.name()
     );
     if arm == Arm::Default && default_rate.is_empty() {
-        let help = std::process::Command::new(&o.exporter).arg("--help").output()?;
-        let help = String::from_utf8_lossy(&help.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
-        *default_rate = help
-            .split("--collector.netstack.sample-rate")
-            .nth(1)
-            .and_then(|r| r.split("[default: ").nth(1))
-            .and_then(|r| r.split(']').next())
-            .unwrap_or("?")
-            .to_string();
+        *default_rate = help_default(&o.exporter, "--collector.netstack.sample-rate")?;
     }
-    let (ns0, runs0) = bpf_totals(&before, &NETSTACK);
-    let lost0 = metric(&before, "pmoas_ebpf_events_lost_total", &NETSTACK);
-    let (cpu0, busy0, t0) = (e.get().cpu_seconds(), machine_busy(), Instant::now());
-    let mut last = Instant::now();
-    let w = wrk(pod, o, o.seconds, Connections::KeepAlive, || {
-        if last.elapsed() >= LOAD_SCRAPE {
-            let _ = http_get(e.get().addr, "/metrics");
-            last = Instant::now();
-        }
-    })?;
-    let wall = t0.elapsed().as_secs_f64();
-    let busy = machine_busy() - busy0;
-    let cpu = e.get().cpu_seconds() - cpu0;
-    let (_, after) = http_get(e.get().addr, "/metrics")?;
-    let (ns1, runs1) = bpf_totals(&after, &NETSTACK);
-    let lost = metric(&after, "pmoas_ebpf_events_lost_total", &NETSTACK) - lost0;
-    Ok(Window {
-        wrk: w,
-        wall,
-        busy,
-        exporter_cpu: cpu / wall * 100.0,
-        bpf_runs: runs1 - runs0,
-        bpf_ns: ns1 - ns0,
-        lost,
-        rss_mib: e.get().rss_mib().0,
-    })
+    let l = load_window(pod, o, Some(e.get()), LOAD_SCRAPE)?;
+    let (ns0, runs0) = bpf_totals(&l.before, &NETSTACK);
+    let (ns1, runs1) = bpf_totals(&l.after, &NETSTACK);
+    let lost = metric(&l.after, "pmoas_ebpf_events_lost_total", &NETSTACK)
+        - metric(&l.before, "pmoas_ebpf_events_lost_total", &NETSTACK);
+    let rss = e.get().rss_mib().0;
+    Ok(done(l, (ns1 - ns0, runs1 - runs0), lost, rss))
+}
+
+/// The `[default: ...]` of `flag` in the measured binary's `--help`.
+fn help_default(exporter: &std::path::Path, flag: &str) -> Result<String> {
+    let help = std::process::Command::new(exporter).arg("--help").output()?;
+    let help = String::from_utf8_lossy(&help.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    Ok(help
+        .split(flag)
+        .nth(1)
+        .and_then(|r| r.split("[default: ").nth(1))
+        .and_then(|r| r.split(']').next())
+        .unwrap_or("?")
+        .to_string())
 }
 
 pub fn run(o: &Opts) -> Result<()> {

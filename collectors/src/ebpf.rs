@@ -770,7 +770,7 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Loads `object` for the collector `spec` describes, with `programs`
+    /// Loads the object of the collector `spec` describes, with `programs`
     /// (its whole table, or the part its settings want), map sizes from its
     /// settings, and `cgroup_root` for cgroup-attached programs. The error
     /// carries every program's state, so a collector that cannot start
@@ -778,7 +778,6 @@ impl Kernel {
     pub fn load(
         spec: &crate::CollectorSpec,
         ctx: &crate::BuildContext,
-        object: &[u8],
         map_sizes: &[(&'static str, u32)],
         programs: &'static [ProgramSpec],
         cgroup_root: Option<&Path>,
@@ -793,14 +792,14 @@ impl Kernel {
         })?;
         let filter = ctx.discovery.targets_enabled();
         let globals = [(pmoas_bpf::types::FILTER_TARGETS_GLOBAL, u8::from(filter))];
-        let loaded = load(collector, object, map_sizes, &globals, programs, cgroup_root, ctx.discovery.health())
+        let loaded = load(collector, spec.object, map_sizes, &globals, programs, cgroup_root, ctx.discovery.health())
             .map_err(|e| {
-                let states = match &e {
-                    LoadError::NothingAttached { programs, .. } => programs.clone(),
-                    other => unattached(collector, programs, &other.to_string()),
-                };
-                fail(e.to_string(), states)
-            })?;
+            let states = match &e {
+                LoadError::NothingAttached { programs, .. } => programs.clone(),
+                other => unattached(collector, programs, &other.to_string()),
+            };
+            fail(e.to_string(), states)
+        })?;
         let mut ebpf = loaded.ebpf;
         let states = loaded.programs;
         let lost = LostEvents::take(collector, &mut ebpf, spec.lost_reasons)

@@ -59,6 +59,8 @@ pub struct CollectorInfo {
 /// the lost-event reasons all follow from it.
 pub struct CollectorSpec {
     pub info: CollectorInfo,
+    /// Its compiled eBPF object (`pmoas_bpf::<NAME>`).
+    pub object: &'static [u8],
     /// Its `collector.<name>.*` settings, with help and bounds (the
     /// `enabled` toggle is added for every collector).
     pub settings: &'static [Setting],
@@ -171,6 +173,28 @@ impl BuildError {
         match self {
             BuildError::Failed { programs, .. } => programs,
             BuildError::Unknown(_) => &[],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every program a collector names exists in its object, and every
+    /// program of the object is attached by some entry of its table.
+    #[test]
+    fn every_collectors_program_table_matches_its_object() {
+        for spec in SPECS {
+            let name = spec.info.name;
+            let obj = aya_obj::Object::parse(spec.object).unwrap_or_else(|e| panic!("{name}'s object: {e}"));
+            let names: Vec<String> = obj.programs.keys().cloned().collect();
+            for p in spec.programs {
+                assert!(names.contains(&p.program.to_string()), "{} not in {name}'s object ({names:?})", p.program);
+            }
+            for n in &names {
+                assert!(spec.programs.iter().any(|p| p.program == n), "{n} is in {name}'s object but never attached");
+            }
         }
     }
 }

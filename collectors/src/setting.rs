@@ -47,6 +47,23 @@ impl Bounds {
             Bounds::Count(lo, hi) => format!("{lo}..={hi}"),
         }
     }
+
+    /// Whether `raw` (as written in a flag, a variable or the file) is a
+    /// value of this kind within the bounds; if not, what is wrong with it.
+    pub fn check(&self, raw: &str) -> Result<(), String> {
+        let raw = raw.trim().trim_matches('"');
+        let inside = match self {
+            Bounds::Duration(lo, hi) => match humantime::parse_duration(raw) {
+                Ok(d) => (lo..=hi).contains(&&d),
+                Err(_) => return Err(format!("is not a duration like 500ms, 5s or 1m (range {})", self.describe())),
+            },
+            Bounds::Count(lo, hi) => match raw.parse::<u64>() {
+                Ok(n) => (lo..=hi).contains(&&n),
+                Err(_) => return Err(format!("is not a whole number (range {})", self.describe())),
+            },
+        };
+        if inside { Ok(()) } else { Err(format!("is outside {}", self.describe())) }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,5 +136,24 @@ impl Setting {
             }
             _ => String::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_check_text_as_users_write_it() {
+        let d = Bounds::Duration(Duration::from_millis(100), Duration::from_secs(3600));
+        assert_eq!(d.check("5s"), Ok(()));
+        assert_eq!(d.check("\"1h\""), Ok(()), "a TOML string as rendered");
+        assert_eq!(d.check("0s"), Err("is outside 100ms..=1h".into()));
+        assert!(d.check("-5s").unwrap_err().starts_with("is not a duration"));
+        let c = Bounds::Count(64, 1 << 24);
+        assert_eq!(c.check("64"), Ok(()));
+        assert_eq!(c.check("3"), Err("is outside 64..=16777216".into()));
+        assert!(c.check("-1").unwrap_err().starts_with("is not a whole number"));
+        assert!(c.check("1e300").is_err());
     }
 }

@@ -136,6 +136,7 @@ pub const SETTINGS: &[Setting] = &[
 
 pub const SPEC: CollectorSpec = CollectorSpec {
     info: INFO,
+    object: pmoas_bpf::SOCKET,
     settings: SETTINGS,
     programs: PROGRAMS,
     lost_reasons: &t::SOCKET_LOST_REASONS,
@@ -313,7 +314,7 @@ impl SocketCollector {
             ("socket_counters", cfg.max_series),
             ("socket_histograms", cfg.max_series),
         ];
-        let kernel = Kernel::load(&SPEC, ctx, pmoas_bpf::SOCKET, &sizes, PROGRAMS, None)?;
+        let kernel = Kernel::load(&SPEC, ctx, &sizes, PROGRAMS, None)?;
         let inner = Inner {
             fold: Folding::new(
                 Box::new(PerCpuTable::new(kernel.take_map("socket_counters")?, SocketCounters::merge)),
@@ -398,9 +399,6 @@ impl Inner {
             ),
             None => health.clear(INFO.name, "local_addresses"),
         }
-        // Process names are discovery's, which has no notice for them of
-        // its own yet; the collectors read the pods' /proc anyway.
-        let _ = process::report_visibility(health, procfs);
         self.local_addrs_refreshed = Some(Instant::now());
     }
 }
@@ -583,24 +581,6 @@ mod tests {
         assert_eq!(peer_label(&nginx, t::PEER_NODE, None), "node");
         assert_eq!(peer_label(&nginx, t::PEER_REMOTE, None), "remote");
         assert_eq!(peer_label(&nginx, t::PEER_NONE, None), "");
-    }
-
-    #[test]
-    fn program_list_matches_the_object() {
-        // Every program named here exists in socket.bpf.o, and every
-        // program of the object is attached somewhere.
-        let obj = aya_obj_names(pmoas_bpf::SOCKET);
-        for spec in PROGRAMS {
-            assert!(obj.contains(&spec.program.to_string()), "{} not in socket.bpf.o ({obj:?})", spec.program);
-        }
-        for name in &obj {
-            assert!(PROGRAMS.iter().any(|s| s.program == name), "{name} is in socket.bpf.o but never attached");
-        }
-    }
-
-    fn aya_obj_names(data: &[u8]) -> Vec<String> {
-        let obj = aya_obj::Object::parse(data).expect("socket.bpf.o parses");
-        obj.programs.keys().cloned().collect()
     }
 
     // ---- folding on fixture maps (no root, no kernel) ----

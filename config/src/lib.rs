@@ -287,17 +287,8 @@ impl Config {
         let mut problems = Vec::new();
         for s in settings::all() {
             let (Some(bounds), Some(value)) = (s.bounds, lookup(&values, s.key)) else { continue };
-            let ok = match (bounds, value) {
-                (Bounds::Count(lo, hi), toml::Value::Integer(v)) => {
-                    u64::try_from(*v).is_ok_and(|v| (lo..=hi).contains(&v))
-                }
-                (Bounds::Duration(lo, hi), toml::Value::String(v)) => {
-                    humantime_serde::re::humantime::parse_duration(v).is_ok_and(|d| (lo..=hi).contains(&d))
-                }
-                _ => false,
-            };
-            if !ok {
-                problems.push(format!("{} ({}): {value} is outside {}", s.key, s.flag(), bounds.describe()));
+            if let Err(why) = bounds.check(&value.to_string()) {
+                problems.push(format!("{} ({}): {value} {why}", s.key, s.flag()));
             }
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems.join("\n"))) }
@@ -435,29 +426,15 @@ struct Given {
 }
 
 impl Given {
-    /// A number or duration that does not parse gets a message with the
-    /// allowed range (`-5s` is refused here, not by a serde message).
+    /// A flag's or variable's number or duration, checked as text by the
+    /// same `Bounds::check` as the file's values: `-5s` or a count too big
+    /// for its field get the range here, not a serde message.
     fn check_form(&self) -> Result<(), ConfigError> {
         let Some(s) = settings::find(self.key) else { return Ok(()) };
-        let raw = self.raw.trim();
-        let (parses, like) = match s.bounds {
-            None => return Ok(()),
-            Some(Bounds::Duration(..)) => {
-                (humantime_serde::re::humantime::parse_duration(raw).is_ok(), "a duration like 500ms, 5s or 1m")
-            }
-            Some(Bounds::Count(lo, hi)) => (raw.parse::<u64>().is_ok_and(|n| (lo..=hi).contains(&n)), "a whole number"),
-        };
-        if parses {
-            return Ok(());
-        }
-        Err(ConfigError::Key {
+        let Some(bounds) = s.bounds else { return Ok(()) };
+        bounds.check(&self.raw).map_err(|why| ConfigError::Key {
             key: s.key,
-            reason: format!(
-                "`{}` from {} is not {like} within {}",
-                self.raw,
-                self.source,
-                s.bounds.map(|b| b.describe()).unwrap_or_default()
-            ),
+            reason: format!("`{}` from {} {why}", self.raw, self.source),
         })
     }
 }

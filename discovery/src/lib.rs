@@ -799,6 +799,10 @@ impl Discovery {
                 v2.and_then(|p| if self.host_paths { hostpath::check_cgroup2(p) } else { Ok(()) }),
             ),
         ];
+        if self.host_paths {
+            // Sidecars named by their process: hidden processes say so.
+            let _ = process::report_visibility(&self.health, &self.procfs);
+        }
         let mut cgroups_usable = true;
         for (source, feature, result) in checks {
             match result {

@@ -49,13 +49,28 @@ pub fn process_names(procfs: &Path, pid: u32) -> Vec<String> {
 /// then out of reach. Judged from the mount's options and this process's
 /// capabilities and groups, as the kernel does: probing a process could
 /// not tell hidden from gone, and some hosts' PID 1 is closed even to root.
+///
+/// Kept for a few seconds: callers ask on every unreadable process file,
+/// and mounts and capabilities change rarely.
 pub fn others_visible(procfs: &Path) -> Result<(), String> {
+    type Judged = (std::path::PathBuf, std::time::Instant, Result<(), String>);
+    static LAST: std::sync::Mutex<Option<Judged>> = std::sync::Mutex::new(None);
+    const KEEP: std::time::Duration = std::time::Duration::from_secs(5);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((path, at, verdict)) = last.as_ref()
+        && path == procfs
+        && at.elapsed() < KEEP
+    {
+        return verdict.clone();
+    }
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    match hidden_by(&mountinfo, &status, procfs) {
+    let verdict = match hidden_by(&mountinfo, &status, procfs) {
         Some(why) => Err(why),
         None => Ok(()),
-    }
+    };
+    *last = Some((procfs.to_path_buf(), std::time::Instant::now(), verdict.clone()));
+    verdict
 }
 
 /// CAP_SYS_PTRACE (include/uapi/linux/capability.h).

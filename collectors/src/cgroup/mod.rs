@@ -170,6 +170,7 @@ pub const SETTINGS: &[Setting] = &[
 
 pub const SPEC: CollectorSpec = CollectorSpec {
     info: INFO,
+    object: pmoas_bpf::CGROUP,
     settings: SETTINGS,
     programs: PROGRAMS,
     // cgroup.bpf.c counts one reason: a full `cgroup_counters`.
@@ -268,7 +269,7 @@ impl CgroupCollector {
         // cgroupfs alone still gives CPU, throttling, memory, OOM kills and
         // (where it counts) block I/O: without its programs the collector
         // runs on, and pmoas_cgroup_sources says what is missing.
-        let loaded = Kernel::load(&SPEC, ctx, pmoas_bpf::CGROUP, &sizes, specs, Some(&v2_root))
+        let loaded = Kernel::load(&SPEC, ctx, &sizes, specs, Some(&v2_root))
             .and_then(|k| Ok((k.take_map("cgroup_counters")?, k)));
         let (kernel, programs) = match loaded {
             Ok((counters, k)) => {
@@ -374,9 +375,6 @@ impl Inner {
         // 1. cgroupfs, once per cgroup.
         let mut rows: BTreeMap<WorkloadLabels, Row> = BTreeMap::new();
         let mut sources: BTreeMap<(Resource, Source), u64> = BTreeMap::new();
-        // Process names are discovery's, which has no notice for them of its
-        // own yet; this collector reads the pods' /proc anyway.
-        let _ = process::report_visibility(discovery.health(), discovery.procfs());
         self.v1_lookups = V1Lookups::default();
         for k in &known {
             self.prepare(c, k);
@@ -811,18 +809,6 @@ fn add(a: &Stats, b: &Stats) -> Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn program_list_matches_the_object() {
-        let obj = aya_obj::Object::parse(pmoas_bpf::CGROUP).expect("cgroup.bpf.o parses");
-        let names: Vec<String> = obj.programs.keys().cloned().collect();
-        for spec in PROGRAMS {
-            assert!(names.contains(&spec.program.to_string()), "{} not in cgroup.bpf.o ({names:?})", spec.program);
-        }
-        for name in &names {
-            assert!(PROGRAMS.iter().any(|s| s.program == name), "{name} is in cgroup.bpf.o but never attached");
-        }
-    }
 
     #[test]
     fn nested_cgroups_of_one_series_count_once() {

@@ -34,11 +34,14 @@ impl Clock {
     }
 
     pub fn wall(&self, mono_ns: u64) -> SystemTime {
+        // checked_*: a kernel timestamp is never so far off that this
+        // leaves SystemTime's range, but a panic must not depend on it.
         if mono_ns >= self.mono_at_ns {
-            self.wall_at + Duration::from_nanos(mono_ns - self.mono_at_ns)
+            self.wall_at.checked_add(Duration::from_nanos(mono_ns - self.mono_at_ns))
         } else {
-            self.wall_at - Duration::from_nanos(self.mono_at_ns - mono_ns)
+            self.wall_at.checked_sub(Duration::from_nanos(self.mono_at_ns - mono_ns))
         }
+        .unwrap_or(self.wall_at)
     }
 }
 

@@ -15,7 +15,7 @@ pub mod btf;
 pub mod journey;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -146,8 +146,13 @@ pub const LOST_REASONS: &[&str] = &n::LOST_REASONS;
 /// The reason user space adds (an LRU map evicts without telling).
 pub const EVICTED_REASON: &str = "packet_map_evicted";
 
+/// Journeys not sent because nobody is known to own their namespace (yet),
+/// or it is outside the target selection: counted, never sent pod-less.
+pub const UNNAMED_REASON: &str = "journey_namespace_unnamed";
+
 pub const SPEC: CollectorSpec = CollectorSpec {
     info: INFO,
+    object: pmoas_bpf::NETSTACK,
     settings: SETTINGS,
     programs: PROGRAMS,
     lost_reasons: LOST_REASONS,
@@ -321,7 +326,10 @@ struct Inner {
     packets: BpfHashMap<MapData, PktKey, Pkt>,
     packet_stats: PerCpuArray<MapData, u64>,
     reasons: HashMap<u32, String>,
-    pods: HashMap<u64, PodNetns>,
+    names: Namespaces,
+    /// Journeys not sent: their namespace was not named (yet) or is
+    /// outside the target selection (the journey thread counts).
+    journeys_unnamed: Arc<AtomicU64>,
     /// Namespaces seen in the maps that no one owns, since when.
     unknown_since: HashMap<u64, Instant>,
     remembered: HashMap<Triple, &'static str>,
@@ -354,9 +362,10 @@ fn spawn_journeys(
     discovery: Arc<Discovery>,
     otlp: Arc<pmoas_otlp::Pipeline>,
     stop: Arc<AtomicBool>,
+    unnamed: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name("netstack-journeys".into()).spawn(move || {
-        let mut pods: HashMap<u64, PodNetns> = HashMap::new();
+        let mut names = Namespaces::default();
         let mut named: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             let clock = journey::Clock::now();
@@ -365,19 +374,28 @@ fn spawn_journeys(
                 batch.extend(n::Journey::from_bytes(&item));
             }
             let stale = named.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
-            let unknown = batch.iter().any(|j| !pods.contains_key(&j.netns));
+            let unknown = batch.iter().any(|j| names.owner(j.netns).is_none());
             if !batch.is_empty() && (stale || (unknown && named.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))))
             {
-                name_pods(&discovery, &mut pods);
+                names.refresh(&discovery);
                 named = Some(Instant::now());
             }
             for j in &batch {
-                let pod = pods.get(&j.netns).map(|p| pmoas_otlp::Pod {
-                    namespace: p.namespace.clone(),
-                    name: p.pod.clone(),
-                    uid: p.uid.clone(),
-                    container: None,
-                });
+                // Like the series: a namespace not named yet, or outside
+                // the selection, is not shown with wrong (pod-less) labels.
+                let pod = match names.owner(j.netns) {
+                    Some(NetnsOwner::Node) => None,
+                    Some(NetnsOwner::Pod { .. }) => names.pods.get(&j.netns).map(|p| pmoas_otlp::Pod {
+                        namespace: p.namespace.clone(),
+                        name: p.pod.clone(),
+                        uid: p.uid.clone(),
+                        container: None,
+                    }),
+                    _ => {
+                        unnamed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                };
                 if let Some(trace) = journey::to_trace(j, pod, &clock) {
                     otlp.submit(trace);
                 }
@@ -388,21 +406,51 @@ fn spawn_journeys(
     Ok(())
 }
 
-/// Names each live pod's network namespace through one of its processes;
-/// pods gone past the grace period leave.
-fn name_pods(discovery: &Discovery, pods: &mut HashMap<u64, PodNetns>) {
-    let procfs = discovery.procfs();
-    let mut known: HashMap<String, (String, String)> = HashMap::new();
-    for k in discovery.cgroups() {
-        if let Some(uid) = &k.workload.pod_uid {
-            known.entry(uid.clone()).or_insert_with(|| (k.workload.namespace.clone(), k.workload.pod.clone()));
+/// Who owns each network namespace, as far as discovery knows now: the
+/// same answer for the served series and for the journeys.
+#[derive(Default)]
+struct Namespaces {
+    pods: HashMap<u64, PodNetns>,
+    /// The node's own namespace (PID 1's, or this process's).
+    host: Option<u64>,
+    /// Under a target selection: which pods (by UID) are watched.
+    selected: Option<HashMap<String, bool>>,
+}
+
+impl Namespaces {
+    /// Names each live pod's network namespace through one of its
+    /// processes; pods gone past the grace period leave.
+    fn refresh(&mut self, discovery: &Discovery) {
+        let procfs = discovery.procfs();
+        let mut known: HashMap<String, (String, String)> = HashMap::new();
+        let mut selected = HashMap::new();
+        for k in discovery.cgroups() {
+            if let Some(uid) = &k.workload.pod_uid {
+                known.entry(uid.clone()).or_insert_with(|| (k.workload.namespace.clone(), k.workload.pod.clone()));
+                selected.insert(uid.clone(), k.workload.selected);
+            }
+        }
+        for (uid, pid) in discovery.pod_pids() {
+            let (Ok(ns), Some((namespace, pod))) = (netns::inode(procfs, pid), known.get(&uid)) else { continue };
+            self.pods.insert(ns, PodNetns { uid, namespace: namespace.clone(), pod: pod.clone() });
+        }
+        self.pods.retain(|_, p| known.contains_key(&p.uid));
+        self.host = netns::inode(procfs, 1).or_else(|_| netns::own_inode(procfs)).ok();
+        self.selected = discovery.targets_enabled().then_some(selected);
+    }
+
+    /// A pod, the node, or hidden (outside the target selection); `None`
+    /// for a namespace nobody is known to own (yet).
+    fn owner(&self, ns: u64) -> Option<NetnsOwner> {
+        let watched = |uid: &str| self.selected.as_ref().is_none_or(|s| s.get(uid).copied().unwrap_or(false));
+        match self.pods.get(&ns) {
+            Some(p) if !watched(&p.uid) => Some(NetnsOwner::Hidden),
+            Some(p) => Some(NetnsOwner::Pod { namespace: p.namespace.clone(), pod: p.pod.clone() }),
+            None if Some(ns) == self.host && self.selected.is_some() => Some(NetnsOwner::Hidden),
+            None if Some(ns) == self.host => Some(NetnsOwner::Node),
+            None => None,
         }
     }
-    for (uid, pid) in discovery.pod_pids() {
-        let (Ok(ns), Some((namespace, pod))) = (netns::inode(procfs, pid), known.get(&uid)) else { continue };
-        pods.insert(ns, PodNetns { uid, namespace: namespace.clone(), pod: pod.clone() });
-    }
-    pods.retain(|_, p| known.contains_key(&p.uid));
 }
 
 impl NetstackCollector {
@@ -415,7 +463,7 @@ impl NetstackCollector {
             ("netstack_drops", cfg.max_series),
             ("netstack_rtt", cfg.max_series),
         ];
-        let kernel = Kernel::load(&SPEC, ctx, pmoas_bpf::NETSTACK, &sizes, PROGRAMS, None)?;
+        let kernel = Kernel::load(&SPEC, ctx, &sizes, PROGRAMS, None)?;
         let fail = |message: String| BuildError::Failed { message, programs: kernel.programs().to_vec() };
         let mut sampler: PerCpuArray<MapData, Sampler> = kernel.take_map("netstack_sampler")?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| fail(format!("netstack: {what}: {e}")))?;
@@ -427,10 +475,11 @@ impl NetstackCollector {
                 .map_err(|e| fail(format!("netstack sampler: {e}")))?;
             sampler.set(slot, values, 0).map_err(|e| fail(format!("setting the netstack sample rate: {e}")))?;
         }
+        let journeys_unnamed = Arc::new(AtomicU64::new(0));
         let journeys = if trace_rate > 0 {
             let ring = kernel.take_map("netstack_journeys")?;
             let stop = Arc::new(AtomicBool::new(false));
-            spawn_journeys(ring, ctx.discovery.clone(), ctx.otlp.clone(), stop.clone())
+            spawn_journeys(ring, ctx.discovery.clone(), ctx.otlp.clone(), stop.clone(), journeys_unnamed.clone())
                 .map_err(|e| fail(format!("starting the netstack journey thread: {e}")))?;
             Some(stop)
         } else {
@@ -448,7 +497,8 @@ impl NetstackCollector {
             packets: kernel.take_map("netstack_packets")?,
             packet_stats: kernel.take_map("netstack_packet_stats")?,
             reasons,
-            pods: HashMap::new(),
+            names: Namespaces::default(),
+            journeys_unnamed,
             unknown_since: HashMap::new(),
             remembered: HashMap::new(),
             evicted: 0,
@@ -473,10 +523,6 @@ impl Collector for NetstackCollector {
 }
 
 impl Inner {
-    fn refresh_pods(&mut self, discovery: &Discovery) {
-        name_pods(discovery, &mut self.pods);
-    }
-
     /// A lower bound of the LRU's evictions: tracked entries that neither a
     /// program took out nor are still in the map. Counters are read around
     /// the walk so that entries moving meanwhile can only lower it.
@@ -490,52 +536,34 @@ impl Inner {
     }
 
     fn collect(&mut self, discovery: &Discovery, out: &mut MetricSet) -> anyhow::Result<()> {
-        self.refresh_pods(discovery);
+        self.names.refresh(discovery);
         let evicted = self.count_evicted()?;
-        out.counter(
-            &EVENTS_LOST,
-            vec![("collector", INFO.name.to_string()), ("reason", EVICTED_REASON.to_string())],
-            evicted as f64,
-        );
+        for (reason, n) in [(EVICTED_REASON, evicted), (UNNAMED_REASON, self.journeys_unnamed.load(Ordering::Relaxed))]
+        {
+            out.counter(
+                &EVENTS_LOST,
+                vec![("collector", INFO.name.to_string()), ("reason", reason.to_string())],
+                n as f64,
+            );
+        }
 
         let stages = ebpf::read_summed(&self.stages, Log2Hist::merge)?;
         let drops = ebpf::read_summed(&self.drops, |a: &mut u64, b: &u64| *a += *b)?;
-        let procfs = discovery.procfs();
-        let host = netns::inode(procfs, 1).or_else(|_| netns::own_inode(procfs)).ok();
-        let filter = discovery.targets_enabled();
-        let selected: HashMap<String, bool> = if filter {
-            discovery
-                .cgroups()
-                .into_iter()
-                .filter_map(|k| Some((k.workload.pod_uid.clone()?, k.workload.selected)))
-                .collect()
-        } else {
-            HashMap::new()
-        };
         let now = Instant::now();
-        let pods = &self.pods;
+        let names = &self.names;
         let unknown_since = &mut self.unknown_since;
         let folded = fold_netns(
             stages,
             drops,
-            |ns| match pods.get(&ns) {
-                Some(p) if filter && !selected.get(&p.uid).copied().unwrap_or(false) => NetnsOwner::Hidden,
-                Some(p) => NetnsOwner::Pod { namespace: p.namespace.clone(), pod: p.pod.clone() },
-                None if Some(ns) == host => {
-                    if filter {
-                        NetnsOwner::Hidden
-                    } else {
-                        NetnsOwner::Node
-                    }
-                }
-                None => {
+            |ns| {
+                names.owner(ns).unwrap_or_else(|| {
                     let since = *unknown_since.entry(ns).or_insert(now);
                     if now.duration_since(since) >= UNKNOWN_NETNS_TTL { NetnsOwner::Gone } else { NetnsOwner::Hidden }
-                }
+                })
             },
             |r| btf::reason_label(&self.reasons, r),
         );
-        unknown_since.retain(|ns, _| !pods.contains_key(ns) && Some(*ns) != host);
+        unknown_since.retain(|ns, _| !names.pods.contains_key(ns) && Some(*ns) != names.host);
         for key in &folded.delete_stages {
             let _ = self.stages.remove(key);
         }
@@ -708,18 +736,6 @@ mod tests {
         let folded = fold_rtt(data, |id| live.get(&id).cloned(), &mut remembered);
         assert_eq!(folded.series[&(envoy_l, "app")].count(), 1);
         assert!(folded.delete.contains(&rtt_key(101, t::PEER_CGROUP, 100)));
-    }
-
-    #[test]
-    fn program_list_matches_the_object() {
-        let obj = aya_obj::Object::parse(pmoas_bpf::NETSTACK).expect("netstack.bpf.o parses");
-        let names: Vec<String> = obj.programs.keys().cloned().collect();
-        for spec in PROGRAMS {
-            assert!(names.contains(&spec.program.to_string()), "{} not in netstack.bpf.o ({names:?})", spec.program);
-        }
-        for name in &names {
-            assert!(PROGRAMS.iter().any(|s| s.program == name), "{name} is in netstack.bpf.o but never attached");
-        }
     }
 
     #[test]
