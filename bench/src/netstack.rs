@@ -20,9 +20,14 @@ use crate::common::*;
 const LOAD_SCRAPE: Duration = Duration::from_secs(5);
 const NETSTACK: [&str; 1] = ["collector=\"netstack\""];
 
+const ARMS: [Arm; 4] = [Arm::None, Arm::DefaultNoStats, Arm::Default, Arm::Every];
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Arm {
     None,
+    /// The default sampling as users run it: kernel.bpf_stats_enabled=0,
+    /// so no per-program figures, and no cost of keeping them.
+    DefaultNoStats,
     Default,
     Every,
 }
@@ -31,6 +36,7 @@ impl Arm {
     fn name(self) -> &'static str {
         match self {
             Arm::None => "no exporter",
+            Arm::DefaultNoStats => "netstack, default sampling, bpf stats off",
             Arm::Default => "netstack, default sampling",
             Arm::Every => "netstack, sample-rate 1",
         }
@@ -47,6 +53,8 @@ struct Window {
     bpf_ns: f64,
     lost: f64,
     rss_mib: f64,
+    /// (program, run time ns, runs) over the window, per program.
+    programs: Vec<(String, f64, f64)>,
 }
 
 impl Window {
@@ -69,7 +77,7 @@ impl Window {
 }
 
 fn window(pod: &Pod, o: &Opts, arm: Arm, default_rate: &mut String) -> Result<Window> {
-    let done = |l: LoadWindow, bpf: (f64, f64), lost: f64, rss_mib: f64| Window {
+    let done = |l: LoadWindow, bpf: (f64, f64), lost: f64, rss_mib: f64, programs| Window {
         wrk: l.wrk,
         wall: l.wall,
         busy: l.busy,
@@ -78,9 +86,10 @@ fn window(pod: &Pod, o: &Opts, arm: Arm, default_rate: &mut String) -> Result<Wi
         bpf_ns: bpf.0,
         lost,
         rss_mib,
+        programs,
     };
     if arm == Arm::None {
-        return Ok(done(load_window(pod, o, None, LOAD_SCRAPE)?, (0.0, 0.0), 0.0, 0.0));
+        return Ok(done(load_window(pod, o, None, LOAD_SCRAPE)?, (0.0, 0.0), 0.0, 0.0, Vec::new()));
     }
     let mut args = vec!["--collectors", "netstack"];
     if arm == Arm::Every {
@@ -90,10 +99,10 @@ fn window(pod: &Pod, o: &Opts, arm: Arm, default_rate: &mut String) -> Result<Wi
         metric(body, "pmoas_scrape_collector_success", &NETSTACK) == 1.0
     })?;
     let e = Running(Some(e));
-    let _stats = BpfStats::on();
+    let _stats = (arm != Arm::DefaultNoStats).then(BpfStats::on);
     let (_, page) = http_get(e.get().addr, "/metrics")?;
     ensure!(
-        metric(&page, "pmoas_ebpf_program_attached", &NETSTACK) >= 4.0,
+        metric(&page, "pmoas_ebpf_program_attached", &NETSTACK) >= 8.0,
         "{}: the netstack programs are not attached",
         arm.name()
     );
@@ -106,7 +115,27 @@ fn window(pod: &Pod, o: &Opts, arm: Arm, default_rate: &mut String) -> Result<Wi
     let lost = metric(&l.after, "pmoas_ebpf_events_lost_total", &NETSTACK)
         - metric(&l.before, "pmoas_ebpf_events_lost_total", &NETSTACK);
     let rss = e.get().rss_mib().0;
-    Ok(done(l, (ns1 - ns0, runs1 - runs0), lost, rss))
+    let programs = program_names(&l.after)
+        .into_iter()
+        .map(|p| {
+            let want = [NETSTACK[0], &format!("program=\"{p}\"")];
+            let (ns0, runs0) = bpf_totals(&l.before, &want);
+            let (ns1, runs1) = bpf_totals(&l.after, &want);
+            (p, ns1 - ns0, runs1 - runs0)
+        })
+        .collect();
+    Ok(done(l, (ns1 - ns0, runs1 - runs0), lost, rss, programs))
+}
+
+/// The netstack programs named in a scrape's run counters.
+fn program_names(page: &str) -> Vec<String> {
+    let mut names: Vec<String> = samples(page, "pmoas_ebpf_program_runs_total")
+        .filter(|l| l.contains(NETSTACK[0]))
+        .filter_map(|l| l.split("program=\"").nth(1)?.split('"').next().map(str::to_string))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The `[default: ...]` of `flag` in the measured binary's `--help`.
@@ -126,7 +155,7 @@ pub fn run(o: &Opts) -> Result<()> {
     let pod = Pod::up(&PodOptions::default())?;
     eprintln!("pmoas-bench: testbed {} up; warming up", pod.state.name);
     wrk(&pod, o, 10, Connections::KeepAlive, || {})?;
-    let arms = [Arm::None, Arm::Default, Arm::Every];
+    let arms = ARMS;
     let mut windows: Vec<(Arm, Window)> = Vec::new();
     let mut default_rate = String::new();
     for round in 0..o.rounds {
@@ -149,6 +178,19 @@ pub fn run(o: &Opts) -> Result<()> {
     write_section(&o.out, "netstack", &report)?;
     println!("{report}");
     Ok(())
+}
+
+/// Per round, the change in machine CPU per request of `arm` against the
+/// round's no-exporter window, in percent: the rounds share the machine's
+/// slow drift, so pairs within a round see less of it than means across.
+fn paired_changes(windows: &[(Arm, Window)], arm: Arm) -> Vec<f64> {
+    windows
+        .chunks(ARMS.len())
+        .filter_map(|round| {
+            let cpu = |a: Arm| round.iter().find(|(x, _)| *x == a).map(|(_, w)| w.cpu_us_per_request());
+            Some((cpu(arm)? / cpu(Arm::None)? - 1.0) * 100.0)
+        })
+        .collect()
 }
 
 fn render(o: &Opts, windows: &[(Arm, Window)], default_rate: &str) -> String {
@@ -175,25 +217,61 @@ fn render(o: &Opts, windows: &[(Arm, Window)], default_rate: &str) -> String {
     );
     let _ = writeln!(
         t,
-        "| arm | req/s (mean, spread +-%) | machine CPU per request | vs no exporter | eBPF runs / request | \
-         eBPF ns / request | exporter CPU | exporter RSS | lost events |\n|---|---|---|---|---|---|---|---|---|"
+        "| arm | req/s (mean, spread +-%) | machine CPU per request | vs no exporter (means) | vs no exporter \
+         (median of rounds) | eBPF runs / request | eBPF ns / request | exporter CPU | exporter RSS | lost events |\n\
+         |---|---|---|---|---|---|---|---|---|---|"
     );
-    for arm in [Arm::None, Arm::Default, Arm::Every] {
+    for arm in ARMS {
         let rps: Vec<f64> = of(arm).map(|w| w.wrk.requests_per_sec).collect();
         let cpu = avg(arm, &|w| w.cpu_us_per_request());
+        let has_stats = matches!(arm, Arm::Default | Arm::Every);
+        let stat = |v: f64, digits: usize| if has_stats { format!("{v:.digits$}") } else { "-".to_string() };
+        let (vs_means, vs_rounds) = if arm == Arm::None {
+            ("-".to_string(), "-".to_string())
+        } else {
+            let paired = paired_changes(windows, arm);
+            (
+                format!("{:+.1} %", (cpu / base_cpu - 1.0) * 100.0),
+                format!("{:+.1} % ({} rounds)", median(&paired), paired.len()),
+            )
+        };
         let _ = writeln!(
             t,
-            "| {} | {:.0} (+-{:.0}) | {cpu:.1} us | {} | {:.1} | {:.0} | {:.2} % | {:.1} MiB | {:.0} |",
+            "| {} | {:.0} (+-{:.0}) | {cpu:.1} us | {vs_means} | {vs_rounds} | {} | {} | {:.2} % | {:.1} MiB | {} |",
             arm.name(),
             mean(&rps),
             spread(&rps).0,
-            if arm == Arm::None { "-".to_string() } else { format!("{:+.1} %", (cpu / base_cpu - 1.0) * 100.0) },
-            avg(arm, &|w| w.runs_per_request()),
-            avg(arm, &|w| w.bpf_ns_per_request()),
+            stat(avg(arm, &|w| w.runs_per_request()), 1),
+            stat(avg(arm, &|w| w.bpf_ns_per_request()), 0),
             avg(arm, &|w| w.exporter_cpu),
             avg(arm, &|w| w.rss_mib),
-            of(arm).map(|w| w.lost).sum::<f64>()
+            if arm == Arm::None { "-".to_string() } else { format!("{:.0}", of(arm).map(|w| w.lost).sum::<f64>()) }
         );
+    }
+    let _ = writeln!(
+        t,
+        "\nPer program (default sampling, then sample-rate 1): runs per request and run time per run.\n\n\
+         | program | runs / request | ns / run (default) | ns / run (every packet) |\n|---|---|---|---|"
+    );
+    let per_program = |arm: Arm, name: &str| {
+        let (mut ns, mut runs, mut requests) = (0.0, 0.0, 0.0);
+        for w in of(arm) {
+            requests += w.requests();
+            for (_, n, r) in w.programs.iter().filter(|(p, _, _)| p == name) {
+                ns += n;
+                runs += r;
+            }
+        }
+        (runs / requests.max(1.0), ns / runs.max(1.0))
+    };
+    let mut names: Vec<&str> =
+        of(Arm::Default).flat_map(|w| w.programs.iter().map(|(p, _, _)| p.as_str())).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let (runs, ns) = per_program(Arm::Default, name);
+        let (_, ns_every) = per_program(Arm::Every, name);
+        let _ = writeln!(t, "| {name} | {runs:.2} | {ns:.0} | {ns_every:.0} |");
     }
     let default_share = avg(Arm::Default, &|w| w.bpf_ns_per_request()) / 1000.0 / base_cpu * 100.0;
     let _ = writeln!(

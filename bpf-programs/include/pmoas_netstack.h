@@ -18,11 +18,15 @@
 #define PMOAS_NETSTACK_PACKET_MAP_SIZE 16384
 /* Sockets with a sampled send not yet handed to a device. */
 #define PMOAS_NETSTACK_SEND_MAP_SIZE 16384
-/* Slots of netstack_filter per kind (ingress skb, egress skb, socket with
- * a send), a power of two: the address of what is followed, in one of two
- * slots chosen by hashing, so that the hooks pass over the many unsampled
- * packets with two array reads instead of a hash lookup. */
-#define PMOAS_NETSTACK_FILTER_SLOTS 16384
+/* netstack_filter: per kind (ingress skb, egress skb, socket with a send)
+ * PMOAS_NETSTACK_FILTER_SETS sets of PMOAS_NETSTACK_FILTER_WAYS addresses
+ * of what is followed; an object's set is chosen by hashing its address.
+ * The hooks pass over the many unsampled packets with one read of one set
+ * (a cache line) instead of a hash lookup. Small on purpose, to stay in
+ * the CPU caches (3 x 16 KiB): at the default sampling a few hundred
+ * objects at most are followed at once. */
+#define PMOAS_NETSTACK_FILTER_SETS 256
+#define PMOAS_NETSTACK_FILTER_WAYS 8
 /* (netns, direction, stage) latency histograms. */
 #define PMOAS_NETSTACK_STAGE_MAP_SIZE 4096
 /* (netns, drop reason) counters. */
@@ -71,20 +75,30 @@
 #define PMOAS_NETSTACK_STAT_FINISHED 1 /* entries the programs took out */
 #define PMOAS_NETSTACK_STATS 2
 
-/* ---- netstack_sampler slots: one 1-in-N ticker per decision ---- */
+/* ---- samplers of pmoas_netstack_cpu: one 1-in-N ticker per decision ---- */
 #define PMOAS_SAMPLER_INGRESS 0
 #define PMOAS_SAMPLER_EGRESS 1
 #define PMOAS_SAMPLER_RTT 2
 #define PMOAS_SAMPLER_TRACE 3 /* 1 in N followed packets becomes a journey */
 #define PMOAS_SAMPLERS 4
 
-/* Per-CPU value of netstack_sampler. User space writes `rate` on every
- * CPU after loading; 0 (not yet written) samples nothing. */
+/* A 1-in-N ticker. User space writes `rate` on every CPU after loading;
+ * 0 (not yet written) samples nothing. */
 struct pmoas_netstack_sampler {
 	__u32 rate; /* offset 0 */
 	__u32 tick; /* offset 4 */
 };
 _Static_assert(sizeof(struct pmoas_netstack_sampler) == 8, "pmoas_netstack_sampler layout");
+
+/* Per-CPU value of netstack_cpu: everything a hook needs on this CPU, in
+ * one cache line, found with one lookup. */
+struct pmoas_netstack_cpu {
+	struct pmoas_netstack_sampler sampler[PMOAS_SAMPLERS]; /* offset 0 */
+	__u64 rx_skb;  /* offset 32: the followed skb whose tcp_probe ran last here */
+	__u64 rx_sk;   /* offset 40: its socket */
+	__u64 scratch; /* offset 48: turns an address into a number (address_bits) */
+};
+_Static_assert(sizeof(struct pmoas_netstack_cpu) == 56, "pmoas_netstack_cpu layout");
 
 /* Key of netstack_packets: the skb (ingress), or the skb on its way to a
  * device (egress), so a loopback skb that goes out and comes back in is
@@ -95,6 +109,11 @@ struct pmoas_netstack_pkt_key {
 	__u32 pad;	 /* offset 12 */
 };
 _Static_assert(sizeof(struct pmoas_netstack_pkt_key) == 16, "pmoas_netstack_pkt_key layout");
+
+/* Value of netstack_filter: one set, addresses of followed objects (0: free). */
+struct pmoas_netstack_filter_set {
+	__u64 obj[PMOAS_NETSTACK_FILTER_WAYS];
+};
 
 /* Value of netstack_packets (and of netstack_sends, keyed by socket). */
 struct pmoas_netstack_pkt {

@@ -42,13 +42,13 @@ struct {
 	__type(value, struct pmoas_netstack_pkt);
 } netstack_sends SEC(".maps");
 
-/* For each kind (PMOAS_DIR_*), PMOAS_NETSTACK_FILTER_SLOTS addresses of
- * what is followed. Not per-CPU: a packet's stages run on several CPUs. */
+/* For each kind (PMOAS_DIR_*), the sets of addresses of what is followed.
+ * Not per-CPU: a packet's stages run on several CPUs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 3 * PMOAS_NETSTACK_FILTER_SLOTS);
+	__uint(max_entries, 3 * PMOAS_NETSTACK_FILTER_SETS);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct pmoas_netstack_filter_set);
 } netstack_filter SEC(".maps");
 
 struct {
@@ -60,25 +60,10 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PMOAS_SAMPLERS);
-	__type(key, __u32);
-	__type(value, struct pmoas_netstack_sampler);
-} netstack_sampler SEC(".maps");
-
-/* The tracked skb whose tcp_probe ran last on this CPU, and its socket: the
- * sk_data_ready that follows in the same softirq names only the socket. */
-struct rx_current {
-	__u64 skb;
-	__u64 sk;
-	__u64 h; /* the skb's filter hash */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct rx_current);
-} netstack_rx_current SEC(".maps");
+	__type(value, struct pmoas_netstack_cpu);
+} netstack_cpu SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -143,12 +128,23 @@ static __always_inline void count_stat(__u32 which)
 		__sync_fetch_and_add(n, 1);
 }
 
-/* 1 in `rate` calls per CPU returns true; none until user space set rate. */
-static __always_inline bool sampled(__u32 which)
+/* This CPU's state; every hook looks it up once and passes it on. */
+static __always_inline struct pmoas_netstack_cpu *this_cpu(void)
 {
-	struct pmoas_netstack_sampler *s = bpf_map_lookup_elem(&netstack_sampler, &which);
+	__u32 zero = 0;
 
-	if (!s || s->rate == 0)
+	return bpf_map_lookup_elem(&netstack_cpu, &zero);
+}
+
+/* 1 in `rate` calls per CPU returns true; none until user space set rate. */
+static __always_inline bool sampled(struct pmoas_netstack_cpu *cpu, __u32 which)
+{
+	struct pmoas_netstack_sampler *s;
+
+	if (which >= PMOAS_SAMPLERS)
+		return false;
+	s = &cpu->sampler[which];
+	if (s->rate == 0)
 		return false;
 	if (++s->tick < s->rate)
 		return false;
@@ -163,78 +159,126 @@ static __always_inline __u64 dev_netns(const struct net_device *dev)
 
 
 /*
- * The filter: slot chosen by a number that identifies the object well
- * enough (the verifier allows no arithmetic on the pointer itself: an
- * skb's data buffer address, a socket's connection hash), and holding the
- * object's address, compared as is.
+ * The filter: an object's set is chosen by hashing its address. The
+ * verifier allows no arithmetic on a pointer, nor reading part of one back
+ * from the stack, but a tracing program (CAP_PERFMON) may store one in a
+ * map value, which reads back as a number: the per-CPU scratch word.
  */
-_Static_assert(PMOAS_NETSTACK_FILTER_SLOTS == 1 << 14, "filter_slot() keeps 14 bits");
+_Static_assert(PMOAS_NETSTACK_FILTER_SETS == 1 << 8, "filter_set_index() keeps 8 bits");
+_Static_assert(PMOAS_NETSTACK_FILTER_WAYS == 8, "the ways are unrolled");
 
-static __always_inline __u64 *filter_slot(__u64 h, __u32 tag, bool second)
+static __always_inline __u64 address_bits(struct pmoas_netstack_cpu *cpu, __u64 obj)
 {
-	/* Fibonacci hashing, top 14 bits, one multiplier per choice. 64-bit
-	 * operations only, and the key read from the low half of a u64: the
-	 * verifier still sees an skb's buffer address as a pointer, on which
-	 * it refuses 32-bit arithmetic. */
-	__u64 mul = second ? 0xC2B2AE3D27D4EB4FULL : 0x9E3779B97F4A7C15ULL;
-	__u64 slot = ((h * mul) >> 50) + (__u64)tag * PMOAS_NETSTACK_FILTER_SLOTS;
+	volatile __u64 *word = &cpu->scratch;
 
-	return bpf_map_lookup_elem(&netstack_filter, &slot);
+	*word = obj;
+	return *word;
+}
+
+/* Per kind, one bit per set: the set may hold something. The hooks read
+ * this line on every run, so it stays in the cache; the set itself, only
+ * when its bit is on (rarely, at the default sampling). */
+struct pmoas_netstack_filter_busy {
+	__u64 bits[PMOAS_NETSTACK_FILTER_SETS / 64];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 3);
+	__type(key, __u32);
+	__type(value, struct pmoas_netstack_filter_busy);
+} netstack_filter_busy SEC(".maps");
+
+/* Fibonacci hashing of the address's low half: the top 8 bits. */
+static __always_inline __u32 filter_set_index(struct pmoas_netstack_cpu *cpu, __u64 obj)
+{
+	return (address_bits(cpu, obj) * 0x9E3779B97F4A7C15ULL) >> 56;
+}
+
+static __always_inline struct pmoas_netstack_filter_set *filter_set_at(__u32 tag, __u32 set)
+{
+	__u32 idx = tag * PMOAS_NETSTACK_FILTER_SETS + set;
+
+	return bpf_map_lookup_elem(&netstack_filter, &idx);
+}
+
+static __always_inline bool set_holds(const struct pmoas_netstack_filter_set *set, __u64 obj)
+{
+	return set->obj[0] == obj || set->obj[1] == obj || set->obj[2] == obj || set->obj[3] == obj ||
+	       set->obj[4] == obj || set->obj[5] == obj || set->obj[6] == obj || set->obj[7] == obj;
 }
 
 /* Could `obj` be followed? False for nearly every unsampled packet. */
-static __always_inline bool maybe_followed(__u64 h, __u32 tag, __u64 obj)
+static __always_inline bool maybe_followed(struct pmoas_netstack_cpu *cpu, __u32 tag, __u64 obj)
 {
-	__u64 *slot = filter_slot(h, tag, false);
+	__u32 s = filter_set_index(cpu, obj);
+	struct pmoas_netstack_filter_busy *busy = bpf_map_lookup_elem(&netstack_filter_busy, &tag);
+	struct pmoas_netstack_filter_set *set;
 
-	if (slot && *slot == obj)
-		return true;
-	slot = filter_slot(h, tag, true);
-	return slot && *slot == obj;
+	if (!busy || !(busy->bits[s / 64] & (1ULL << (s % 64))))
+		return false;
+	set = filter_set_at(tag, s);
+	return set && set_holds(set, obj);
 }
 
 static __always_inline bool still_followed(__u32 tag, __u64 obj);
 
-/* Takes whichever of the two slots holds nothing that is still followed
- * (left-overs of packets that took a path without a last stage are
- * overwritten); when both are, the first one's packet is no longer seen
- * and will end as an eviction. */
-static __always_inline void filter_set(__u64 h, __u32 tag, __u64 obj)
+/* Takes a free way, else one whose object is no longer followed
+ * (left-overs of packets that took a path without a last stage); when all
+ * eight are followed, the way the address picks is taken and its packet
+ * is no longer seen: it will end as an eviction. The way is written
+ * before the set's bit goes on (see filter_remove). */
+static __always_inline void filter_add(struct pmoas_netstack_cpu *cpu, __u32 tag, __u64 obj)
 {
-	__u64 *first = filter_slot(h, tag, false);
-	__u64 *second = filter_slot(h, tag, true);
+	__u32 s = filter_set_index(cpu, obj);
+	struct pmoas_netstack_filter_busy *busy = bpf_map_lookup_elem(&netstack_filter_busy, &tag);
+	struct pmoas_netstack_filter_set *set = filter_set_at(tag, s);
+	__u32 i;
 
-	if (!first || !second || *first == obj || *second == obj)
+	if (!busy || !set)
 		return;
-	if (*first && still_followed(tag, *first) && !(*second && still_followed(tag, *second))) {
-		*second = obj;
+	if (set_holds(set, obj))
+		goto busy;
+	for (i = 0; i < PMOAS_NETSTACK_FILTER_WAYS; i++)
+		if (set->obj[i] == 0) {
+			set->obj[i] = obj;
+			goto busy;
+		}
+	for (i = 0; i < PMOAS_NETSTACK_FILTER_WAYS; i++)
+		if (!still_followed(tag, set->obj[i])) {
+			set->obj[i] = obj;
+			goto busy;
+		}
+	set->obj[(address_bits(cpu, obj) >> 8) & (PMOAS_NETSTACK_FILTER_WAYS - 1)] = obj;
+busy:
+	__sync_fetch_and_or(&busy->bits[s / 64], 1ULL << (s % 64));
+}
+
+/* When the set empties, its bit goes off, then the set is read again: an
+ * add on another CPU in between wrote its way before setting the bit, so
+ * either this second read sees it and the bit goes back on, or its own
+ * set comes after the clear. (Atomics are full barriers.) */
+static __always_inline void filter_remove(struct pmoas_netstack_cpu *cpu, __u32 tag, __u64 obj)
+{
+	__u32 s = filter_set_index(cpu, obj);
+	struct pmoas_netstack_filter_busy *busy = bpf_map_lookup_elem(&netstack_filter_busy, &tag);
+	struct pmoas_netstack_filter_set *set = filter_set_at(tag, s);
+	__u32 i;
+
+	if (!busy || !set)
 		return;
-	}
-	*first = obj;
-}
-
-static __always_inline void filter_clear(__u64 h, __u32 tag, __u64 obj)
-{
-	__u64 *slot = filter_slot(h, tag, false);
-
-	if (slot && *slot == obj)
-		*slot = 0;
-	slot = filter_slot(h, tag, true);
-	if (slot && *slot == obj)
-		*slot = 0;
-}
-
-/* An skb's data buffer: the same through its stages unless the stack
- * reallocates it (rare; the sample is then left unfinished). */
-static __always_inline __u64 skb_hash_of(const struct sk_buff *skb)
-{
-	return (__u64)skb->head;
-}
-
-/* A socket's connection hash: set when it is hashed, kept until it goes. */
-static __always_inline __u64 sk_hash_of(const struct sock *sk)
-{
-	return sk->__sk_common.skc_hash;
+	for (i = 0; i < PMOAS_NETSTACK_FILTER_WAYS; i++)
+		if (set->obj[i] == obj)
+			set->obj[i] = 0;
+	for (i = 0; i < PMOAS_NETSTACK_FILTER_WAYS; i++)
+		if (set->obj[i])
+			return;
+	__sync_fetch_and_and(&busy->bits[s / 64], ~(1ULL << (s % 64)));
+	for (i = 0; i < PMOAS_NETSTACK_FILTER_WAYS; i++)
+		if (set->obj[i]) {
+			__sync_fetch_and_or(&busy->bits[s / 64], 1ULL << (s % 64));
+			return;
+		}
 }
 
 static __always_inline bool still_followed(__u32 tag, __u64 obj)
@@ -258,7 +302,7 @@ static __always_inline void stage_add(__u64 netns, __u32 direction, __u32 stage,
 /* Starts following a packet (`from`: its send, for an egress packet). An
  * entry already there is a freed skb whose address came back before we saw
  * its last stage: replaced, and counted. */
-static __always_inline void track(__u64 skb, __u64 h, __u32 direction, __u64 netns, __u32 stage,
+static __always_inline void track(struct pmoas_netstack_cpu *cpu, __u64 skb, __u32 direction, __u64 netns, __u32 stage,
 				  __u64 now, const struct pmoas_netstack_pkt *from)
 {
 	struct pmoas_netstack_pkt_key key = { .skb = skb, .direction = direction };
@@ -268,27 +312,27 @@ static __always_inline void track(__u64 skb, __u64 h, __u32 direction, __u64 net
 		v.traced = from->traced;
 		__builtin_memcpy(v.stage_ts, from->stage_ts, sizeof(v.stage_ts));
 	} else {
-		v.traced = sampled(PMOAS_SAMPLER_TRACE);
+		v.traced = sampled(cpu, PMOAS_SAMPLER_TRACE);
 	}
 	if (v.traced)
 		v.stage_ts[stage & 3] = now;
 
 	if (bpf_map_update_elem(&netstack_packets, &key, &v, BPF_NOEXIST) == 0) {
 		count_stat(PMOAS_NETSTACK_STAT_TRACKED);
-		filter_set(h, direction, skb);
+		filter_add(cpu, direction, skb);
 		return;
 	}
 	if (bpf_map_update_elem(&netstack_packets, &key, &v, BPF_ANY) == 0) {
 		count_stat(PMOAS_NETSTACK_STAT_TRACKED);
 		count_stat(PMOAS_NETSTACK_STAT_FINISHED);
 		pmoas_count_lost(PMOAS_NETSTACK_LOST_PACKET_PATH_UNSEEN);
-		filter_set(h, direction, skb);
+		filter_add(cpu, direction, skb);
 	}
 }
 
-static __always_inline void untrack(struct pmoas_netstack_pkt_key *key, __u64 h)
+static __always_inline void untrack(struct pmoas_netstack_cpu *cpu, struct pmoas_netstack_pkt_key *key)
 {
-	filter_clear(h, key->direction, key->skb);
+	filter_remove(cpu, key->direction, key->skb);
 	if (bpf_map_delete_elem(&netstack_packets, key) == 0)
 		count_stat(PMOAS_NETSTACK_STAT_FINISHED);
 }
@@ -296,13 +340,13 @@ static __always_inline void untrack(struct pmoas_netstack_pkt_key *key, __u64 h)
 /* Records the stage a followed packet reached; returns its entry. The
  * clock is read only for followed packets: in a VM it may cost more than
  * everything else here. */
-static __always_inline struct pmoas_netstack_pkt *reach(struct pmoas_netstack_pkt_key *key, __u64 h,
+static __always_inline struct pmoas_netstack_pkt *reach(struct pmoas_netstack_cpu *cpu, struct pmoas_netstack_pkt_key *key,
 							__u32 stage)
 {
 	struct pmoas_netstack_pkt *p;
 	__u64 now;
 
-	if (!maybe_followed(h, key->direction, key->skb))
+	if (!maybe_followed(cpu, key->direction, key->skb))
 		return NULL;
 	p = bpf_map_lookup_elem(&netstack_packets, key);
 	if (!p)
@@ -383,12 +427,14 @@ SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(netstack_rx, struct sk_buff *skb)
 {
 	struct pmoas_netstack_pkt_key key = { .skb = (__u64)skb, .direction = PMOAS_DIR_INGRESS };
-	__u64 h = skb_hash_of(skb);
+	struct pmoas_netstack_cpu *cpu = this_cpu();
 	struct pmoas_netstack_pkt *p;
 	__u64 now;
 
+	if (!cpu)
+		return 0;
 	/* Handed up again by the next device: its first stage starts over. */
-	if (maybe_followed(h, PMOAS_DIR_INGRESS, key.skb)) {
+	if (maybe_followed(cpu, PMOAS_DIR_INGRESS, key.skb)) {
 		p = bpf_map_lookup_elem(&netstack_packets, &key);
 		now = bpf_ktime_get_ns();
 		if (p && p->stage == PMOAS_STAGE_DEVICE_RECEIVE && now - p->ts_ns < RERECEIVE_NS) {
@@ -399,9 +445,9 @@ int BPF_PROG(netstack_rx, struct sk_buff *skb)
 			return 0;
 		}
 	}
-	if (!sampled(PMOAS_SAMPLER_INGRESS) || !tcp_data_segment(skb))
+	if (!sampled(cpu, PMOAS_SAMPLER_INGRESS) || !tcp_data_segment(skb))
 		return 0;
-	track(key.skb, h, PMOAS_DIR_INGRESS, dev_netns(skb->dev), PMOAS_STAGE_DEVICE_RECEIVE,
+	track(cpu, key.skb, PMOAS_DIR_INGRESS, dev_netns(skb->dev), PMOAS_STAGE_DEVICE_RECEIVE,
 	      bpf_ktime_get_ns(), NULL);
 	return 0;
 }
@@ -424,47 +470,42 @@ SEC("tp_btf/tcp_probe")
 int BPF_PROG(netstack_tcp_rcv, struct sock *sk, const struct sk_buff *skb)
 {
 	struct pmoas_netstack_pkt_key key = { .skb = (__u64)skb, .direction = PMOAS_DIR_INGRESS };
-	__u32 zero = 0;
-	struct rx_current *cur = bpf_map_lookup_elem(&netstack_rx_current, &zero);
-	__u64 h = skb_hash_of(skb);
+	struct pmoas_netstack_cpu *cpu = this_cpu();
 
-	if (sampled(PMOAS_SAMPLER_RTT))
+	if (!cpu)
+		return 0;
+	if (sampled(cpu, PMOAS_SAMPLER_RTT))
 		rtt_sample(sk);
-	if (cur)
-		cur->skb = 0;
-	if (!reach(&key, h, PMOAS_STAGE_TCP_RECEIVE))
+	cpu->rx_skb = 0;
+	if (!reach(cpu, &key, PMOAS_STAGE_TCP_RECEIVE))
 		return 0;
 	/* A pure ACK is freed by TCP: its path ends here. */
 	if (tcp_seq_len(skb) == 0) {
-		untrack(&key, h);
+		untrack(cpu, &key);
 		return 0;
 	}
-	if (cur) {
-		cur->skb = (__u64)skb;
-		cur->sk = (__u64)sk;
-		cur->h = h;
-	}
+	cpu->rx_skb = (__u64)skb;
+	cpu->rx_sk = (__u64)sk;
 	return 0;
 }
 
 /* Hook: sock:sk_data_ready, the reader's wake-up once TCP queued the data.
- * It names no skb: the tracked one is the segment this CPU's tcp_probe just
- * handled, for the same socket. */
+ * It names no skb: the followed one is the segment this CPU's tcp_probe
+ * just handled, for the same socket. */
 SEC("tp_btf/sk_data_ready")
 int BPF_PROG(netstack_data_ready, const struct sock *sk)
 {
-	__u32 zero = 0;
-	struct rx_current *cur = bpf_map_lookup_elem(&netstack_rx_current, &zero);
 	struct pmoas_netstack_pkt_key key = { .direction = PMOAS_DIR_INGRESS };
+	struct pmoas_netstack_cpu *cpu = this_cpu();
 	struct pmoas_netstack_pkt *p;
 
-	if (!cur || !cur->skb || cur->sk != (__u64)sk)
+	if (!cpu || !cpu->rx_skb || cpu->rx_sk != (__u64)sk)
 		return 0;
-	key.skb = cur->skb;
-	cur->skb = 0;
+	key.skb = cpu->rx_skb;
+	cpu->rx_skb = 0;
 	p = bpf_map_lookup_elem(&netstack_packets, &key);
 	if (p && p->stage == PMOAS_STAGE_TCP_RECEIVE)
-		reach(&key, cur->h, PMOAS_STAGE_SOCKET_QUEUE);
+		reach(cpu, &key, PMOAS_STAGE_SOCKET_QUEUE);
 	return 0;
 }
 
@@ -474,13 +515,15 @@ SEC("tp_btf/skb_copy_datagram_iovec")
 int BPF_PROG(netstack_app_read, const struct sk_buff *skb, int len)
 {
 	struct pmoas_netstack_pkt_key key = { .skb = (__u64)skb, .direction = PMOAS_DIR_INGRESS };
+	struct pmoas_netstack_cpu *cpu = this_cpu();
+	struct pmoas_netstack_pkt *p;
 
-	__u64 h = skb_hash_of(skb);
-	struct pmoas_netstack_pkt *p = reach(&key, h, PMOAS_STAGE_APP_READ);
-
+	if (!cpu)
+		return 0;
+	p = reach(cpu, &key, PMOAS_STAGE_APP_READ);
 	if (p) {
 		journey_out(p, PMOAS_DIR_INGRESS);
-		untrack(&key, h);
+		untrack(cpu, &key);
 	}
 	return 0;
 }
@@ -495,23 +538,24 @@ SEC("tp_btf/tcp_sendmsg_locked")
 int BPF_PROG(netstack_app_send, const struct sock *sk, const struct msghdr *msg,
 	     const struct sk_buff *skb, int size_goal)
 {
+	struct pmoas_netstack_cpu *cpu = this_cpu();
 	struct pmoas_netstack_pkt v = {};
 	__u64 key;
 	long err;
 
-	if (!sampled(PMOAS_SAMPLER_EGRESS))
+	if (!cpu || !sampled(cpu, PMOAS_SAMPLER_EGRESS))
 		return 0;
 	key = (__u64)sk;
 	v.ts_ns = bpf_ktime_get_ns();
 	v.netns = pmoas_sock_netns(sk);
 	v.stage = PMOAS_STAGE_APP_SEND;
-	v.traced = sampled(PMOAS_SAMPLER_TRACE);
+	v.traced = sampled(cpu, PMOAS_SAMPLER_TRACE);
 	if (v.traced)
 		v.stage_ts[0] = v.ts_ns;
 	/* A send of this socket still on its way keeps its earlier time. */
 	err = bpf_map_update_elem(&netstack_sends, &key, &v, BPF_NOEXIST);
 	if (err == 0)
-		filter_set(sk_hash_of(sk), PMOAS_DIR_SEND, key);
+		filter_add(cpu, PMOAS_DIR_SEND, key);
 	else if (err == -E2BIG)
 		pmoas_count_lost(PMOAS_NETSTACK_LOST_SEND_MAP_FULL);
 	return 0;
@@ -522,15 +566,15 @@ int BPF_PROG(netstack_app_send, const struct sock *sk, const struct msghdr *msg,
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(netstack_dev_queue, struct sk_buff *skb)
 {
+	struct pmoas_netstack_cpu *cpu = this_cpu();
 	struct pmoas_netstack_pkt *send, sent;
 	struct sock *owner = skb->sk;
-	__u64 now, netns, sk, h;
+	__u64 now, netns, sk;
 
-	if (!owner)
+	if (!cpu || !owner)
 		return 0;
 	sk = (__u64)owner;
-	h = sk_hash_of(owner);
-	if (!maybe_followed(h, PMOAS_DIR_SEND, sk))
+	if (!maybe_followed(cpu, PMOAS_DIR_SEND, sk))
 		return 0;
 	send = bpf_map_lookup_elem(&netstack_sends, &sk);
 	if (!send)
@@ -540,8 +584,8 @@ int BPF_PROG(netstack_dev_queue, struct sk_buff *skb)
 	stage_add(netns, PMOAS_DIR_EGRESS, PMOAS_STAGE_DEV_QUEUE, now - send->ts_ns);
 	sent = *send;
 	bpf_map_delete_elem(&netstack_sends, &sk);
-	filter_clear(h, PMOAS_DIR_SEND, sk);
-	track((__u64)skb, skb_hash_of(skb), PMOAS_DIR_EGRESS, netns, PMOAS_STAGE_DEV_QUEUE, now, &sent);
+	filter_remove(cpu, PMOAS_DIR_SEND, sk);
+	track(cpu, (__u64)skb, PMOAS_DIR_EGRESS, netns, PMOAS_STAGE_DEV_QUEUE, now, &sent);
 	return 0;
 }
 
@@ -552,33 +596,35 @@ SEC("tp_btf/net_dev_start_xmit")
 int BPF_PROG(netstack_dev_start_xmit, const struct sk_buff *skb, const struct net_device *dev)
 {
 	struct pmoas_netstack_pkt_key key = { .skb = (__u64)skb, .direction = PMOAS_DIR_EGRESS };
-	__u64 h = skb_hash_of(skb);
+	struct pmoas_netstack_cpu *cpu = this_cpu();
 	struct pmoas_netstack_pkt *p;
 
-	if (!maybe_followed(h, PMOAS_DIR_EGRESS, key.skb))
+	if (!cpu || !maybe_followed(cpu, PMOAS_DIR_EGRESS, key.skb))
 		return 0;
 	p = bpf_map_lookup_elem(&netstack_packets, &key);
 	if (p && p->stage == PMOAS_STAGE_DEV_QUEUE)
-		reach(&key, h, PMOAS_STAGE_DEV_START_XMIT);
+		reach(cpu, &key, PMOAS_STAGE_DEV_START_XMIT);
 	return 0;
 }
 
 /* Hook: net:net_dev_xmit, the driver returned: the last egress stage. The
  * skb is in its peer's backlog (loopback, veth) or waits for the device's
- * completion; were it freed already, reading its buffer address cannot
- * fault (BTF loads) and a stale one only leaves the sample unfinished. */
+ * completion; were it freed already, its address only leaves the sample
+ * unfinished. */
 SEC("tp_btf/net_dev_xmit")
 int BPF_PROG(netstack_dev_xmit, struct sk_buff *skb, int rc, struct net_device *dev,
 	     unsigned int len)
 {
 	struct pmoas_netstack_pkt_key key = { .skb = (__u64)skb, .direction = PMOAS_DIR_EGRESS };
+	struct pmoas_netstack_cpu *cpu = this_cpu();
+	struct pmoas_netstack_pkt *p;
 
-	__u64 h = skb_hash_of(skb);
-	struct pmoas_netstack_pkt *p = reach(&key, h, PMOAS_STAGE_DEV_XMIT);
-
+	if (!cpu)
+		return 0;
+	p = reach(cpu, &key, PMOAS_STAGE_DEV_XMIT);
 	if (p) {
 		journey_out(p, PMOAS_DIR_EGRESS);
-		untrack(&key, h);
+		untrack(cpu, &key);
 	}
 	return 0;
 }
@@ -596,6 +642,7 @@ int BPF_PROG(netstack_drop, struct sk_buff *skb, void *location, enum skb_drop_r
 	struct pmoas_netstack_pkt_key pkt = { .skb = (__u64)skb, .direction = PMOAS_DIR_INGRESS };
 	struct net_device *dev = skb->dev;
 	struct sock *sk = skb->sk;
+	struct pmoas_netstack_cpu *cpu = this_cpu();
 	__u64 *n;
 
 	if (reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
@@ -608,11 +655,13 @@ int BPF_PROG(netstack_drop, struct sk_buff *skb, void *location, enum skb_drop_r
 	if (n)
 		__sync_fetch_and_add(n, 1);
 	/* A followed packet ends here. */
-	if (maybe_followed(skb_hash_of(skb), PMOAS_DIR_INGRESS, pkt.skb))
-		untrack(&pkt, skb_hash_of(skb));
+	if (!cpu)
+		return 0;
+	if (maybe_followed(cpu, PMOAS_DIR_INGRESS, pkt.skb))
+		untrack(cpu, &pkt);
 	pkt.direction = PMOAS_DIR_EGRESS;
-	if (maybe_followed(skb_hash_of(skb), PMOAS_DIR_EGRESS, pkt.skb))
-		untrack(&pkt, skb_hash_of(skb));
+	if (maybe_followed(cpu, PMOAS_DIR_EGRESS, pkt.skb))
+		untrack(cpu, &pkt);
 	return 0;
 }
 
@@ -683,9 +732,11 @@ int BPF_PROG(netstack_state, const struct sock *sk, const int oldstate, const in
 	dport = bpf_ntohs(sk->__sk_common.skc_dport);
 
 	if (newstate == TCP_CLOSE) {
+		struct pmoas_netstack_cpu *cpu = this_cpu();
+
 		bpf_map_delete_elem(&netstack_conns, &key);
-		if (bpf_map_delete_elem(&netstack_sends, &key) == 0)
-			filter_clear(sk_hash_of(sk), PMOAS_DIR_SEND, key);
+		if (bpf_map_delete_elem(&netstack_sends, &key) == 0 && cpu)
+			filter_remove(cpu, PMOAS_DIR_SEND, key);
 		pmoas_endpoint_key(&ek, sk, saddr, sport);
 		bpf_map_delete_elem(&netstack_pending, &ek);
 		return 0;

@@ -73,6 +73,16 @@ pub struct Sampler {
     pub tick: u32,
 }
 
+/// `struct pmoas_netstack_cpu`: per-CPU value of `netstack_cpu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cpu {
+    pub sampler: [Sampler; SAMPLERS as usize],
+    pub rx_skb: u64,
+    pub rx_sk: u64,
+    pub scratch: u64,
+}
+
 /// `struct pmoas_netstack_pkt_key`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -148,6 +158,10 @@ const _: () = {
     assert!(size_of::<Sampler>() == 8);
     assert!(offset_of!(Sampler, rate) == 0);
     assert!(offset_of!(Sampler, tick) == 4);
+    assert!(size_of::<Cpu>() == 56);
+    assert!(offset_of!(Cpu, rx_skb) == 32);
+    assert!(offset_of!(Cpu, rx_sk) == 40);
+    assert!(offset_of!(Cpu, scratch) == 48);
     assert!(size_of::<PktKey>() == 16);
     assert!(offset_of!(PktKey, skb) == 0);
     assert!(offset_of!(PktKey, direction) == 8);
@@ -183,6 +197,7 @@ const _: () = {
 
 // SAFETY: plain-old-data, `repr(C)`, explicit padding only.
 unsafe impl aya::Pod for Sampler {}
+unsafe impl aya::Pod for Cpu {}
 unsafe impl aya::Pod for PktKey {}
 unsafe impl aya::Pod for Pkt {}
 unsafe impl aya::Pod for StageKey {}
@@ -193,6 +208,7 @@ unsafe impl aya::Pod for RttKey {}
 /// compares them with the BTF of netstack.bpf.o, field by field.
 pub const LAYOUTS: &[crate::types::Layout] = &[
     crate::layout!("pmoas_netstack_sampler", Sampler, rate, tick),
+    crate::layout!("pmoas_netstack_cpu", Cpu, sampler, rx_skb, rx_sk, scratch),
     crate::layout!("pmoas_netstack_pkt_key", PktKey, skb, direction, pad),
     crate::layout!("pmoas_netstack_pkt", Pkt, ts_ns, netns, stage, traced, stage_ts),
     crate::layout!("pmoas_netstack_journey", Journey, netns, ts_ns, direction, pad),

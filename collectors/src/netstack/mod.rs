@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
-use pmoas_bpf::netstack::{self as n, DropKey, Pkt, PktKey, RttKey, Sampler, StageKey};
+use pmoas_bpf::netstack::{self as n, Cpu, DropKey, Pkt, PktKey, RttKey, Sampler, StageKey};
 use pmoas_bpf::types::{self as t, Log2Hist};
 use pmoas_discovery::{Discovery, Workload, netns};
 use serde::{Deserialize, Serialize};
@@ -465,16 +465,18 @@ impl NetstackCollector {
         ];
         let kernel = Kernel::load(&SPEC, ctx, &sizes, PROGRAMS, None)?;
         let fail = |message: String| BuildError::Failed { message, programs: kernel.programs().to_vec() };
-        let mut sampler: PerCpuArray<MapData, Sampler> = kernel.take_map("netstack_sampler")?;
+        let mut per_cpu: PerCpuArray<MapData, Cpu> = kernel.take_map("netstack_cpu")?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| fail(format!("netstack: {what}: {e}")))?;
         // The trace sampler ticks on followed packets only; 0 traces none.
         let trace_rate = if ctx.otlp.is_enabled() { (cfg.trace_sample_rate / cfg.sample_rate).max(1) } else { 0 };
-        for slot in 0..n::SAMPLERS {
-            let rate = if slot == n::SAMPLER_TRACE { trace_rate } else { cfg.sample_rate };
-            let values = PerCpuValues::try_from(vec![Sampler { rate, tick: 0 }; cpus])
-                .map_err(|e| fail(format!("netstack sampler: {e}")))?;
-            sampler.set(slot, values, 0).map_err(|e| fail(format!("setting the netstack sample rate: {e}")))?;
+        let mut state = Cpu::default();
+        for (slot, sampler) in state.sampler.iter_mut().enumerate() {
+            let rate = if slot as u32 == n::SAMPLER_TRACE { trace_rate } else { cfg.sample_rate };
+            *sampler = Sampler { rate, tick: 0 };
         }
+        let values =
+            PerCpuValues::try_from(vec![state; cpus]).map_err(|e| fail(format!("netstack per-CPU state: {e}")))?;
+        per_cpu.set(0, values, 0).map_err(|e| fail(format!("setting the netstack sample rate: {e}")))?;
         let journeys_unnamed = Arc::new(AtomicU64::new(0));
         let journeys = if trace_rate > 0 {
             let ring = kernel.take_map("netstack_journeys")?;
