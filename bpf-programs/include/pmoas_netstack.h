@@ -75,13 +75,6 @@
 #define PMOAS_NETSTACK_STAT_FINISHED 1 /* entries the programs took out */
 #define PMOAS_NETSTACK_STATS 2
 
-/* ---- samplers of pmoas_netstack_cpu: one 1-in-N ticker per decision ---- */
-#define PMOAS_SAMPLER_INGRESS 0
-#define PMOAS_SAMPLER_EGRESS 1
-#define PMOAS_SAMPLER_RTT 2
-#define PMOAS_SAMPLER_TRACE 3 /* 1 in N followed packets becomes a journey */
-#define PMOAS_SAMPLERS 4
-
 /* A 1-in-N ticker. User space writes `rate` on every CPU after loading;
  * 0 (not yet written) samples nothing. */
 struct pmoas_netstack_sampler {
@@ -91,14 +84,17 @@ struct pmoas_netstack_sampler {
 _Static_assert(sizeof(struct pmoas_netstack_sampler) == 8, "pmoas_netstack_sampler layout");
 
 /* Per-CPU value of netstack_cpu: everything a hook needs on this CPU, in
- * one cache line, found with one lookup. */
+ * one cache line, found with one lookup. Which packets are followed is
+ * decided in user space, by when the stage programs are attached (see
+ * docs/netstack.md); `trace` picks the followed packets that become
+ * journeys. */
 struct pmoas_netstack_cpu {
-	struct pmoas_netstack_sampler sampler[PMOAS_SAMPLERS]; /* offset 0 */
-	__u64 rx_skb;  /* offset 32: the followed skb whose tcp_probe ran last here */
-	__u64 rx_sk;   /* offset 40: its socket */
-	__u64 scratch; /* offset 48: turns an address into a number (address_bits) */
+	struct pmoas_netstack_sampler trace; /* offset 0 */
+	__u64 rx_skb;  /* offset 8: the followed skb whose tcp_probe ran last here */
+	__u64 rx_sk;   /* offset 16: its socket */
+	__u64 scratch; /* offset 24: turns an address into a number (address_bits) */
 };
-_Static_assert(sizeof(struct pmoas_netstack_cpu) == 56, "pmoas_netstack_cpu layout");
+_Static_assert(sizeof(struct pmoas_netstack_cpu) == 32, "pmoas_netstack_cpu layout");
 
 /* Key of netstack_packets: the skb (ingress), or the skb on its way to a
  * device (egress), so a loopback skb that goes out and comes back in is
@@ -113,6 +109,12 @@ _Static_assert(sizeof(struct pmoas_netstack_pkt_key) == 16, "pmoas_netstack_pkt_
 /* Value of netstack_filter: one set, addresses of followed objects (0: free). */
 struct pmoas_netstack_filter_set {
 	__u64 obj[PMOAS_NETSTACK_FILTER_WAYS];
+};
+
+/* Value of netstack_filter_busy, per kind: one bit per set, on while the
+ * set may hold something. User space empties both after a sampling window. */
+struct pmoas_netstack_filter_busy {
+	__u64 bits[PMOAS_NETSTACK_FILTER_SETS / 64];
 };
 
 /* Value of netstack_packets (and of netstack_sends, keyed by socket). */

@@ -4,15 +4,20 @@
  * network stack of each network namespace, drops with the kernel's reason,
  * and smoothed TCP RTT per container and peer.
  *
- * Stages (pmoas_netstack.h): 1 in N skbs is followed from its first stage
- * through the next ones in netstack_packets (LRU), and the time between two
- * consecutive stages goes into a log2 histogram keyed by (netns, direction,
- * stage). The netns is read once at the first stage, from the device or the
- * socket, never from the current task: most stages run in softirq.
+ * Stages (pmoas_netstack.h): while the stage programs are attached, every
+ * skb is followed from its first stage through the next ones in
+ * netstack_packets (LRU), and the time between two consecutive stages goes
+ * into a log2 histogram keyed by (netns, direction, stage). User space
+ * samples by attaching them 1/N of the time, in windows: a program that is
+ * not attached costs nothing, where one that decides per packet costs its
+ * run on every packet. The netns is read once at the first stage, from the
+ * device or the socket, never from the current task: most stages run in
+ * softirq.
  *
- * Drops: every kfree_skb (never consume_skb), keyed by (netns, reason).
- * RTT: 1 in N received segments of established sockets, keyed by the
- * socket's cgroup and its peer (matched at ESTABLISHED as socket.bpf.c does).
+ * Drops: every kfree_skb (never consume_skb), keyed by (netns, reason),
+ * always attached. RTT: the received segments of established sockets while
+ * tcp_probe is attached, keyed by the socket's cgroup and its peer (matched
+ * at ESTABLISHED, always attached, as socket.bpf.c does).
  * See docs/netstack.md.
  */
 #include "pmoas_common.h"
@@ -137,13 +142,8 @@ static __always_inline struct pmoas_netstack_cpu *this_cpu(void)
 }
 
 /* 1 in `rate` calls per CPU returns true; none until user space set rate. */
-static __always_inline bool sampled(struct pmoas_netstack_cpu *cpu, __u32 which)
+static __always_inline bool sampled(struct pmoas_netstack_sampler *s)
 {
-	struct pmoas_netstack_sampler *s;
-
-	if (which >= PMOAS_SAMPLERS)
-		return false;
-	s = &cpu->sampler[which];
 	if (s->rate == 0)
 		return false;
 	if (++s->tick < s->rate)
@@ -177,11 +177,7 @@ static __always_inline __u64 address_bits(struct pmoas_netstack_cpu *cpu, __u64 
 
 /* Per kind, one bit per set: the set may hold something. The hooks read
  * this line on every run, so it stays in the cache; the set itself, only
- * when its bit is on (rarely, at the default sampling). */
-struct pmoas_netstack_filter_busy {
-	__u64 bits[PMOAS_NETSTACK_FILTER_SETS / 64];
-};
-
+ * when its bit is on. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 3);
@@ -189,7 +185,7 @@ struct {
 	__type(value, struct pmoas_netstack_filter_busy);
 } netstack_filter_busy SEC(".maps");
 
-/* Fibonacci hashing of the address's low half: the top 8 bits. */
+/* Fibonacci hashing of the address: the top 8 bits. */
 static __always_inline __u32 filter_set_index(struct pmoas_netstack_cpu *cpu, __u64 obj)
 {
 	return (address_bits(cpu, obj) * 0x9E3779B97F4A7C15ULL) >> 56;
@@ -312,7 +308,7 @@ static __always_inline void track(struct pmoas_netstack_cpu *cpu, __u64 skb, __u
 		v.traced = from->traced;
 		__builtin_memcpy(v.stage_ts, from->stage_ts, sizeof(v.stage_ts));
 	} else {
-		v.traced = sampled(cpu, PMOAS_SAMPLER_TRACE);
+		v.traced = sampled(&cpu->trace);
 	}
 	if (v.traced)
 		v.stage_ts[stage & 3] = now;
@@ -445,7 +441,7 @@ int BPF_PROG(netstack_rx, struct sk_buff *skb)
 			return 0;
 		}
 	}
-	if (!sampled(cpu, PMOAS_SAMPLER_INGRESS) || !tcp_data_segment(skb))
+	if (!tcp_data_segment(skb))
 		return 0;
 	track(cpu, key.skb, PMOAS_DIR_INGRESS, dev_netns(skb->dev), PMOAS_STAGE_DEVICE_RECEIVE,
 	      bpf_ktime_get_ns(), NULL);
@@ -474,8 +470,7 @@ int BPF_PROG(netstack_tcp_rcv, struct sock *sk, const struct sk_buff *skb)
 
 	if (!cpu)
 		return 0;
-	if (sampled(cpu, PMOAS_SAMPLER_RTT))
-		rtt_sample(sk);
+	rtt_sample(sk);
 	cpu->rx_skb = 0;
 	if (!reach(cpu, &key, PMOAS_STAGE_TCP_RECEIVE))
 		return 0;
@@ -491,21 +486,38 @@ int BPF_PROG(netstack_tcp_rcv, struct sock *sk, const struct sk_buff *skb)
 
 /* Hook: sock:sk_data_ready, the reader's wake-up once TCP queued the data.
  * It names no skb: the followed one is the segment this CPU's tcp_probe
- * just handled, for the same socket. */
+ * just handled, for the same socket. TCP may have merged it into the
+ * segment queued before it (tcp_try_coalesce) and freed it without a
+ * tracepoint: its data is then read with that segment, which it follows
+ * from here on (if that one is followed already, this path ends here). */
 SEC("tp_btf/sk_data_ready")
 int BPF_PROG(netstack_data_ready, const struct sock *sk)
 {
 	struct pmoas_netstack_pkt_key key = { .direction = PMOAS_DIR_INGRESS };
 	struct pmoas_netstack_cpu *cpu = this_cpu();
-	struct pmoas_netstack_pkt *p;
+	struct pmoas_netstack_pkt *p, moved;
+	__u64 tail;
 
 	if (!cpu || !cpu->rx_skb || cpu->rx_sk != (__u64)sk)
 		return 0;
 	key.skb = cpu->rx_skb;
 	cpu->rx_skb = 0;
 	p = bpf_map_lookup_elem(&netstack_packets, &key);
-	if (p && p->stage == PMOAS_STAGE_TCP_RECEIVE)
-		reach(cpu, &key, PMOAS_STAGE_SOCKET_QUEUE);
+	if (!p || p->stage != PMOAS_STAGE_TCP_RECEIVE)
+		return 0;
+	p = reach(cpu, &key, PMOAS_STAGE_SOCKET_QUEUE);
+	tail = (__u64)sk->sk_receive_queue.prev;
+	if (!p || tail == key.skb || tail == (__u64)&sk->sk_receive_queue)
+		return 0;
+	moved = *p;
+	untrack(cpu, &key);
+	key.skb = tail;
+	if (maybe_followed(cpu, PMOAS_DIR_INGRESS, tail) && bpf_map_lookup_elem(&netstack_packets, &key))
+		return 0;
+	if (bpf_map_update_elem(&netstack_packets, &key, &moved, BPF_NOEXIST) == 0) {
+		count_stat(PMOAS_NETSTACK_STAT_TRACKED);
+		filter_add(cpu, PMOAS_DIR_INGRESS, tail);
+	}
 	return 0;
 }
 
@@ -543,13 +555,13 @@ int BPF_PROG(netstack_app_send, const struct sock *sk, const struct msghdr *msg,
 	__u64 key;
 	long err;
 
-	if (!cpu || !sampled(cpu, PMOAS_SAMPLER_EGRESS))
+	if (!cpu)
 		return 0;
 	key = (__u64)sk;
 	v.ts_ns = bpf_ktime_get_ns();
 	v.netns = pmoas_sock_netns(sk);
 	v.stage = PMOAS_STAGE_APP_SEND;
-	v.traced = sampled(cpu, PMOAS_SAMPLER_TRACE);
+	v.traced = sampled(&cpu->trace);
 	if (v.traced)
 		v.stage_ts[0] = v.ts_ns;
 	/* A send of this socket still on its way keeps its earlier time. */

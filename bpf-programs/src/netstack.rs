@@ -10,6 +10,10 @@ use crate::types::c;
 
 pub const PACKET_MAP_SIZE: u32 = c::PMOAS_NETSTACK_PACKET_MAP_SIZE as u32;
 pub const SEND_MAP_SIZE: u32 = c::PMOAS_NETSTACK_SEND_MAP_SIZE as u32;
+/// `netstack_filter`: sets per kind, addresses per set; `netstack_filter_busy`
+/// holds one bit per set (`[u64; FILTER_SETS / 64]` per kind).
+pub const FILTER_SETS: usize = c::PMOAS_NETSTACK_FILTER_SETS as usize;
+pub const FILTER_WAYS: usize = c::PMOAS_NETSTACK_FILTER_WAYS as usize;
 pub const STAGE_MAP_SIZE: u32 = c::PMOAS_NETSTACK_STAGE_MAP_SIZE as u32;
 pub const DROP_MAP_SIZE: u32 = c::PMOAS_NETSTACK_DROP_MAP_SIZE as u32;
 pub const CONN_MAP_SIZE: u32 = c::PMOAS_NETSTACK_CONN_MAP_SIZE as u32;
@@ -59,12 +63,6 @@ pub const LOST_PACKET_PATH_UNSEEN_SLOT: usize = c::PMOAS_NETSTACK_LOST_PACKET_PA
 pub const STAT_TRACKED: u32 = c::PMOAS_NETSTACK_STAT_TRACKED as u32;
 pub const STAT_FINISHED: u32 = c::PMOAS_NETSTACK_STAT_FINISHED as u32;
 
-pub const SAMPLER_INGRESS: u32 = c::PMOAS_SAMPLER_INGRESS as u32;
-pub const SAMPLER_EGRESS: u32 = c::PMOAS_SAMPLER_EGRESS as u32;
-pub const SAMPLER_RTT: u32 = c::PMOAS_SAMPLER_RTT as u32;
-pub const SAMPLER_TRACE: u32 = c::PMOAS_SAMPLER_TRACE as u32;
-pub const SAMPLERS: u32 = c::PMOAS_SAMPLERS as u32;
-
 /// `struct pmoas_netstack_sampler`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -77,7 +75,7 @@ pub struct Sampler {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cpu {
-    pub sampler: [Sampler; SAMPLERS as usize],
+    pub trace: Sampler,
     pub rx_skb: u64,
     pub rx_sk: u64,
     pub scratch: u64,
@@ -158,10 +156,11 @@ const _: () = {
     assert!(size_of::<Sampler>() == 8);
     assert!(offset_of!(Sampler, rate) == 0);
     assert!(offset_of!(Sampler, tick) == 4);
-    assert!(size_of::<Cpu>() == 56);
-    assert!(offset_of!(Cpu, rx_skb) == 32);
-    assert!(offset_of!(Cpu, rx_sk) == 40);
-    assert!(offset_of!(Cpu, scratch) == 48);
+    assert!(FILTER_SETS % 64 == 0);
+    assert!(size_of::<Cpu>() == 32);
+    assert!(offset_of!(Cpu, rx_skb) == 8);
+    assert!(offset_of!(Cpu, rx_sk) == 16);
+    assert!(offset_of!(Cpu, scratch) == 24);
     assert!(size_of::<PktKey>() == 16);
     assert!(offset_of!(PktKey, skb) == 0);
     assert!(offset_of!(PktKey, direction) == 8);
@@ -208,7 +207,7 @@ unsafe impl aya::Pod for RttKey {}
 /// compares them with the BTF of netstack.bpf.o, field by field.
 pub const LAYOUTS: &[crate::types::Layout] = &[
     crate::layout!("pmoas_netstack_sampler", Sampler, rate, tick),
-    crate::layout!("pmoas_netstack_cpu", Cpu, sampler, rx_skb, rx_sk, scratch),
+    crate::layout!("pmoas_netstack_cpu", Cpu, trace, rx_skb, rx_sk, scratch),
     crate::layout!("pmoas_netstack_pkt_key", PktKey, skb, direction, pad),
     crate::layout!("pmoas_netstack_pkt", Pkt, ts_ns, netns, stage, traced, stage_ts),
     crate::layout!("pmoas_netstack_journey", Journey, netns, ts_ns, direction, pad),

@@ -4,11 +4,13 @@
 //! Also: what to tell the user when the host cannot run eBPF at all
 //! (privileges, BTF, tracefs), and the `lost_events` map every object has.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{MapData, PerCpuArray};
+use aya::programs::tp_btf::BtfTracePointLinkId;
 use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use pmoas_bpf::types::LOST_REASON_SLOTS;
@@ -141,6 +143,9 @@ pub fn unattached(collector: &'static str, specs: &[ProgramSpec], reason: &str) 
 pub struct LoadedObject {
     pub ebpf: Ebpf,
     pub programs: Vec<ProgramStatus>,
+    /// The links of attached tp_btf programs, to detach one and attach it
+    /// again ([`Kernel::set_attached`]).
+    pub links: HashMap<&'static str, BtfTracePointLinkId>,
 }
 
 /// Loads `object`, resizes maps, and attaches every program it can.
@@ -224,11 +229,18 @@ fn load_object(
     };
 
     let mut failures = Failures::new();
+    let mut links = HashMap::new();
     let statuses = attach_all(collector, specs, |spec| {
-        attach(&mut ebpf, spec, &btf, cgroup_root).map_err(|f| {
-            failures.push((spec.program, f.privileged, f.message.clone()));
-            f.message
-        })
+        match attach(&mut ebpf, spec, &btf, cgroup_root) {
+            Ok(link) => {
+                links.extend(link.map(|l| (spec.program, l)));
+                Ok(())
+            }
+            Err(f) => {
+                failures.push((spec.program, f.privileged, f.message.clone()));
+                Err(f.message)
+            }
+        }
     });
     drop(btf);
     release_freed_memory();
@@ -241,7 +253,7 @@ fn load_object(
             .join("; ");
         return Err((LoadError::NothingAttached { collector, details, programs: statuses }, failures));
     }
-    Ok((LoadedObject { ebpf, programs: statuses }, failures))
+    Ok((LoadedObject { ebpf, programs: statuses, links }, failures))
 }
 
 /// Raises each feature of `specs` none of whose programs attached because
@@ -338,22 +350,27 @@ impl From<String> for Failure {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf, cgroup_root: Option<&Path>) -> Result<(), Failure> {
+/// Loads and attaches one program; a tp_btf program's link comes back.
+fn attach(
+    ebpf: &mut Ebpf,
+    spec: &ProgramSpec,
+    btf: &Btf,
+    cgroup_root: Option<&Path>,
+) -> Result<Option<BtfTracePointLinkId>, Failure> {
     let program = ebpf
         .program_mut(spec.program)
         .ok_or_else(|| format!("program {} is not in the object (build mismatch)", spec.program))?;
-    let result: Result<(), ProgramError> = match spec.hook {
+    let result: Result<Option<BtfTracePointLinkId>, ProgramError> = match spec.hook {
         Hook::TracePoint { category, name } => (|| {
             let tp: &mut TracePoint = program.try_into()?;
             tp.load()?;
             tp.attach(category, name)?;
-            Ok(())
+            Ok(None)
         })(),
         Hook::BtfTracePoint { name } => (|| {
             let tp: &mut BtfTracePoint = program.try_into()?;
             tp.load(name, btf)?;
-            tp.attach()?;
-            Ok(())
+            Ok(Some(tp.attach()?))
         })(),
         Hook::CgroupSkb { ingress } => {
             let root =
@@ -367,7 +384,7 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &Btf, cgroup_root: Option<&P
                 // A bpf_link on a cgroup always shares it with other programs; the
                 // kernel refuses BPF_F_ALLOW_MULTI as a link flag (EINVAL).
                 prog.attach(&dir, kind, CgroupAttachMode::Single)?;
-                Ok(())
+                Ok(None)
             })()
         }
     };
@@ -765,6 +782,8 @@ impl LostEvents {
 pub struct Kernel {
     collector: &'static str,
     ebpf: std::sync::Mutex<Ebpf>,
+    /// Links of the tp_btf programs attached now (locked before `ebpf`).
+    links: std::sync::Mutex<HashMap<&'static str, BtfTracePointLinkId>>,
     programs: Vec<ProgramStatus>,
     lost: LostEvents,
 }
@@ -802,6 +821,7 @@ impl Kernel {
         })?;
         let mut ebpf = loaded.ebpf;
         let states = loaded.programs;
+        let links = std::sync::Mutex::new(loaded.links);
         let lost = LostEvents::take(collector, &mut ebpf, spec.lost_reasons)
             .map_err(|e| fail(e.to_string(), states.clone()))?;
         if filter {
@@ -810,7 +830,34 @@ impl Kernel {
             })?;
             follow_targets(collector, map, &ctx.discovery).map_err(|e| fail(e.to_string(), states.clone()))?;
         }
-        Ok(Kernel { collector, ebpf: std::sync::Mutex::new(ebpf), programs: states, lost })
+        Ok(Kernel { collector, ebpf: std::sync::Mutex::new(ebpf), links, programs: states, lost })
+    }
+
+    /// Detaches (`on` false) a tp_btf program that attached at load, or
+    /// attaches it again: for a collector that samples by attaching its
+    /// programs part of the time. A program that did not attach at load is
+    /// left alone; its state stays what [`Kernel::programs`] says.
+    pub fn set_attached(&self, program: &'static str, on: bool) -> anyhow::Result<()> {
+        if !self.programs.iter().any(|p| p.program == program && p.attached) {
+            return Ok(());
+        }
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ebpf = self.lock();
+        let tp: &mut BtfTracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow::anyhow!("program {program} is not in the {} object", self.collector))?
+            .try_into()?;
+        match (on, links.remove(program)) {
+            (true, Some(link)) => {
+                links.insert(program, link);
+            }
+            (true, None) => {
+                links.insert(program, tp.attach()?);
+            }
+            (false, Some(link)) => tp.detach(link)?,
+            (false, None) => {}
+        }
+        Ok(())
     }
 
     /// Takes a map out of the object, typed (`PerCpuHashMap<_, K, V>`, ...).

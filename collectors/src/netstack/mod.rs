@@ -13,13 +13,14 @@
 
 pub mod btf;
 pub mod journey;
+pub mod windows;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
 use pmoas_bpf::netstack::{self as n, Cpu, DropKey, Pkt, PktKey, RttKey, Sampler, StageKey};
 use pmoas_bpf::types::{self as t, Log2Hist};
 use pmoas_discovery::{Discovery, Workload, netns};
@@ -145,6 +146,11 @@ pub const LOST_REASONS: &[&str] = &n::LOST_REASONS;
 
 /// The reason user space adds (an LRU map evicts without telling).
 pub const EVICTED_REASON: &str = "packet_map_evicted";
+
+/// Followed packets (and sends) still on their way when their sampling
+/// window closed and [`windows::DRAIN`] passed: their path left the traced
+/// hooks unseen. User space takes them out of the maps and counts them.
+pub const UNFINISHED_REASON: &str = "packet_path_unfinished";
 
 /// Journeys not sent because nobody is known to own their namespace (yet),
 /// or it is outside the target selection: counted, never sent pod-less.
@@ -325,6 +331,9 @@ struct Inner {
     rtt: PerCpuHashMap<MapData, RttKey, Log2Hist>,
     packets: BpfHashMap<MapData, PktKey, Pkt>,
     packet_stats: PerCpuArray<MapData, u64>,
+    sends: BpfHashMap<MapData, u64, Pkt>,
+    filter: Array<MapData, [u64; n::FILTER_WAYS]>,
+    filter_busy: Array<MapData, [u64; n::FILTER_SETS / 64]>,
     reasons: HashMap<u32, String>,
     names: Namespaces,
     /// Journeys not sent: their namespace was not named (yet) or is
@@ -335,15 +344,20 @@ struct Inner {
     remembered: HashMap<Triple, &'static str>,
     /// Highest lower bound of LRU evictions computed so far.
     evicted: u64,
+    /// Packets taken out after their window ([`UNFINISHED_REASON`]).
+    unfinished_packets: u64,
+    unfinished_sends: u64,
 }
 
 pub struct NetstackCollector {
     // Field order: `inner` (the maps) drops before `kernel` detaches programs.
-    inner: Mutex<Inner>,
-    kernel: Kernel,
+    inner: Arc<Mutex<Inner>>,
+    kernel: Arc<Kernel>,
     discovery: Arc<Discovery>,
     /// Set to stop the journey thread (with OTLP only).
     journeys: Option<Arc<AtomicBool>>,
+    /// Dropped to stop the sampling windows (sample rate above 1).
+    _windows: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl Drop for NetstackCollector {
@@ -463,17 +477,14 @@ impl NetstackCollector {
             ("netstack_drops", cfg.max_series),
             ("netstack_rtt", cfg.max_series),
         ];
-        let kernel = Kernel::load(&SPEC, ctx, &sizes, PROGRAMS, None)?;
+        let kernel = Arc::new(Kernel::load(&SPEC, ctx, &sizes, PROGRAMS, None)?);
         let fail = |message: String| BuildError::Failed { message, programs: kernel.programs().to_vec() };
         let mut per_cpu: PerCpuArray<MapData, Cpu> = kernel.take_map("netstack_cpu")?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| fail(format!("netstack: {what}: {e}")))?;
         // The trace sampler ticks on followed packets only; 0 traces none.
+        // 1 in sample-rate packets is followed (by time, windows.rs).
         let trace_rate = if ctx.otlp.is_enabled() { (cfg.trace_sample_rate / cfg.sample_rate).max(1) } else { 0 };
-        let mut state = Cpu::default();
-        for (slot, sampler) in state.sampler.iter_mut().enumerate() {
-            let rate = if slot as u32 == n::SAMPLER_TRACE { trace_rate } else { cfg.sample_rate };
-            *sampler = Sampler { rate, tick: 0 };
-        }
+        let state = Cpu { trace: Sampler { rate: trace_rate, tick: 0 }, ..Cpu::default() };
         let values =
             PerCpuValues::try_from(vec![state; cpus]).map_err(|e| fail(format!("netstack per-CPU state: {e}")))?;
         per_cpu.set(0, values, 0).map_err(|e| fail(format!("setting the netstack sample rate: {e}")))?;
@@ -498,14 +509,35 @@ impl NetstackCollector {
             rtt: kernel.take_map("netstack_rtt")?,
             packets: kernel.take_map("netstack_packets")?,
             packet_stats: kernel.take_map("netstack_packet_stats")?,
+            sends: kernel.take_map("netstack_sends")?,
+            filter: kernel.take_map("netstack_filter")?,
+            filter_busy: kernel.take_map("netstack_filter_busy")?,
             reasons,
             names: Namespaces::default(),
             journeys_unnamed,
             unknown_since: HashMap::new(),
             remembered: HashMap::new(),
             evicted: 0,
+            unfinished_packets: 0,
+            unfinished_sends: 0,
         };
-        Ok(NetstackCollector { inner: Mutex::new(inner), kernel, discovery: ctx.discovery.clone(), journeys })
+        let inner = Arc::new(Mutex::new(inner));
+        let windows = match windows::Schedule::for_rate(cfg.sample_rate) {
+            Some(schedule) => {
+                let (stop, stopped) = std::sync::mpsc::channel();
+                windows::spawn(kernel.clone(), inner.clone(), schedule, stopped)
+                    .map_err(|e| fail(format!("starting the netstack sampling windows: {e}")))?;
+                Some(stop)
+            }
+            None => None,
+        };
+        Ok(NetstackCollector {
+            inner,
+            kernel,
+            discovery: ctx.discovery.clone(),
+            journeys,
+            _windows: windows,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -533,15 +565,49 @@ impl Inner {
         let tracked = sum(&self.packet_stats, n::STAT_TRACKED)?;
         let live = self.packets.keys().filter(|k| k.is_ok()).count() as u64;
         let finished = sum(&self.packet_stats, n::STAT_FINISHED)?;
-        self.evicted = self.evicted.max(tracked.saturating_sub(finished + live));
+        self.evicted = self.evicted.max(tracked.saturating_sub(finished + live + self.unfinished_packets));
         Ok(self.evicted)
+    }
+
+    /// After a window, with the stage programs detached: takes out what
+    /// is still followed (counted), and empties the filter.
+    fn clear_left_over(&mut self) -> anyhow::Result<()> {
+        let packets: Vec<PktKey> = self.packets.keys().filter_map(Result::ok).collect();
+        for key in packets {
+            // The drop program, still attached, may take it first.
+            if self.packets.remove(&key).is_ok() {
+                self.unfinished_packets += 1;
+            }
+        }
+        let sends: Vec<u64> = self.sends.keys().filter_map(Result::ok).collect();
+        for key in sends {
+            if self.sends.remove(&key).is_ok() {
+                self.unfinished_sends += 1;
+            }
+        }
+        for kind in 0..3u32 {
+            let busy = self.filter_busy.get(&kind, 0)?;
+            for (word, bits) in busy.iter().enumerate() {
+                for bit in (0..64).filter(|b| bits & (1u64 << b) != 0) {
+                    let set = kind * n::FILTER_SETS as u32 + (word * 64 + bit) as u32;
+                    self.filter.set(set, [0; n::FILTER_WAYS], 0)?;
+                }
+            }
+            if busy.iter().any(|w| *w != 0) {
+                self.filter_busy.set(kind, [0; n::FILTER_SETS / 64], 0)?;
+            }
+        }
+        Ok(())
     }
 
     fn collect(&mut self, discovery: &Discovery, out: &mut MetricSet) -> anyhow::Result<()> {
         self.names.refresh(discovery);
         let evicted = self.count_evicted()?;
-        for (reason, n) in [(EVICTED_REASON, evicted), (UNNAMED_REASON, self.journeys_unnamed.load(Ordering::Relaxed))]
-        {
+        for (reason, n) in [
+            (EVICTED_REASON, evicted),
+            (UNFINISHED_REASON, self.unfinished_packets + self.unfinished_sends),
+            (UNNAMED_REASON, self.journeys_unnamed.load(Ordering::Relaxed)),
+        ] {
             out.counter(
                 &EVENTS_LOST,
                 vec![("collector", INFO.name.to_string()), ("reason", reason.to_string())],
