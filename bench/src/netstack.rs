@@ -99,7 +99,12 @@ fn window(pod: &Pod, o: &Opts, arm: Arm, default_rate: &mut String) -> Result<Wi
         metric(body, "pmoas_scrape_collector_success", &NETSTACK) == 1.0
     })?;
     let e = Running(Some(e));
-    let _stats = (arm != Arm::DefaultNoStats).then(BpfStats::on);
+    let _stats = if arm == Arm::DefaultNoStats {
+        set_bpf_stats(false);
+        None
+    } else {
+        Some(BpfStats::on())
+    };
     let (_, page) = http_get(e.get().addr, "/metrics")?;
     ensure!(
         metric(&page, "pmoas_ebpf_program_attached", &NETSTACK) >= 8.0,
@@ -264,8 +269,7 @@ fn render(o: &Opts, windows: &[(Arm, Window)], default_rate: &str) -> String {
         }
         (runs / requests.max(1.0), ns / runs.max(1.0))
     };
-    let mut names: Vec<&str> =
-        of(Arm::Default).flat_map(|w| w.programs.iter().map(|(p, _, _)| p.as_str())).collect();
+    let mut names: Vec<&str> = of(Arm::Default).flat_map(|w| w.programs.iter().map(|(p, _, _)| p.as_str())).collect();
     names.sort();
     names.dedup();
     for name in names {

@@ -18,6 +18,8 @@
 #define PMOAS_NETSTACK_PACKET_MAP_SIZE 16384
 /* Sockets with a sampled send not yet handed to a device. */
 #define PMOAS_NETSTACK_SEND_MAP_SIZE 16384
+/* Sockets with a followed segment queued, not read yet. */
+#define PMOAS_NETSTACK_QUEUED_MAP_SIZE 16384
 /* netstack_filter: per kind (ingress skb, egress skb, socket with a send)
  * PMOAS_NETSTACK_FILTER_SETS sets of PMOAS_NETSTACK_FILTER_WAYS addresses
  * of what is followed; an object's set is chosen by hashing its address.

@@ -47,6 +47,16 @@ struct {
 	__type(value, struct pmoas_netstack_pkt);
 } netstack_sends SEC(".maps");
 
+/* Socket -> the followed segment last queued on it and not read yet: a
+ * close that tosses unread data frees it without a tracepoint, and its
+ * path ends there, not as a loss. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PMOAS_NETSTACK_QUEUED_MAP_SIZE);
+	__type(key, __u64);
+	__type(value, __u64);
+} netstack_queued SEC(".maps");
+
 /* For each kind (PMOAS_DIR_*), the sets of addresses of what is followed.
  * Not per-CPU: a packet's stages run on several CPUs. */
 struct {
@@ -496,7 +506,7 @@ int BPF_PROG(netstack_data_ready, const struct sock *sk)
 	struct pmoas_netstack_pkt_key key = { .direction = PMOAS_DIR_INGRESS };
 	struct pmoas_netstack_cpu *cpu = this_cpu();
 	struct pmoas_netstack_pkt *p, moved;
-	__u64 tail;
+	__u64 tail, skey;
 
 	if (!cpu || !cpu->rx_skb || cpu->rx_sk != (__u64)sk)
 		return 0;
@@ -506,12 +516,18 @@ int BPF_PROG(netstack_data_ready, const struct sock *sk)
 	if (!p || p->stage != PMOAS_STAGE_TCP_RECEIVE)
 		return 0;
 	p = reach(cpu, &key, PMOAS_STAGE_SOCKET_QUEUE);
-	tail = (__u64)sk->sk_receive_queue.prev;
-	if (!p || tail == key.skb || tail == (__u64)&sk->sk_receive_queue)
+	if (!p)
 		return 0;
+	skey = (__u64)sk;
+	tail = (__u64)sk->sk_receive_queue.prev;
+	if (tail == key.skb || tail == (__u64)&sk->sk_receive_queue) {
+		bpf_map_update_elem(&netstack_queued, &skey, &key.skb, BPF_ANY);
+		return 0;
+	}
 	moved = *p;
 	untrack(cpu, &key);
 	key.skb = tail;
+	bpf_map_update_elem(&netstack_queued, &skey, &tail, BPF_ANY);
 	if (maybe_followed(cpu, PMOAS_DIR_INGRESS, tail) && bpf_map_lookup_elem(&netstack_packets, &key))
 		return 0;
 	if (bpf_map_update_elem(&netstack_packets, &key, &moved, BPF_NOEXIST) == 0) {
@@ -534,6 +550,11 @@ int BPF_PROG(netstack_app_read, const struct sk_buff *skb, int len)
 		return 0;
 	p = reach(cpu, &key, PMOAS_STAGE_APP_READ);
 	if (p) {
+		__u64 sk = (__u64)skb->sk;
+		__u64 *queued = bpf_map_lookup_elem(&netstack_queued, &sk);
+
+		if (queued && *queued == key.skb)
+			bpf_map_delete_elem(&netstack_queued, &sk);
 		journey_out(p, PMOAS_DIR_INGRESS);
 		untrack(cpu, &key);
 	}
@@ -677,6 +698,26 @@ int BPF_PROG(netstack_drop, struct sk_buff *skb, void *location, enum skb_drop_r
 	return 0;
 }
 
+/* Hook: skb:consume_skb, an skb freed after use (not a drop). A followed
+ * packet whose path left the traced stages ends here: the handshake's last
+ * ACK, which TCP's state machine takes instead of tcp_rcv_established(), an
+ * ACK to a closing socket. Attached with the stage programs, in windows. */
+SEC("tp_btf/consume_skb")
+int BPF_PROG(netstack_consume, struct sk_buff *skb)
+{
+	struct pmoas_netstack_pkt_key key = { .skb = (__u64)skb, .direction = PMOAS_DIR_INGRESS };
+	struct pmoas_netstack_cpu *cpu = this_cpu();
+
+	if (!cpu)
+		return 0;
+	if (maybe_followed(cpu, PMOAS_DIR_INGRESS, key.skb))
+		untrack(cpu, &key);
+	key.direction = PMOAS_DIR_EGRESS;
+	if (maybe_followed(cpu, PMOAS_DIR_EGRESS, key.skb))
+		untrack(cpu, &key);
+	return 0;
+}
+
 /* -------------------------------------------------------------------- RTT */
 
 static __always_inline void rtt_sample(struct sock *sk)
@@ -745,10 +786,21 @@ int BPF_PROG(netstack_state, const struct sock *sk, const int oldstate, const in
 
 	if (newstate == TCP_CLOSE) {
 		struct pmoas_netstack_cpu *cpu = this_cpu();
+		__u64 *queued = bpf_map_lookup_elem(&netstack_queued, &key);
 
 		bpf_map_delete_elem(&netstack_conns, &key);
 		if (bpf_map_delete_elem(&netstack_sends, &key) == 0 && cpu)
 			filter_remove(cpu, PMOAS_DIR_SEND, key);
+		/* Closed with a followed segment unread (tcp_close frees it
+		 * without a tracepoint): its path ends here. */
+		if (queued && cpu) {
+			struct pmoas_netstack_pkt_key pkt = { .skb = *queued, .direction = PMOAS_DIR_INGRESS };
+			struct pmoas_netstack_pkt *p = bpf_map_lookup_elem(&netstack_packets, &pkt);
+
+			if (p && p->stage == PMOAS_STAGE_SOCKET_QUEUE)
+				untrack(cpu, &pkt);
+			bpf_map_delete_elem(&netstack_queued, &key);
+		}
 		pmoas_endpoint_key(&ek, sk, saddr, sport);
 		bpf_map_delete_elem(&netstack_pending, &ek);
 		return 0;

@@ -156,7 +156,7 @@ const _: () = {
     assert!(size_of::<Sampler>() == 8);
     assert!(offset_of!(Sampler, rate) == 0);
     assert!(offset_of!(Sampler, tick) == 4);
-    assert!(FILTER_SETS % 64 == 0);
+    assert!(FILTER_SETS.is_multiple_of(64));
     assert!(size_of::<Cpu>() == 32);
     assert!(offset_of!(Cpu, rx_skb) == 8);
     assert!(offset_of!(Cpu, rx_sk) == 16);

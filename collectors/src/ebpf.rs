@@ -230,16 +230,14 @@ fn load_object(
 
     let mut failures = Failures::new();
     let mut links = HashMap::new();
-    let statuses = attach_all(collector, specs, |spec| {
-        match attach(&mut ebpf, spec, &btf, cgroup_root) {
-            Ok(link) => {
-                links.extend(link.map(|l| (spec.program, l)));
-                Ok(())
-            }
-            Err(f) => {
-                failures.push((spec.program, f.privileged, f.message.clone()));
-                Err(f.message)
-            }
+    let statuses = attach_all(collector, specs, |spec| match attach(&mut ebpf, spec, &btf, cgroup_root) {
+        Ok(link) => {
+            links.extend(link.map(|l| (spec.program, l)));
+            Ok(())
+        }
+        Err(f) => {
+            failures.push((spec.program, f.privileged, f.message.clone()));
+            Err(f.message)
         }
     });
     drop(btf);

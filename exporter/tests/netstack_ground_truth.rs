@@ -148,10 +148,13 @@ fn wrk(pod: &Pod, connections: u32, seconds: u32) -> u64 {
     n
 }
 
-/// Waits until the pod namespace's retransmission counter has been still
-/// for 2 s: the last lost packets have been resent, or given up.
+/// Waits until the DROP rule's packet counter and the pod namespace's
+/// retransmission counter have been still for 2 s: the last lost packets
+/// have been resent or given up, and nothing more meets the rule (the
+/// client, whose retransmissions and closing FINs cross it too, is not in
+/// the pod's namespace).
 fn wait_for_retransmits(pod: &Pod) {
-    let read = || pod.netns_counters().unwrap()["Tcp.RetransSegs"];
+    let read = || (pod.netns_counters().unwrap()["Tcp.RetransSegs"], rule_packets(pod));
     let mut last = read();
     let mut still_since = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -83,9 +83,9 @@ pub struct NetstackConfig {
     /// and the collector list say.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// Follow 1 in this many packets (per CPU and direction) through the
-    /// stages, and take 1 RTT sample per this many received segments.
-    /// Drops are always counted, every one.
+    /// Follow 1 in this many packets through the stages, and their RTT
+    /// samples, by attaching the stage programs 1/N of the time, in windows
+    /// (`windows.rs`). Drops are always counted, every one.
     pub sample_rate: u32,
     /// Sampled packets followed at once (kernel LRU map size); beyond it
     /// the oldest go, counted as `packet_map_evicted`.
@@ -120,7 +120,7 @@ pub const SETTINGS: &[Setting] = &[
         "collector.netstack.sample_rate",
         1,
         1 << 20,
-        "Follow 1 in N packets through the stack's stages and take 1 RTT sample per N received segments (drops: all)",
+        "Follow 1 in N packets through the stack's stages, RTT samples too, by attaching the stage programs 1/N of the time in ~20 ms windows (1: always; drops: all counted)",
     ),
     Setting::count(
         "collector.netstack.max_tracked_packets",
@@ -179,6 +179,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     btf("netstack_dev_queue", "net_dev_queue", "egress_stages"),
     btf("netstack_dev_start_xmit", "net_dev_start_xmit", "egress_stages"),
     btf("netstack_dev_xmit", "net_dev_xmit", "egress_stages"),
+    btf("netstack_consume", "consume_skb", "ingress_stages"),
     btf("netstack_drop", "kfree_skb", "drops"),
     btf("netstack_state", "inet_sock_set_state", "rtt"),
 ];
@@ -332,6 +333,7 @@ struct Inner {
     packets: BpfHashMap<MapData, PktKey, Pkt>,
     packet_stats: PerCpuArray<MapData, u64>,
     sends: BpfHashMap<MapData, u64, Pkt>,
+    queued: BpfHashMap<MapData, u64, u64>,
     filter: Array<MapData, [u64; n::FILTER_WAYS]>,
     filter_busy: Array<MapData, [u64; n::FILTER_SETS / 64]>,
     reasons: HashMap<u32, String>,
@@ -510,6 +512,7 @@ impl NetstackCollector {
             packets: kernel.take_map("netstack_packets")?,
             packet_stats: kernel.take_map("netstack_packet_stats")?,
             sends: kernel.take_map("netstack_sends")?,
+            queued: kernel.take_map("netstack_queued")?,
             filter: kernel.take_map("netstack_filter")?,
             filter_busy: kernel.take_map("netstack_filter_busy")?,
             reasons,
@@ -531,13 +534,7 @@ impl NetstackCollector {
             }
             None => None,
         };
-        Ok(NetstackCollector {
-            inner,
-            kernel,
-            discovery: ctx.discovery.clone(),
-            journeys,
-            _windows: windows,
-        })
+        Ok(NetstackCollector { inner, kernel, discovery: ctx.discovery.clone(), journeys, _windows: windows })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -574,9 +571,18 @@ impl Inner {
     fn clear_left_over(&mut self) -> anyhow::Result<()> {
         let packets: Vec<PktKey> = self.packets.keys().filter_map(Result::ok).collect();
         for key in packets {
+            let left = self.packets.get(&key, 0).ok();
             // The drop program, still attached, may take it first.
             if self.packets.remove(&key).is_ok() {
                 self.unfinished_packets += 1;
+                if let Some(p) = left {
+                    tracing::debug!(
+                        direction = key.direction,
+                        stage = p.stage,
+                        netns = p.netns,
+                        "netstack: a followed packet left unfinished at the end of its window"
+                    );
+                }
             }
         }
         let sends: Vec<u64> = self.sends.keys().filter_map(Result::ok).collect();
@@ -584,6 +590,11 @@ impl Inner {
             if self.sends.remove(&key).is_ok() {
                 self.unfinished_sends += 1;
             }
+        }
+        // Sockets whose queued segment was just taken out.
+        let queued: Vec<u64> = self.queued.keys().filter_map(Result::ok).collect();
+        for key in queued {
+            let _ = self.queued.remove(&key);
         }
         for kind in 0..3u32 {
             let busy = self.filter_busy.get(&kind, 0)?;

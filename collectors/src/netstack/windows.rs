@@ -26,14 +26,16 @@ use super::Inner;
 /// Programs of the first stage of each direction: nothing is followed
 /// without them.
 pub const FIRST_STAGES: [&str; 2] = ["netstack_rx", "netstack_app_send"];
-/// Programs of the later stages (and the RTT's samples, in `tcp_probe`).
-pub const LATER_STAGES: [&str; 6] = [
+/// Programs of the later stages (and the RTT's samples, in `tcp_probe`;
+/// `consume_skb` ends paths that leave the traced stages).
+pub const LATER_STAGES: [&str; 7] = [
     "netstack_tcp_rcv",
     "netstack_data_ready",
     "netstack_app_read",
     "netstack_dev_queue",
     "netstack_dev_start_xmit",
     "netstack_dev_xmit",
+    "netstack_consume",
 ];
 
 /// Shortest window: long enough that few followed packets are cut by its
