@@ -63,19 +63,20 @@
 /* 0 is PMOAS_LOST_AGGREGATION_MAP_FULL (pmoas_common.h): a full stage,
  * drop or RTT map. User space adds packet_map_evicted, which no program can
  * see (an LRU map evicts silently): from netstack_packet_stats below. */
-#define PMOAS_NETSTACK_LOST_PACKET_PATH_UNSEEN 1
-#define PMOAS_NETSTACK_LOST_CONN_MAP_FULL 2
-#define PMOAS_NETSTACK_LOST_PENDING_MAP_FULL 3
-#define PMOAS_NETSTACK_LOST_LOCAL_ADDR_MAP_FULL 4
-#define PMOAS_NETSTACK_LOST_SEND_MAP_FULL 5
-#define PMOAS_NETSTACK_LOST_JOURNEY_RING_FULL 6
-#define PMOAS_NETSTACK_LOST_REASONS 7
+#define PMOAS_NETSTACK_LOST_CONN_MAP_FULL 1
+#define PMOAS_NETSTACK_LOST_PENDING_MAP_FULL 2
+#define PMOAS_NETSTACK_LOST_LOCAL_ADDR_MAP_FULL 3
+#define PMOAS_NETSTACK_LOST_SEND_MAP_FULL 4
+#define PMOAS_NETSTACK_LOST_JOURNEY_RING_FULL 5
+#define PMOAS_NETSTACK_LOST_REASONS 6
 
-/* ---- netstack_packet_stats: per-CPU counters user space turns into
- * packet_map_evicted (tracked - finished - still in the map) */
-#define PMOAS_NETSTACK_STAT_TRACKED 0  /* entries put into netstack_packets */
-#define PMOAS_NETSTACK_STAT_FINISHED 1 /* entries the programs took out */
-#define PMOAS_NETSTACK_STATS 2
+/* ---- netstack_packet_stats: per-CPU counters of followed packets, which
+ * user space exports by outcome and turns into packet_map_evicted
+ * (tracked - finished - left the path - still in the map) */
+#define PMOAS_NETSTACK_STAT_TRACKED 0	/* entries put into netstack_packets */
+#define PMOAS_NETSTACK_STAT_FINISHED 1	/* took a last stage or a known end */
+#define PMOAS_NETSTACK_STAT_LEFT_PATH 2 /* replaced: the skb's address came back first */
+#define PMOAS_NETSTACK_STATS 3
 
 /* A 1-in-N ticker. User space writes `rate` on every CPU after loading;
  * 0 (not yet written) samples nothing. */

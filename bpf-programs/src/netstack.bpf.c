@@ -330,8 +330,7 @@ static __always_inline void track(struct pmoas_netstack_cpu *cpu, __u64 skb, __u
 	}
 	if (bpf_map_update_elem(&netstack_packets, &key, &v, BPF_ANY) == 0) {
 		count_stat(PMOAS_NETSTACK_STAT_TRACKED);
-		count_stat(PMOAS_NETSTACK_STAT_FINISHED);
-		pmoas_count_lost(PMOAS_NETSTACK_LOST_PACKET_PATH_UNSEEN);
+		count_stat(PMOAS_NETSTACK_STAT_LEFT_PATH);
 		filter_add(cpu, direction, skb);
 	}
 }

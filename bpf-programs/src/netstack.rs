@@ -49,19 +49,18 @@ pub const STAGE_NAMES: [&str; 8] = [
 /// reason `i` (`PMOAS_NETSTACK_LOST_*`; slot 0 is pmoas_common.h's
 /// `PMOAS_LOST_AGGREGATION_MAP_FULL`). `packet_map_evicted` is not a slot:
 /// user space computes it (see the header).
-pub const LOST_REASONS: [&str; 7] = [
+pub const LOST_REASONS: [&str; 6] = [
     "aggregation_map_full",
-    "packet_path_unseen",
     "connection_map_full",
     "pending_map_full",
     "local_addr_map_full",
     "send_map_full",
     "journey_ring_full",
 ];
-pub const LOST_PACKET_PATH_UNSEEN_SLOT: usize = c::PMOAS_NETSTACK_LOST_PACKET_PATH_UNSEEN as usize;
 
 pub const STAT_TRACKED: u32 = c::PMOAS_NETSTACK_STAT_TRACKED as u32;
 pub const STAT_FINISHED: u32 = c::PMOAS_NETSTACK_STAT_FINISHED as u32;
+pub const STAT_LEFT_PATH: u32 = c::PMOAS_NETSTACK_STAT_LEFT_PATH as u32;
 
 /// `struct pmoas_netstack_sampler`.
 #[repr(C)]
@@ -189,7 +188,7 @@ const _: () = {
     assert!(offset_of!(RttKey, pad) == 17);
     assert!(LOST_REASONS.len() == c::PMOAS_NETSTACK_LOST_REASONS as usize);
     assert!(LOST_REASONS.len() <= crate::types::LOST_REASON_SLOTS);
-    assert!(c::PMOAS_NETSTACK_LOST_CONN_MAP_FULL == 2 && c::PMOAS_NETSTACK_LOST_SEND_MAP_FULL == 5);
+    assert!(c::PMOAS_NETSTACK_LOST_CONN_MAP_FULL == 1 && c::PMOAS_NETSTACK_LOST_SEND_MAP_FULL == 4);
     assert!(c::PMOAS_LOST_AGGREGATION_MAP_FULL == 0);
     assert!(STAGE_NAMES.len() == c::PMOAS_STAGE_DEV_XMIT as usize + 1);
 };

@@ -414,6 +414,12 @@ fn ebpf_cost_per_request_at_the_default_rate() {
     assert!(samples > 0.0, "no stage samples in the pod");
     assert!(rx / samples > 16.0 && rx / samples < 256.0, "1 in {:.0} of the pod's packets followed", rx / samples);
     assert!(share < 0.03, "netstack eBPF added {:.2}% to the request path's CPU", share * 100.0);
+    // And nothing lost (paths that left the traced hooks are an outcome,
+    // pmoas_netstack_followed_packets_total{outcome="left_path"}, not a loss).
+    let lost = delta(&before, &after, "pmoas_ebpf_events_lost_total", &[("collector", "netstack")]);
+    assert_eq!(lost, 0.0, "lost events at the default rate:\n{}", after.describe("pmoas_ebpf_events_lost_total", &[]));
+    let finished = delta(&before, &after, "pmoas_netstack_followed_packets_total", &[("outcome", "finished")]);
+    assert!(finished >= samples, "{finished} followed packets finished, {samples} samples in the pod alone");
 }
 
 /// Journeys as traces: with `--otlp.endpoint`, followed packets become

@@ -49,6 +49,12 @@ pub const PACKET_DROPS: Desc = Desc::counter(
     "pmoas_netstack_packet_drops_total",
     "Packets the kernel dropped (kfree_skb), per pod network namespace and the kernel's drop reason.",
 );
+pub const FOLLOWED_PACKETS: Desc = Desc::counter(
+    "pmoas_netstack_followed_packets_total",
+    "Packets the netstack collector followed, by how their path ended: outcome=finished (a last stage, or a known \
+     end: a pure ACK at tcp_receive, consumed, dropped, closed unread) or left_path (the path left the traced hooks \
+     unseen; taken out at the end of a sampling window, or found when the skb's address came back).",
+);
 pub const TCP_RTT: Desc = Desc::histogram(
     "pmoas_tcp_rtt_seconds",
     "Smoothed TCP round-trip time, sampled on received segments, by the socket's workload and peer.",
@@ -146,11 +152,6 @@ pub const LOST_REASONS: &[&str] = &n::LOST_REASONS;
 
 /// The reason user space adds (an LRU map evicts without telling).
 pub const EVICTED_REASON: &str = "packet_map_evicted";
-
-/// Followed packets (and sends) still on their way when their sampling
-/// window closed and [`windows::DRAIN`] passed: their path left the traced
-/// hooks unseen. User space takes them out of the maps and counts them.
-pub const UNFINISHED_REASON: &str = "packet_path_unfinished";
 
 /// Journeys not sent because nobody is known to own their namespace (yet),
 /// or it is outside the target selection: counted, never sent pod-less.
@@ -346,7 +347,9 @@ struct Inner {
     remembered: HashMap<Triple, &'static str>,
     /// Highest lower bound of LRU evictions computed so far.
     evicted: u64,
-    /// Packets taken out after their window ([`UNFINISHED_REASON`]).
+    /// Followed packets (and sends) still on their way when their window
+    /// closed and [`windows::DRAIN`] passed: their path left the traced
+    /// hooks unseen; taken out of the maps, counted as `left_path`.
     unfinished_packets: u64,
     unfinished_sends: u64,
 }
@@ -562,8 +565,20 @@ impl Inner {
         let tracked = sum(&self.packet_stats, n::STAT_TRACKED)?;
         let live = self.packets.keys().filter(|k| k.is_ok()).count() as u64;
         let finished = sum(&self.packet_stats, n::STAT_FINISHED)?;
-        self.evicted = self.evicted.max(tracked.saturating_sub(finished + live + self.unfinished_packets));
+        let replaced = sum(&self.packet_stats, n::STAT_LEFT_PATH)?;
+        self.evicted = self.evicted.max(tracked.saturating_sub(finished + replaced + live + self.unfinished_packets));
         Ok(self.evicted)
+    }
+
+    /// `pmoas_netstack_followed_packets_total` by outcome.
+    fn export_outcomes(&self, out: &mut MetricSet) -> anyhow::Result<()> {
+        let sum = |i: u32| -> anyhow::Result<u64> { Ok(self.packet_stats.get(&i, 0)?.iter().sum()) };
+        let left = sum(n::STAT_LEFT_PATH)? + self.unfinished_packets + self.unfinished_sends;
+        out.declare(&FOLLOWED_PACKETS);
+        for (outcome, v) in [("finished", sum(n::STAT_FINISHED)?), ("left_path", left)] {
+            out.counter(&FOLLOWED_PACKETS, vec![("outcome", outcome.to_string())], v as f64);
+        }
+        Ok(())
     }
 
     /// After a window, with the stage programs detached: takes out what
@@ -614,11 +629,9 @@ impl Inner {
     fn collect(&mut self, discovery: &Discovery, out: &mut MetricSet) -> anyhow::Result<()> {
         self.names.refresh(discovery);
         let evicted = self.count_evicted()?;
-        for (reason, n) in [
-            (EVICTED_REASON, evicted),
-            (UNFINISHED_REASON, self.unfinished_packets + self.unfinished_sends),
-            (UNNAMED_REASON, self.journeys_unnamed.load(Ordering::Relaxed)),
-        ] {
+        self.export_outcomes(out)?;
+        for (reason, n) in [(EVICTED_REASON, evicted), (UNNAMED_REASON, self.journeys_unnamed.load(Ordering::Relaxed))]
+        {
             out.counter(
                 &EVENTS_LOST,
                 vec![("collector", INFO.name.to_string()), ("reason", reason.to_string())],
