@@ -229,6 +229,35 @@ static __always_inline bool maybe_followed(struct pmoas_netstack_cpu *cpu, __u32
 
 static __always_inline bool still_followed(__u32 tag, __u64 obj);
 
+/* The set `obj` hashes to, and the word of its kind's busy bits. */
+struct filter_slot {
+	struct pmoas_netstack_filter_set *set;
+	__u64 *busy;
+	__u64 bit;
+};
+
+static __always_inline bool filter_find(struct pmoas_netstack_cpu *cpu, __u32 tag, __u64 obj,
+					struct filter_slot *f)
+{
+	__u32 s = filter_set_index(cpu, obj);
+	struct pmoas_netstack_filter_busy *busy = bpf_map_lookup_elem(&netstack_filter_busy, &tag);
+
+	f->set = filter_set_at(tag, s);
+	if (!busy || !f->set)
+		return false;
+	f->busy = &busy->bits[s / 64];
+	f->bit = 1ULL << (s % 64);
+	return true;
+}
+
+static __always_inline void set_busy(struct filter_slot *f, bool on)
+{
+	if (on)
+		__sync_fetch_and_or(f->busy, f->bit);
+	else
+		__sync_fetch_and_and(f->busy, ~f->bit);
+}
+
 /* Takes a free way, else one whose object is no longer followed
  * (left-overs of packets that took a path without a last stage); when all
  * eight are followed, the way the address picks is taken and its packet
@@ -236,13 +265,13 @@ static __always_inline bool still_followed(__u32 tag, __u64 obj);
  * before the set's bit goes on (see filter_remove). */
 static __always_inline void filter_add(struct pmoas_netstack_cpu *cpu, __u32 tag, __u64 obj)
 {
-	__u32 s = filter_set_index(cpu, obj);
-	struct pmoas_netstack_filter_busy *busy = bpf_map_lookup_elem(&netstack_filter_busy, &tag);
-	struct pmoas_netstack_filter_set *set = filter_set_at(tag, s);
+	struct filter_slot f;
+	struct pmoas_netstack_filter_set *set;
 	__u32 i;
 
-	if (!busy || !set)
+	if (!filter_find(cpu, tag, obj, &f))
 		return;
+	set = f.set;
 	if (set_holds(set, obj))
 		goto busy;
 	for (i = 0; i < PMOAS_NETSTACK_FILTER_WAYS; i++)
@@ -257,7 +286,7 @@ static __always_inline void filter_add(struct pmoas_netstack_cpu *cpu, __u32 tag
 		}
 	set->obj[(address_bits(cpu, obj) >> 8) & (PMOAS_NETSTACK_FILTER_WAYS - 1)] = obj;
 busy:
-	__sync_fetch_and_or(&busy->bits[s / 64], 1ULL << (s % 64));
+	set_busy(&f, true);
 }
 
 /* When the set empties, its bit goes off, then the set is read again: an
@@ -266,23 +295,21 @@ busy:
  * set comes after the clear. (Atomics are full barriers.) */
 static __always_inline void filter_remove(struct pmoas_netstack_cpu *cpu, __u32 tag, __u64 obj)
 {
-	__u32 s = filter_set_index(cpu, obj);
-	struct pmoas_netstack_filter_busy *busy = bpf_map_lookup_elem(&netstack_filter_busy, &tag);
-	struct pmoas_netstack_filter_set *set = filter_set_at(tag, s);
+	struct filter_slot f;
 	__u32 i;
 
-	if (!busy || !set)
+	if (!filter_find(cpu, tag, obj, &f))
 		return;
 	for (i = 0; i < PMOAS_NETSTACK_FILTER_WAYS; i++)
-		if (set->obj[i] == obj)
-			set->obj[i] = 0;
+		if (f.set->obj[i] == obj)
+			f.set->obj[i] = 0;
 	for (i = 0; i < PMOAS_NETSTACK_FILTER_WAYS; i++)
-		if (set->obj[i])
+		if (f.set->obj[i])
 			return;
-	__sync_fetch_and_and(&busy->bits[s / 64], ~(1ULL << (s % 64)));
+	set_busy(&f, false);
 	for (i = 0; i < PMOAS_NETSTACK_FILTER_WAYS; i++)
-		if (set->obj[i]) {
-			__sync_fetch_and_or(&busy->bits[s / 64], 1ULL << (s % 64));
+		if (f.set->obj[i]) {
+			set_busy(&f, true);
 			return;
 		}
 }
@@ -663,6 +690,18 @@ int BPF_PROG(netstack_dev_xmit, struct sk_buff *skb, int rc, struct net_device *
 
 /* ------------------------------------------------------------------ drops */
 
+/* The skb is freed: if it is followed, either way, its path ends here. */
+static __always_inline void end_path(struct pmoas_netstack_cpu *cpu, __u64 skb)
+{
+	struct pmoas_netstack_pkt_key key = { .skb = skb, .direction = PMOAS_DIR_INGRESS };
+
+	if (maybe_followed(cpu, PMOAS_DIR_INGRESS, skb))
+		untrack(cpu, &key);
+	key.direction = PMOAS_DIR_EGRESS;
+	if (maybe_followed(cpu, PMOAS_DIR_EGRESS, skb))
+		untrack(cpu, &key);
+}
+
 /* Hook: skb:kfree_skb, a packet dropped (consume_skb, a packet used up,
  * has its own tracepoint). Declared with the three arguments every kernel
  * since 5.17 passes; 6.x adds the receiving socket, unused here. The netns
@@ -671,7 +710,6 @@ SEC("tp_btf/kfree_skb")
 int BPF_PROG(netstack_drop, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
 	struct pmoas_netstack_drop_key key = { .reason = reason };
-	struct pmoas_netstack_pkt_key pkt = { .skb = (__u64)skb, .direction = PMOAS_DIR_INGRESS };
 	struct net_device *dev = skb->dev;
 	struct sock *sk = skb->sk;
 	struct pmoas_netstack_cpu *cpu = this_cpu();
@@ -687,13 +725,8 @@ int BPF_PROG(netstack_drop, struct sk_buff *skb, void *location, enum skb_drop_r
 	if (n)
 		__sync_fetch_and_add(n, 1);
 	/* A followed packet ends here. */
-	if (!cpu)
-		return 0;
-	if (maybe_followed(cpu, PMOAS_DIR_INGRESS, pkt.skb))
-		untrack(cpu, &pkt);
-	pkt.direction = PMOAS_DIR_EGRESS;
-	if (maybe_followed(cpu, PMOAS_DIR_EGRESS, pkt.skb))
-		untrack(cpu, &pkt);
+	if (cpu)
+		end_path(cpu, (__u64)skb);
 	return 0;
 }
 
@@ -704,16 +737,10 @@ int BPF_PROG(netstack_drop, struct sk_buff *skb, void *location, enum skb_drop_r
 SEC("tp_btf/consume_skb")
 int BPF_PROG(netstack_consume, struct sk_buff *skb)
 {
-	struct pmoas_netstack_pkt_key key = { .skb = (__u64)skb, .direction = PMOAS_DIR_INGRESS };
 	struct pmoas_netstack_cpu *cpu = this_cpu();
 
-	if (!cpu)
-		return 0;
-	if (maybe_followed(cpu, PMOAS_DIR_INGRESS, key.skb))
-		untrack(cpu, &key);
-	key.direction = PMOAS_DIR_EGRESS;
-	if (maybe_followed(cpu, PMOAS_DIR_EGRESS, key.skb))
-		untrack(cpu, &key);
+	if (cpu)
+		end_path(cpu, (__u64)skb);
 	return 0;
 }
 

@@ -1,5 +1,9 @@
 //! End to end: the built exporter, scraped by a real Prometheus (Debian's
-//! package), answers a PromQL query about the testbed pod.
+//! package), answers a PromQL query about the testbed pod; and the project's
+//! Prometheus side (prometheus/): promtool checks its configs and rules and
+//! runs their unit tests, and every rule's expression returns data from a
+//! real Prometheus that scraped the exporter under testbed traffic, using
+//! only metrics the README documents.
 
 mod common;
 
@@ -10,6 +14,52 @@ use common::*;
 use pmoas_testbed::{Place, Pod, PodOptions};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
+const PROMTOOL: &str = "/usr/bin/promtool";
+
+fn repo_path(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// Prometheus's HTTP API: the `data` of a GET.
+fn api(port: u16, path: &str) -> serde_json::Value {
+    let (status, body) = http_get(([127, 0, 0, 1], port).into(), path, &[]).unwrap_or_default();
+    if status != 200 {
+        return serde_json::Value::Null;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["data"].clone()
+}
+
+/// A Prometheus configuration that scrapes the exporter at `target` every
+/// second and evaluates `rule_files` every second.
+fn scraping(target: std::net::SocketAddr, rule_files: &[String]) -> String {
+    let rules: Vec<String> = rule_files.iter().map(|f| format!("'{f}'")).collect();
+    format!(
+        "global: {{ scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s }}\n\
+         rule_files: [ {} ]\n\
+         scrape_configs:\n\
+         - job_name: pmoas\n  static_configs: [ {{ targets: ['{target}'] }} ]\n",
+        rules.join(", ")
+    )
+}
+
+/// A Prometheus on a free loopback port with `config` (YAML), its data and
+/// log in `dir`.
+fn start_prometheus(dir: &std::path::Path, config: &str) -> (Killed, u16) {
+    std::fs::create_dir_all(dir).unwrap();
+    let file = dir.join("prometheus.yml");
+    std::fs::write(&file, config).unwrap();
+    let port = free_port();
+    let child = Command::new(PROMETHEUS)
+        .arg(format!("--config.file={}", file.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+        .spawn()
+        .expect("starting prometheus");
+    (Killed(child), port)
+}
 
 /// Prometheus's HTTP API: the `result` array of an instant query.
 fn query(port: u16, promql: &str) -> Vec<serde_json::Value> {
@@ -38,13 +88,18 @@ impl Drop for Killed {
     }
 }
 
-#[test]
-fn prometheus_scrapes_the_exporter_and_finds_the_pod() {
+/// Root, the testbed's programs and Debian's Prometheus.
+fn testbed_and_prometheus(test: &str) -> bool {
     let mut problems = testbed_problems();
     if !std::path::Path::new(PROMETHEUS).exists() {
         problems.push(format!("{PROMETHEUS} (apt-get install prometheus)"));
     }
-    if !can_run("prometheus_scrapes_the_exporter_and_finds_the_pod", &problems) {
+    can_run(test, &problems)
+}
+
+#[test]
+fn prometheus_scrapes_the_exporter_and_finds_the_pod() {
+    if !testbed_and_prometheus("prometheus_scrapes_the_exporter_and_finds_the_pod") {
         return;
     }
     let pod = Pod::up(&PodOptions::default()).expect("testbed up");
@@ -54,29 +109,7 @@ fn prometheus_scrapes_the_exporter_and_finds_the_pod() {
     }
 
     let dir = std::env::temp_dir().join(format!("pmoas-e2e-prometheus-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{ scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s }}\n\
-             scrape_configs:\n\
-             - job_name: pmoas\n  static_configs: [ {{ targets: ['{}'] }} ]\n",
-            exp.addr
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let prometheus = Killed(
-        Command::new(PROMETHEUS)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-            .spawn()
-            .expect("starting prometheus"),
-    );
+    let (prometheus, port) = start_prometheus(&dir, &scraping(exp.addr, &[]));
 
     let report = tool(&pod, Place::Client, &["http", "--connect", &pod.envoy_addr().to_string(), "--count", "20"]);
     assert_eq!(report["connected"], 20);
@@ -102,6 +135,204 @@ fn prometheus_scrapes_the_exporter_and_finds_the_pod() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    drop(prometheus);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// promtool: both scrape configs and the rules are valid, and the rules'
+/// unit tests (prometheus/tests/) pass.
+#[test]
+fn promtool_checks_the_configs_and_rules_and_runs_their_tests() {
+    if !std::path::Path::new(PROMTOOL).exists()
+        && !can_run(
+            "promtool_checks_the_configs_and_rules_and_runs_their_tests",
+            &[format!("{PROMTOOL} (apt-get install prometheus)")],
+        )
+    {
+        return;
+    }
+    let rules: Vec<String> = std::fs::read_dir(repo_path("prometheus/rules"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".yml"))
+        .collect();
+    let tests: Vec<String> = std::fs::read_dir(repo_path("prometheus/tests"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".yml"))
+        .collect();
+    assert!(!rules.is_empty() && !tests.is_empty(), "no rules or no rule tests in prometheus/");
+    let config = |name: &str| repo_path(&format!("prometheus/{name}")).display().to_string();
+    let runs: Vec<Vec<String>> = vec![
+        vec!["check".into(), "config".into(), config("prometheus.yml")],
+        vec!["check".into(), "config".into(), config("kubernetes.yml")],
+        [vec!["check".into(), "rules".into()], rules].concat(),
+        [vec!["test".into(), "rules".into()], tests].concat(),
+    ];
+    for args in runs {
+        let out = Command::new(PROMTOOL).args(&args).output().expect("running promtool");
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Every metric name (`pmoas_...`, recording rules' `level:name:op` aside)
+/// in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut token = String::new();
+    let mut quoted = false;
+    for c in expr.chars().chain(std::iter::once(' ')) {
+        if c == '"' {
+            quoted = !quoted;
+        }
+        if !quoted && (c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            token.push(c);
+            continue;
+        }
+        if token.starts_with("pmoas_") && !token.contains(':') {
+            names.push(std::mem::take(&mut token));
+        }
+        token.clear();
+    }
+    names
+}
+
+/// An alert's expression without its threshold: the part before the last
+/// comparison at the top level, which must return data for the alert to
+/// mean anything.
+fn without_threshold(expr: &str) -> &str {
+    let bytes = expr.as_bytes();
+    let (mut depth, mut quoted, mut cut) = (0i32, false, None);
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b'(' | b'{' | b'[' if !quoted => depth += 1,
+            b')' | b'}' | b']' if !quoted => depth -= 1,
+            b'>' | b'<' | b'=' | b'!' if !quoted && depth == 0 => {
+                let prev = if i > 0 { bytes[i - 1] } else { b' ' };
+                if !matches!(prev, b'>' | b'<' | b'=' | b'!') && bytes.get(i + 1) != Some(&b'~') {
+                    cut = Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    cut.map_or(expr, |i| expr[..i].trim_end())
+}
+
+#[test]
+fn threshold_and_names_are_found_in_expressions() {
+    assert_eq!(without_threshold("a{x=\"1\"} > 0.5"), "a{x=\"1\"}");
+    assert_eq!(without_threshold("sum by (a) (rate(b{r!~\"X|Y\"}[5m])) >= 1"), "sum by (a) (rate(b{r!~\"X|Y\"}[5m]))");
+    assert_eq!(without_threshold("pmoas_x == 0"), "pmoas_x");
+    assert_eq!(without_threshold("pmoas_x"), "pmoas_x");
+    assert_eq!(
+        metric_names("ns:pmoas_a:rate5m / sum(rate(pmoas_b_total{l=\"pmoas_c\"}[5m]))"),
+        vec!["pmoas_b_total".to_string()]
+    );
+}
+
+/// The rules of prometheus/rules/, loaded into a real Prometheus that
+/// scrapes the exporter (socket, cgroup, netstack) while wrk goes through
+/// the testbed's Envoy with 5% of its packets dropped each way (so drops
+/// and retransmissions exist too): every recording rule returns series,
+/// every alert's expression without its threshold too, and each uses only
+/// metrics in the README's reference.
+#[test]
+fn every_rule_returns_data_from_a_real_scrape() {
+    if !testbed_and_prometheus("every_rule_returns_data_from_a_real_scrape") {
+        return;
+    }
+    let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
+    let pod = Pod::up(&PodOptions::default()).expect("testbed up");
+    let exp = Exporter::start(&["--collectors", "socket,cgroup,netstack", "--collector.netstack.sample-rate", "4"]);
+    if !exp.socket_collector_runs("every_rule_returns_data_from_a_real_scrape") {
+        return;
+    }
+    // The rules as shipped, evaluated every second instead of every 30 s.
+    let dir = std::env::temp_dir().join(format!("pmoas-e2e-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(repo_path("prometheus/rules")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap().replace("interval: 30s", "interval: 1s");
+        let copy = dir.join(path.file_name().unwrap());
+        std::fs::write(&copy, text).unwrap();
+        files.push(copy.display().to_string());
+    }
+    let (prometheus, port) = start_prometheus(&dir, &scraping(exp.addr, &files));
+
+    let drop_rule = |chain: &str, port_flag: &str| {
+        vec![
+            chain.to_string(),
+            "-p".into(),
+            "tcp".into(),
+            port_flag.into(),
+            "15006".into(),
+            "-m".into(),
+            "statistic".into(),
+            "--mode".into(),
+            "random".into(),
+            "--probability".into(),
+            "0.05".into(),
+            "-j".into(),
+            "DROP".into(),
+        ]
+    };
+    let rules = [drop_rule("INPUT", "--dport"), drop_rule("OUTPUT", "--sport")];
+    for r in &rules {
+        let args: Vec<&str> = std::iter::once("-A").chain(r.iter().map(String::as_str)).collect();
+        pod.iptables(&args).expect("iptables -A");
+    }
+    // New connections (connects, accepts, handshakes, accept-queue waits)
+    // and keep-alive load, for a while.
+    let url = format!("http://{}/", pod.envoy_addr());
+    for _ in 0..3 {
+        tool(&pod, Place::Client, &["http", "--connect", &pod.envoy_addr().to_string(), "--count", "50"]);
+        let _ = pod.command(Place::Client, "wrk").args(["-t1", "-c8", "-d3s", &url]).output();
+    }
+    for r in &rules {
+        let args: Vec<&str> = std::iter::once("-D").chain(r.iter().map(String::as_str)).collect();
+        let _ = pod.iptables(&args);
+    }
+
+    let groups = api(port, "/api/v1/rules")["groups"].as_array().cloned().unwrap_or_default();
+    let loaded: Vec<serde_json::Value> =
+        groups.iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect();
+    assert!(loaded.len() >= 10, "Prometheus loaded {} rules: {groups:?}", loaded.len());
+    let mut missing = Vec::new();
+    for rule in &loaded {
+        let (name, expr) = (rule["name"].as_str().unwrap(), rule["query"].as_str().unwrap());
+        assert_eq!(rule["health"], "ok", "rule {name}: {}", rule["lastError"]);
+        for metric in metric_names(expr) {
+            let base =
+                ["_bucket", "_sum", "_count"].iter().fold(metric.as_str(), |m, s| m.strip_suffix(s).unwrap_or(m));
+            assert!(
+                readme.contains(&format!("`{metric}`")) || readme.contains(&format!("`{base}`")),
+                "rule {name} uses {metric}, which the README's metric reference does not document"
+            );
+        }
+        let probe = if rule["type"] == "recording" { name.to_string() } else { without_threshold(expr).to_string() };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while query(port, &probe).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if query(port, &probe).is_empty() {
+            missing.push(format!("{name}: {probe}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "rules without data after the traffic:\n{}\nlog:\n{}",
+        missing.join("\n"),
+        std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+    );
     drop(prometheus);
     let _ = std::fs::remove_dir_all(&dir);
 }
