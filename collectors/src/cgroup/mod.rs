@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use self::files::{Dirs, Plan, Resource, Source, Stats};
 use self::paths::PathMap;
 use crate::ebpf::{self, Hook, Kernel, ProgramSpec, ProgramStatus};
-use crate::fold::{PerCpuTable, SummedTable};
+use crate::fold::{Names, PerCpuTable, SummedTable};
 use crate::metrics::{Desc, Labels, MetricSet, WorkloadLabels};
 use crate::setting::{self, Setting};
 use crate::{BuildContext, BuildError, Collector, CollectorInfo, CollectorSpec};
@@ -290,17 +290,7 @@ impl CgroupCollector {
         let attached = |name: &str| programs.iter().any(|p| p.program == name && p.attached);
         let (maps, kernel) = kernel.map_or((None, None), |(m, k)| (Some(m), Some(k)));
         Ok(CgroupCollector {
-            inner: Mutex::new(Inner {
-                kernel: maps,
-                tracked: HashMap::new(),
-                paths: PathMap::default(),
-                key_owner: HashMap::new(),
-                node_carry: CgroupCounters::default(),
-                pods: HashMap::new(),
-                read_errors: BTreeMap::new(),
-                v1_lookups: V1Lookups::default(),
-                buf: String::with_capacity(4096),
-            }),
+            inner: Mutex::new(Inner::new(maps)),
             kernel,
             network: attached("cgroup_skb_ingress") && attached("cgroup_skb_egress"),
             block_io: attached("cgroup_block_io"),
@@ -364,6 +354,20 @@ impl Row {
 }
 
 impl Inner {
+    fn new(kernel: Option<KernelMaps>) -> Inner {
+        Inner {
+            kernel,
+            tracked: HashMap::new(),
+            paths: PathMap::default(),
+            key_owner: HashMap::new(),
+            node_carry: CgroupCounters::default(),
+            pods: HashMap::new(),
+            read_errors: BTreeMap::new(),
+            v1_lookups: V1Lookups::default(),
+            buf: String::with_capacity(4096),
+        }
+    }
+
     fn collect(&mut self, c: &CgroupCollector, out: &mut MetricSet) -> anyhow::Result<()> {
         let discovery = &c.discovery;
         let filter = discovery.targets_enabled();
@@ -398,13 +402,33 @@ impl Inner {
         }
 
         // 2. Kernel counters, by the cgroup that owns the socket / the task.
+        self.fold_kernel(discovery.as_ref(), filter, &mut rows)?;
+
+        // 3. Pod interfaces, from inside each pod's network namespace.
+        self.read_pods(c, &known);
+
+        self.emit(c, &rows, &sources, out);
+        Ok(())
+    }
+
+    /// The kernel's counters into `rows`, by the cgroup that owns the
+    /// socket or the task: a known workload's series (its pod's row gets
+    /// the sum of the pod's cgroups); a key gone past its grace period is
+    /// deleted, and one that belonged to no workload goes on in the node's
+    /// series, so that it never goes backwards.
+    fn fold_kernel(
+        &mut self,
+        names: &dyn Names,
+        filter: bool,
+        rows: &mut BTreeMap<WorkloadLabels, Row>,
+    ) -> anyhow::Result<()> {
         let mut per_pod: HashMap<String, CgroupCounters> = HashMap::new();
         let entries = match &self.kernel {
             Some(k) => k.counters.entries()?,
             None => Vec::new(),
         };
         for (id, value) in entries {
-            match discovery.lookup(id) {
+            match names.lookup(id) {
                 Lookup::Live(w) | Lookup::Gone(w) => {
                     let owner = WorkloadLabels::of(&w);
                     if filter && !w.selected {
@@ -436,11 +460,6 @@ impl Inner {
                 row.kernel = per_pod.get(uid).copied().unwrap_or_default();
             }
         }
-
-        // 3. Pod interfaces, from inside each pod's network namespace.
-        self.read_pods(c, &known);
-
-        self.emit(c, &rows, &sources, out);
         Ok(())
     }
 
@@ -820,6 +839,79 @@ mod tests {
         row.add_cgroup("/podx", cpu(0.5)); // a sibling with a common prefix: added
         assert_eq!(row.stats().cpu_usage_seconds, Some(5.5));
         assert_eq!(row.cgroups.len(), 2);
+    }
+
+    fn inner_with(entries: Vec<(u64, CgroupCounters)>) -> Inner {
+        let table = crate::fold::FixtureTable { entries, removed: Vec::new() };
+        Inner::new(Some(KernelMaps { counters: Box::new(table) }))
+    }
+
+    fn rx(bytes: u64) -> CgroupCounters {
+        CgroupCounters { net_rx_bytes: bytes, net_rx_packets: 1, ..CgroupCounters::default() }
+    }
+
+    fn set_entries(inner: &mut Inner, entries: Vec<(u64, CgroupCounters)>) {
+        inner.kernel = Some(KernelMaps { counters: Box::new(crate::fold::FixtureTable { entries, removed: vec![] }) });
+    }
+
+    /// The kernel's per-cgroup counters folded into series, on fixture maps:
+    /// each container its own; the pod's row the sum of its cgroups; a host
+    /// cgroup that is gone is carried in the node's series, which never goes
+    /// backwards; a workload's key gone past its grace period ends its
+    /// series and leaves the map; keys outside the target selection are not
+    /// served.
+    #[test]
+    fn kernel_counters_fold_into_containers_pods_and_the_node() {
+        use pmoas_discovery::{Role, Workload};
+        let w = |container: &str, role: Role| Workload {
+            namespace: "shop".into(),
+            pod: "cart-1".into(),
+            container: container.into(),
+            role,
+            pod_uid: Some("uid-1".into()),
+            ..Workload::node()
+        };
+        let unselected = Workload { selected: false, ..w("other", Role::App) };
+        let names = crate::fold::FixtureNames(HashMap::new())
+            .live(1, w("envoy", Role::Sidecar))
+            .live(2, w("cart", Role::App))
+            .live(3, w("", Role::None))
+            .gone(4, w("old", Role::App))
+            .live(5, Workload::node())
+            .live(7, unselected);
+        let mut inner = inner_with(vec![(1, rx(100)), (2, rx(30)), (3, rx(7)), (4, rx(5)), (5, rx(2)), (7, rx(9))]);
+        // The pod-level row, as step 1 makes it from cgroupfs.
+        let pod_row = WorkloadLabels::of(&w("", Role::None));
+        let mut rows: BTreeMap<WorkloadLabels, Row> = BTreeMap::new();
+        rows.insert(pod_row.clone(), Row { pod_uid: Some("uid-1".into()), ..Row::default() });
+
+        inner.fold_kernel(&names, true, &mut rows).unwrap();
+        let bytes = |rows: &BTreeMap<WorkloadLabels, Row>, l: &WorkloadLabels| rows[l].kernel.net_rx_bytes;
+        assert_eq!(bytes(&rows, &WorkloadLabels::of(&w("envoy", Role::Sidecar))), 100);
+        assert_eq!(bytes(&rows, &WorkloadLabels::of(&w("cart", Role::App))), 30);
+        assert_eq!(bytes(&rows, &WorkloadLabels::of(&w("old", Role::App))), 5, "gone, within its grace period");
+        assert_eq!(bytes(&rows, &pod_row), 100 + 30 + 7 + 5, "the pod's row: all its cgroups");
+        assert_eq!(bytes(&rows, &WorkloadLabels::default()), 2);
+        assert!(!rows.keys().any(|l| l.container == "other"), "outside the target selection");
+
+        // Next scrape: host cgroup 5 and container 4 are past their grace
+        // period (unknown now); 5's counts go on in the node's series.
+        let names = crate::fold::FixtureNames(HashMap::new())
+            .live(1, w("envoy", Role::Sidecar))
+            .live(2, w("cart", Role::App))
+            .live(3, w("", Role::None))
+            .live(6, Workload::node());
+        set_entries(&mut inner, vec![(1, rx(150)), (2, rx(30)), (3, rx(7)), (4, rx(5)), (5, rx(2)), (6, rx(1))]);
+        let mut rows: BTreeMap<WorkloadLabels, Row> = BTreeMap::new();
+        rows.insert(pod_row.clone(), Row { pod_uid: Some("uid-1".into()), ..Row::default() });
+        inner.fold_kernel(&names, true, &mut rows).unwrap();
+        assert_eq!(bytes(&rows, &WorkloadLabels::of(&w("envoy", Role::Sidecar))), 150);
+        assert!(!rows.contains_key(&WorkloadLabels::of(&w("old", Role::App))), "a gone container's series ends");
+        assert_eq!(bytes(&rows, &WorkloadLabels::default()), 2 + 1, "the node keeps what its gone cgroup counted");
+        assert_eq!(bytes(&rows, &pod_row), 150 + 30 + 7);
+        let entries = inner.kernel.as_ref().unwrap().counters.entries().unwrap();
+        let ids: Vec<u64> = entries.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, vec![1, 2, 3, 6], "keys of cgroups past their grace period are deleted");
     }
 
     #[test]
