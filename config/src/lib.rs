@@ -45,6 +45,34 @@ pub struct Config {
     pub sidecar: SidecarConfig,
     pub target: TargetConfig,
     pub otlp: pmoas_otlp::OtlpConfig,
+    pub push: PushConfig,
+}
+
+/// Pushing the metrics to a Prometheus Pushgateway, for runs Prometheus
+/// cannot scrape.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// `http://host:port[/prefix]` of the Pushgateway; empty: no push.
+    pub gateway_url: String,
+    /// Time between two pushes.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// The `job` grouping label.
+    pub job: String,
+    /// The `instance` grouping label; empty: the node's name.
+    pub instance: String,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            gateway_url: String::new(),
+            interval: Duration::from_secs(15),
+            job: "pmoas".into(),
+            instance: String::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -276,6 +304,19 @@ impl Config {
         }
         pmoas_discovery::Classifier::new(&self.sidecar)
             .map_err(|reason| ConfigError::Key { key: "sidecar.rules", reason })?;
+        if !self.push.gateway_url.is_empty() && !self.push.gateway_url.starts_with("http://") {
+            return Err(ConfigError::Key {
+                key: "push.gateway_url",
+                reason: format!(
+                    "`{}` is not an http:// URL (http://host:port, optionally with a path prefix; https is not \
+                     supported: put a TLS proxy beside the Pushgateway)",
+                    self.push.gateway_url
+                ),
+            });
+        }
+        if self.push.job.is_empty() {
+            return Err(ConfigError::Key { key: "push.job", reason: "the job label may not be empty".into() });
+        }
         pmoas_discovery::Targets::new(&self.target).map_err(|reason| ConfigError::Key { key: "target", reason })?;
         self.check_bounds()
     }

@@ -163,6 +163,18 @@ pub const SETTINGS: &[Setting] = &[
         Duration::from_secs(60),
         "Longest a span waits for its batch to fill before it is sent anyway",
     ),
+    Setting::value(
+        "push.gateway_url",
+        "URL",
+        "Also push the metrics to this Prometheus Pushgateway (http://host:port[/prefix]); the group is deleted on a clean shutdown",
+    ),
+    Setting::duration("push.interval", Duration::from_secs(1), Duration::from_secs(3600), "Time between two pushes"),
+    Setting::value("push.job", "NAME", "The job grouping label of the pushed metrics"),
+    Setting::value(
+        "push.instance",
+        "NAME",
+        "The instance grouping label of the pushed metrics; empty: the node's name",
+    ),
 ];
 
 /// Every setting, with one `collector.<name>.enabled` toggle per collector.

@@ -59,6 +59,21 @@ fn typed_values_from_env_and_flags() {
 }
 
 #[test]
+fn push_settings_from_every_layer_and_their_errors() {
+    let e = env(&[("PMOAS_PUSH_GATEWAY_URL", "http://gw:9091"), ("PMOAS_PUSH_INTERVAL", "30s")]);
+    let c = Config::load(None, &e, &vec![("push.instance", "node-7".into())]).unwrap();
+    assert_eq!(c.push.gateway_url, "http://gw:9091");
+    assert_eq!(c.push.interval, Duration::from_secs(30));
+    assert_eq!((c.push.job.as_str(), c.push.instance.as_str()), ("pmoas", "node-7"));
+    let err = Config::load(None, &[], &vec![("push.gateway_url", "https://gw:9091".into())]).unwrap_err().to_string();
+    assert!(err.contains("push.gateway_url") && err.contains("not an http:// URL"), "{err}");
+    let err = Config::load(None, &[], &vec![("push.job", "".into())]).unwrap_err().to_string();
+    assert!(err.contains("push.job"), "{err}");
+    let err = Config::load(None, &[], &vec![("push.interval", "0s".into())]).unwrap_err().to_string();
+    assert!(err.contains("push.interval"), "{err}");
+}
+
+#[test]
 fn collector_selection() {
     let names = |c: &Config| c.enabled_collectors().unwrap().iter().map(|i| i.name).collect::<Vec<_>>();
     let c = Config::load(None, &[], &vec![("collectors", "socket".into())]).unwrap();

@@ -5,6 +5,7 @@
 mod cli;
 mod limits;
 mod memory;
+mod push;
 mod reload;
 mod request;
 mod server;
@@ -146,6 +147,15 @@ async fn serve_until_signal(config: Config, reloader: Arc<reload::Reloader>) -> 
     }
     let registry = Arc::new(Registry::new(&enabled));
     let node = pmoas_discovery::kubernetes::node_name(&config.kubernetes);
+    let push_target = if config.push.gateway_url.is_empty() {
+        None
+    } else {
+        let instance = if config.push.instance.is_empty() { node.clone() } else { config.push.instance.clone() };
+        Some(
+            push::Target::new(&config.push.gateway_url, &config.push.job, &instance)
+                .map_err(|e| anyhow::anyhow!("--push.gateway-url: {e}"))?,
+        )
+    };
     let otlp = Arc::new(
         pmoas_otlp::Pipeline::start(&config.otlp, pmoas_otlp::node_resource(Some(&node)))
             .map_err(|e| anyhow::anyhow!("otlp: {e}"))?,
@@ -168,9 +178,16 @@ async fn serve_until_signal(config: Config, reloader: Arc<reload::Reloader>) -> 
         listen,
         max_requests: config.web.max_requests,
         max_connections: config.web.max_connections,
+        push: push_target.as_ref().map(|_| Arc::new(push::PushStats::default())),
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(server::serve(listener, state.clone(), shutdown_rx));
+    let server = tokio::spawn(server::serve(listener, state.clone(), shutdown_rx.clone()));
+    let pushing = match (push_target, &state.push) {
+        (Some(target), Some(stats)) => {
+            Some(tokio::spawn(push::run(target, config.push.interval, state.clone(), stats.clone(), shutdown_rx)))
+        }
+        _ => None,
+    };
     tracing::info!(
         %listen,
         path = %config.web.telemetry_path,
@@ -192,6 +209,10 @@ async fn serve_until_signal(config: Config, reloader: Arc<reload::Reloader>) -> 
     stop.store(true, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
     let _ = server.await;
+    // The group leaves the Pushgateway with the exporter.
+    if let Some(pushing) = pushing {
+        let _ = pushing.await;
+    }
     // Traces already sampled get a moment to leave.
     if otlp.is_enabled() {
         let otlp = otlp.clone();

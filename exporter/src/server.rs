@@ -81,6 +81,8 @@ pub struct AppState {
     /// `--web.max-connections`, as configured; [`serve`] lowers it to fit
     /// the open file limit.
     pub max_connections: usize,
+    /// With `--push.gateway-url`: the pushes' counters.
+    pub push: Option<Arc<crate::push::PushStats>>,
 }
 
 /// The web settings a reload applies at once.
@@ -384,7 +386,7 @@ async fn metrics(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Page
     response
 }
 
-fn exporter_metrics(state: &AppState, set: &mut MetricSet) {
+pub(crate) fn exporter_metrics(state: &AppState, set: &mut MetricSet) {
     set.gauge(
         &BUILD_INFO,
         vec![("version", env!("CARGO_PKG_VERSION").to_string()), ("revision", env!("PMOAS_REVISION").to_string())],
@@ -401,6 +403,9 @@ fn exporter_metrics(state: &AppState, set: &mut MetricSet) {
     }
     for (source, n) in state.discovery.errors() {
         set.counter(&DISCOVERY_ERRORS, vec![("source", source.as_label().into())], n as f64);
+    }
+    if let Some(push) = &state.push {
+        push.export(set);
     }
     if state.otlp.is_enabled() {
         let o = state.otlp.stats();

@@ -362,3 +362,101 @@ fn every_rule_returns_data_from_a_real_scrape() {
     drop(prometheus);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+const PUSHGATEWAY: &str = "/usr/bin/prometheus-pushgateway";
+
+/// A GET's body, or "" when it fails.
+fn body(port: u16, path: &str) -> String {
+    http_get(([127, 0, 0, 1], port).into(), path, &[]).map(|(_, b)| b).unwrap_or_default()
+}
+
+/// Polls `f` every 200 ms until it is true or `within` passed.
+fn eventually(within: Duration, f: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    f()
+}
+
+/// `--push.gateway-url` against Debian's Pushgateway: the exporter's
+/// metrics reach it under job/instance (an instance with a `/`, so in the
+/// `@base64` form), Prometheus reads them back from it, and a clean shutdown
+/// deletes the group. With no gateway the exporter keeps serving and counts
+/// the failed pushes.
+#[test]
+fn pushes_reach_the_pushgateway_and_leave_with_the_exporter() {
+    let mut problems = Vec::new();
+    for bin in [PUSHGATEWAY, PROMETHEUS] {
+        if !std::path::Path::new(bin).exists() {
+            problems.push(format!("{bin} (apt-get install prometheus prometheus-pushgateway)"));
+        }
+    }
+    if !can_run("pushes_reach_the_pushgateway_and_leave_with_the_exporter", &problems) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pmoas-e2e-push-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let gw = free_port();
+    let gateway = Killed(
+        Command::new(PUSHGATEWAY)
+            .arg(format!("--web.listen-address=127.0.0.1:{gw}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("pushgateway.log")).unwrap())
+            .spawn()
+            .expect("starting prometheus-pushgateway"),
+    );
+    assert!(eventually(Duration::from_secs(20), || body(gw, "/-/ready").contains("OK")), "Pushgateway not ready");
+
+    let url = format!("http://127.0.0.1:{gw}");
+    let push = ["--collector.disable-defaults", "--push.gateway-url", &url, "--push.interval", "1s"];
+    let exp = Exporter::start(&[&push[..], &["--push.instance", "node-a/b"]].concat());
+    let ours = |page: &str| {
+        page.lines().any(|l| {
+            l.starts_with("pmoas_build_info{") && l.contains("instance=\"node-a/b\"") && l.contains("job=\"pmoas\"")
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || ours(&body(gw, "/metrics"))),
+        "the exporter's metrics never reached the Pushgateway:\n{}",
+        exp.log_text()
+    );
+
+    // Prometheus reads them back from the gateway, the grouping labels kept.
+    let (prometheus, port) = start_prometheus(
+        &dir.join("prometheus"),
+        &format!(
+            "global: {{ scrape_interval: 1s, scrape_timeout: 1s }}\n\
+             scrape_configs:\n\
+             - job_name: pushgateway\n  honor_labels: true\n  static_configs: [ {{ targets: ['127.0.0.1:{gw}'] }} ]\n"
+        ),
+    );
+    let promql = "pmoas_build_info{job=\"pmoas\",instance=\"node-a/b\"}";
+    assert!(
+        eventually(Duration::from_secs(30), || !query(port, promql).is_empty()),
+        "Prometheus never read the pushed metrics back"
+    );
+    drop(prometheus);
+    let pushed = exp.scrape().get("pmoas_push_requests_total", &[("result", "ok")]).unwrap_or(0.0);
+    assert!(pushed >= 1.0, "pmoas_push_requests_total{{result=\"ok\"}} = {pushed}");
+
+    // A clean shutdown takes the group away.
+    assert!(exp.terminate().success());
+    assert!(!ours(&body(gw, "/metrics")), "the group outlived the exporter:\n{}", body(gw, "/metrics"));
+
+    // No gateway: serving goes on, failures are counted.
+    drop(gateway);
+    let exp = Exporter::start(&push);
+    let failed = |e: &Exporter| e.scrape().get("pmoas_push_requests_total", &[("result", "error")]).unwrap_or(0.0);
+    assert!(
+        eventually(Duration::from_secs(10), || failed(&exp) >= 2.0),
+        "failed pushes not counted:\n{}",
+        exp.log_text()
+    );
+    assert_eq!(exp.get("/healthz").map(|(s, _)| s).unwrap_or(0), 200);
+    assert!(exp.log_text().contains("push to the Pushgateway failed"), "{}", exp.log_text());
+    let _ = std::fs::remove_dir_all(&dir);
+}
