@@ -88,6 +88,8 @@ pub struct WebConfig {
     /// Open client connections (1..=), lowered at start to fit the open file
     /// limit; at the cap the connection idle longest is closed to make room.
     pub max_connections: usize,
+    /// TLS and basic authentication, exporter-toolkit format; empty: none.
+    pub config_file: String,
 }
 
 impl Default for WebConfig {
@@ -97,6 +99,7 @@ impl Default for WebConfig {
             telemetry_path: "/metrics".into(),
             max_requests: 40,
             max_connections: 512,
+            config_file: String::new(),
         }
     }
 }

@@ -33,6 +33,15 @@ pub const SETTINGS: &[Setting] = &[
         "Address to serve on: host:port, [v6]:port, or :port for every address",
     ),
     Setting::value("web.telemetry_path", "PATH", "Path of the metrics page"),
+    Setting {
+        key: "web.config_file",
+        value_name: "PATH",
+        help: "TLS and basic auth (exporter-toolkit YAML: tls_server_config, basic_auth_users) for every endpoint but /healthz",
+        kind: Kind::Value,
+        // The exporter-toolkit's own flag name, as node_exporter spells it.
+        alias: Some("web.config.file"),
+        bounds: None,
+    },
     Setting::count(
         "web.max_requests",
         1,

@@ -9,6 +9,7 @@ mod push;
 mod reload;
 mod request;
 mod server;
+mod webconfig;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -147,6 +148,14 @@ async fn serve_until_signal(config: Config, reloader: Arc<reload::Reloader>) -> 
     }
     let registry = Arc::new(Registry::new(&enabled));
     let node = pmoas_discovery::kubernetes::node_name(&config.kubernetes);
+    let web_config = if config.web.config_file.is_empty() {
+        None
+    } else {
+        let w =
+            webconfig::WebConfig::load(std::path::Path::new(&config.web.config_file)).map_err(anyhow::Error::msg)?;
+        tracing::info!(tls = w.tls.is_some(), basic_auth = w.auth_required(), "web config loaded");
+        Some(Arc::new(w))
+    };
     let push_target = if config.push.gateway_url.is_empty() {
         None
     } else {
@@ -179,6 +188,7 @@ async fn serve_until_signal(config: Config, reloader: Arc<reload::Reloader>) -> 
         max_requests: config.web.max_requests,
         max_connections: config.web.max_connections,
         push: push_target.as_ref().map(|_| Arc::new(push::PushStats::default())),
+        web_config,
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(server::serve(listener, state.clone(), shutdown_rx.clone()));

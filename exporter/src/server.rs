@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
+use hyper::header::{
+    ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -83,6 +85,8 @@ pub struct AppState {
     pub max_connections: usize,
     /// With `--push.gateway-url`: the pushes' counters.
     pub push: Option<Arc<crate::push::PushStats>>,
+    /// With `--web.config.file`: TLS and basic authentication.
+    pub web_config: Option<Arc<crate::webconfig::WebConfig>>,
 }
 
 /// The web settings a reload applies at once.
@@ -252,10 +256,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: wa
                 }
                 match admission {
                     Admission::Admitted(slot) => {
-                        tokio::spawn(connection(stream, slot, shared.clone()));
+                        tokio::spawn(accepted_connection(stream, slot, shared.clone()));
                     }
                     Admission::Evicted(slot) => {
-                        tokio::spawn(connection(stream, slot, shared.clone()));
+                        tokio::spawn(accepted_connection(stream, slot, shared.clone()));
                         // Let the evicted connection's task run and close its
                         // socket before the next accept, so a flood cannot
                         // pile up descriptors faster than they are freed.
@@ -270,7 +274,24 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: wa
     }
 }
 
-async fn connection(stream: TcpStream, slot: Slot, shared: Arc<Shared>) {
+/// A new connection: with `--web.config.file` TLS, its handshake first
+/// (bounded like the request head), then HTTP.
+async fn accepted_connection(stream: TcpStream, slot: Slot, shared: Arc<Shared>) {
+    let tls = shared.app.web_config.as_ref().and_then(|w| w.tls.clone());
+    match tls {
+        None => connection(stream, slot, shared).await,
+        Some(acceptor) => match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => connection(stream, slot, shared).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!("TLS handshake timed out"),
+        },
+    }
+}
+
+async fn connection<S>(stream: S, slot: Slot, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let tracker = slot.tracker();
     let service = service_fn(move |req| {
         let request = tracker.begin();
@@ -300,6 +321,17 @@ async fn connection(stream: TcpStream, slot: Slot, shared: Arc<Shared>) {
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>, request: InFlight) -> Result<Response<Page>, Infallible> {
     let state = &shared.app;
     let plain = "text/plain; charset=utf-8";
+    // Every endpoint but /healthz (a kubelet's probe has no password).
+    if let Some(web) = &state.web_config
+        && web.auth_required()
+        && req.uri().path() != "/healthz"
+        && !web.authorized(header(&req, AUTHORIZATION).and_then(|h| std::str::from_utf8(h).ok()))
+    {
+        let mut response = text(StatusCode::UNAUTHORIZED, plain, "unauthorized\n");
+        response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"pmoas\""));
+        response.body_mut()._request = Some(request);
+        return Ok(response);
+    }
     let mut response = match request::route(req.method(), req.uri().path(), &state.telemetry_path()) {
         Route::MethodNotAllowed => text(StatusCode::METHOD_NOT_ALLOWED, plain, "only GET and HEAD\n"),
         Route::Metrics => metrics(&shared, &req).await,
