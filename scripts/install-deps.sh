@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 want=${1:-build}
 build_pkgs=(clang llvm libbpf-dev)
-test_pkgs=(iproute2 iptables nginx-light libnginx-mod-http-echo prometheus prometheus-pushgateway wrk bpftool curl util-linux procps python3-venv
+test_pkgs=(iproute2 iptables nginx-light libnginx-mod-http-echo prometheus prometheus-pushgateway openssl wrk bpftool curl util-linux procps python3-venv
            podman runc catatonit busybox-static)
 
 pkgs=("${build_pkgs[@]}")
