@@ -28,6 +28,8 @@ pub const PUSH_LAST_SUCCESS: Desc = Desc::gauge(
 
 /// Longest one push may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of a response read at most.
+const RESPONSE_LIMIT: u64 = 16 * 1024;
 
 #[derive(Default)]
 pub struct PushStats {
@@ -113,8 +115,10 @@ async fn request(target: &Target, method: &str, body: &str) -> Result<u16, Strin
         );
         stream.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
         stream.write_all(body.as_bytes()).await.map_err(|e| e.to_string())?;
+        // The status line and a reason are all that is read: a gateway (or
+        // whatever answers there) cannot make the exporter hold a large body.
         let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.map_err(|e| e.to_string())?;
+        (&mut stream).take(RESPONSE_LIMIT).read_to_end(&mut response).await.map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&response);
         let status = text
             .split_whitespace()

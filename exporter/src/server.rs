@@ -323,9 +323,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, request: InFlight) 
     let plain = "text/plain; charset=utf-8";
     // Every endpoint but /healthz (a kubelet's probe has no password).
     if let Some(web) = &state.web_config
-        && web.auth_required()
         && req.uri().path() != "/healthz"
-        && !web.authorized(header(&req, AUTHORIZATION).and_then(|h| std::str::from_utf8(h).ok()))
+        && !authorized(web, header(&req, AUTHORIZATION).and_then(|h| std::str::from_utf8(h).ok())).await
     {
         let mut response = text(StatusCode::UNAUTHORIZED, plain, "unauthorized\n");
         response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"pmoas\""));
@@ -344,6 +343,16 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, request: InFlight) 
     };
     response.body_mut()._request = Some(request);
     Ok(response)
+}
+
+/// Basic auth: remembered credentials at once, new ones through bcrypt on
+/// the blocking pool (tens of milliseconds each, by design).
+async fn authorized(web: &Arc<crate::webconfig::WebConfig>, header: Option<&str>) -> bool {
+    if web.remembered(header) {
+        return true;
+    }
+    let (web, header) = (web.clone(), header.map(str::to_owned));
+    tokio::task::spawn_blocking(move || web.authorized(header.as_deref())).await.unwrap_or(false)
 }
 
 fn readyz(state: &AppState) -> Response<Page> {

@@ -96,19 +96,26 @@ impl WebConfig {
         !self.users.is_empty()
     }
 
+    /// Was this `Authorization` header accepted before (no bcrypt needed)?
+    pub fn remembered(&self, header: Option<&str>) -> bool {
+        self.users.is_empty()
+            || header.is_some_and(|h| self.accepted.lock().unwrap_or_else(|p| p.into_inner()).contains(h))
+    }
+
     /// Does this `Authorization` header name a configured user and password?
+    /// Runs bcrypt when the header is new: call it off the async workers.
     pub fn authorized(&self, header: Option<&str>) -> bool {
-        if self.users.is_empty() {
+        if self.remembered(header) {
             return true;
         }
         let Some(header) = header else { return false };
-        let mut accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
-        if accepted.contains(header) {
-            return true;
-        }
+        let accepted = || self.accepted.lock().unwrap_or_else(|p| p.into_inner());
         let Some((user, password)) = basic_credentials(header) else { return false };
+        // Not under the lock: bcrypt takes tens of milliseconds, and other
+        // requests with remembered credentials must not wait for it.
         let ok = self.users.get(&user).is_some_and(|hash| bcrypt::verify(&password, hash).unwrap_or(false));
         if ok {
+            let mut accepted = accepted();
             if accepted.len() >= AUTH_CACHE {
                 accepted.clear();
             }

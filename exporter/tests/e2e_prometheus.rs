@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use pmoas_testbed::{Place, Pod, PodOptions};
+use pmoas_testbed::{Direction, Place, Pod, PodOptions};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
@@ -277,7 +277,18 @@ fn every_rule_returns_data_from_a_real_scrape() {
     }
     let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
     let pod = Pod::up(&PodOptions::default()).expect("testbed up");
-    let exp = Exporter::start(&["--collectors", "socket,cgroup,netstack", "--collector.netstack.sample-rate", "4"]);
+    // Pushing to a port where nothing listens: the push alert's series.
+    let dead_gateway = format!("http://127.0.0.1:{}", free_port());
+    let exp = Exporter::start(&[
+        "--collectors",
+        "socket,cgroup,netstack",
+        "--collector.netstack.sample-rate",
+        "4",
+        "--push.gateway-url",
+        &dead_gateway,
+        "--push.interval",
+        "1s",
+    ]);
     if !exp.socket_collector_runs("every_rule_returns_data_from_a_real_scrape") {
         return;
     }
@@ -294,28 +305,7 @@ fn every_rule_returns_data_from_a_real_scrape() {
     }
     let (prometheus, port) = start_prometheus(&dir, &scraping(exp.addr, &files));
 
-    let drop_rule = |chain: &str, port_flag: &str| {
-        vec![
-            chain.to_string(),
-            "-p".into(),
-            "tcp".into(),
-            port_flag.into(),
-            "15006".into(),
-            "-m".into(),
-            "statistic".into(),
-            "--mode".into(),
-            "random".into(),
-            "--probability".into(),
-            "0.05".into(),
-            "-j".into(),
-            "DROP".into(),
-        ]
-    };
-    let rules = [drop_rule("INPUT", "--dport"), drop_rule("OUTPUT", "--sport")];
-    for r in &rules {
-        let args: Vec<&str> = std::iter::once("-A").chain(r.iter().map(String::as_str)).collect();
-        pod.iptables(&args).expect("iptables -A");
-    }
+    let drops = [Direction::To, Direction::From].map(|d| pod.random_drop(d, 15006, 0.05).expect("iptables -A"));
     // New connections (connects, accepts, handshakes, accept-queue waits)
     // and keep-alive load, for a while.
     let url = format!("http://{}/", pod.envoy_addr());
@@ -323,10 +313,7 @@ fn every_rule_returns_data_from_a_real_scrape() {
         tool(&pod, Place::Client, &["http", "--connect", &pod.envoy_addr().to_string(), "--count", "50"]);
         let _ = pod.command(Place::Client, "wrk").args(["-t1", "-c8", "-d3s", &url]).output();
     }
-    for r in &rules {
-        let args: Vec<&str> = std::iter::once("-D").chain(r.iter().map(String::as_str)).collect();
-        let _ = pod.iptables(&args);
-    }
+    drop(drops);
 
     let groups = api(port, "/api/v1/rules")["groups"].as_array().cloned().unwrap_or_default();
     let loaded: Vec<serde_json::Value> =

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pmoas_testbed::{Place, Pod, PodOptions};
+use pmoas_testbed::{Direction, Place, Pod, PodOptions};
 
 /// One test at a time: each exporter sees every pod's packets, and two wrk
 /// loads on two cores would make the kernel skip nested program runs.
@@ -63,41 +63,6 @@ impl Drop for BpfStats {
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
     }
 }
-
-/// An iptables rule in the pod's namespace, removed when dropped.
-struct Rule<'a> {
-    pod: &'a Pod,
-    spec: Vec<&'static str>,
-}
-
-impl<'a> Rule<'a> {
-    fn add(pod: &'a Pod, spec: &[&'static str]) -> Rule<'a> {
-        pod.iptables(&[&["-A"], spec].concat()).expect("iptables -A");
-        Rule { pod, spec: spec.to_vec() }
-    }
-}
-
-impl Drop for Rule<'_> {
-    fn drop(&mut self) {
-        let _ = self.pod.iptables(&[&["-D"], &self.spec[..]].concat());
-    }
-}
-
-const DROP_RULE: &[&str] = &[
-    "INPUT",
-    "-p",
-    "tcp",
-    "--dport",
-    "15006",
-    "-m",
-    "statistic",
-    "--mode",
-    "random",
-    "--probability",
-    "0.01",
-    "-j",
-    "DROP",
-];
 
 /// Packets the DROP rule matched, from iptables' own counter.
 fn rule_packets(pod: &Pod) -> u64 {
@@ -199,7 +164,8 @@ fn drops_match_the_iptables_counter() {
     let clean_after = exp.scrape();
     let clean_rtt = mean(&clean_before, &clean_after, "pmoas_tcp_rtt_seconds", &sidecar_from_client);
 
-    let rule = Rule::add(&pod, DROP_RULE);
+    // 1% random DROP of what reaches Envoy's port.
+    let rule = pod.random_drop(Direction::To, 15006, 0.01).expect("iptables -A");
     let rule_before = rule_packets(&pod);
     let before = exp.scrape();
 

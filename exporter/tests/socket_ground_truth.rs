@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pmoas_testbed::{Place, Pod, PodOptions};
+use pmoas_testbed::{Direction, Place, Pod, PodOptions};
 
 /// One ground-truth test at a time: their loads would otherwise crowd two
 /// cores, and each exporter counts every pod's events, which makes the
@@ -329,25 +329,8 @@ fn retransmits_match_the_pod_namespace_under_loss() {
     // 1% of the packets to and from Envoy's listener are dropped: lost
     // requests and ACKs make the client and Envoy retransmit; lost
     // responses, SYN-ACKs and FINs make Envoy retransmit, in the pod.
-    for chain in [["INPUT", "--dport"], ["OUTPUT", "--sport"]] {
-        pod.iptables(&[
-            "-A",
-            chain[0],
-            "-p",
-            "tcp",
-            chain[1],
-            "15006",
-            "-m",
-            "statistic",
-            "--mode",
-            "random",
-            "--probability",
-            "0.01",
-            "-j",
-            "DROP",
-        ])
-        .unwrap();
-    }
+    let _drops: Vec<_> =
+        [Direction::To, Direction::From].map(|d| pod.random_drop(d, 15006, 0.01).expect("iptables -A")).into();
     let snmp_before = pod.netns_counters().unwrap();
     let before = exp.scrape();
 

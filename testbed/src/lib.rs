@@ -360,6 +360,24 @@ impl Pod {
         Ok(())
     }
 
+    /// Drops `probability` of the TCP packets this pod receives on
+    /// (`Direction::To`, INPUT) or sends from (`Direction::From`, OUTPUT)
+    /// `port`, until the returned rule is dropped.
+    pub fn random_drop(&self, direction: Direction, port: u16, probability: f64) -> Result<RandomDrop<'_>> {
+        let (chain, flag) = match direction {
+            Direction::To => ("INPUT", "--dport"),
+            Direction::From => ("OUTPUT", "--sport"),
+        };
+        let spec: Vec<String> = [chain, "-p", "tcp", flag, &port.to_string(), "-m", "statistic", "--mode", "random"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--probability".to_string(), probability.to_string(), "-j".into(), "DROP".into()])
+            .collect();
+        let rule = RandomDrop { pod: self, spec };
+        self.iptables(&rule.args("-A"))?;
+        Ok(rule)
+    }
+
     /// PIDs of the sidecar and app processes.
     pub fn pids(&self) -> Vec<(String, u32)> {
         self.state.processes.iter().map(|p| (p.name.clone(), p.pid)).collect()
@@ -509,4 +527,31 @@ static_resources:
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {NGINX_PORT} }} }} }}
 "#
     )
+}
+
+/// Which packets of a port [`Pod::random_drop`] drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Received on the port (INPUT, `--dport`).
+    To,
+    /// Sent from the port (OUTPUT, `--sport`).
+    From,
+}
+
+/// A random DROP rule in a pod's namespace; removed when dropped.
+pub struct RandomDrop<'a> {
+    pod: &'a Pod,
+    spec: Vec<String>,
+}
+
+impl RandomDrop<'_> {
+    fn args<'s>(&'s self, op: &'s str) -> Vec<&'s str> {
+        std::iter::once(op).chain(self.spec.iter().map(String::as_str)).collect()
+    }
+}
+
+impl Drop for RandomDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.pod.iptables(&self.args("-D"));
+    }
 }
