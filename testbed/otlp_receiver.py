@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""A minimal OTLP trace receiver for pmoas's tests, built from the official
-OTLP definitions (PyPI opentelemetry-proto, grpcio, protobuf).
+"""A minimal OTLP trace and metrics receiver for pmoas's tests, built from
+the official OTLP definitions (PyPI opentelemetry-proto, grpcio, protobuf).
 
-Serves OTLP/gRPC (TraceService/Export) and OTLP/HTTP protobuf
-(POST /v1/traces) on 127.0.0.1 only. Prints one JSON line when ready,
-{"ready": {"grpc": PORT, "http": PORT}}, then one JSON line per received
-span, on stdout (or --out). Port 0 picks a free port, which the ready line
-names, so parallel tests cannot collide. Exits when its stdin closes, so a
-test that dies cannot leave it behind.
+Serves OTLP/gRPC (TraceService/Export, MetricsService/Export) and OTLP/HTTP
+protobuf (POST /v1/traces, /v1/metrics) on 127.0.0.1 only. Prints one JSON
+line when ready, {"ready": {"grpc": PORT, "http": PORT}}, then one JSON line
+per received span, and per received metric data point
+({"signal": "metric", ...}) followed by {"signal": "metrics_done",
+"request": N} after each metrics request, on stdout (or --out). Port 0
+picks a free port, which the ready line names, so parallel tests cannot
+collide. Exits when its stdin closes, so a test that dies cannot leave it
+behind.
 
     otlp_receiver.py --grpc-port 0 --http-port 0 [--out spans.jsonl]
 """
@@ -20,9 +23,11 @@ from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 _lock = threading.Lock()
+_metrics_requests = [0]
 
 
 def any_value(v):
@@ -80,6 +85,76 @@ def record(request, transport, out):
         out.flush()
 
 
+def number(p):
+    return p.as_double if p.WhichOneof("value") == "as_double" else p.as_int
+
+
+def record_metrics(request, transport, out):
+    """Writes every data point of an ExportMetricsServiceRequest as a JSON
+    line, then a metrics_done line naming the request."""
+    lines = []
+    for rm in request.resource_metrics:
+        resource = attributes(rm.resource.attributes)
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                kind = m.WhichOneof("data")
+                base = {
+                    "signal": "metric",
+                    "transport": transport,
+                    "name": m.name,
+                    "unit": m.unit,
+                    "description": m.description,
+                    "kind": kind,
+                    "scope": sm.scope.name,
+                    "resource": resource,
+                }
+                if kind == "sum":
+                    base["monotonic"] = m.sum.is_monotonic
+                    base["temporality"] = m.sum.aggregation_temporality
+                    points = [dict(value=number(p)) for p in m.sum.data_points]
+                    raw = m.sum.data_points
+                elif kind == "gauge":
+                    points = [dict(value=number(p)) for p in m.gauge.data_points]
+                    raw = m.gauge.data_points
+                elif kind == "histogram":
+                    base["temporality"] = m.histogram.aggregation_temporality
+                    points = [
+                        dict(
+                            count=p.count,
+                            sum=p.sum,
+                            bounds=list(p.explicit_bounds),
+                            buckets=list(p.bucket_counts),
+                        )
+                        for p in m.histogram.data_points
+                    ]
+                    raw = m.histogram.data_points
+                else:
+                    points, raw = [], []
+                    base["unsupported"] = True
+                for point, p in zip(points, raw):
+                    point.update(base)
+                    point["attributes"] = attributes(p.attributes)
+                    point["start_unix_nano"] = p.start_time_unix_nano
+                    point["time_unix_nano"] = p.time_unix_nano
+                    lines.append(json.dumps(point, sort_keys=True))
+    with _lock:
+        _metrics_requests[0] += 1
+        n = _metrics_requests[0]
+        for line in lines:
+            out.write(line + "\n")
+        out.write(json.dumps({"signal": "metrics_done", "transport": transport, "request": n}) + "\n")
+        out.flush()
+
+
+class MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self, out):
+        self.out = out
+
+    def Export(self, request, context):
+        record_metrics(request, "grpc", self.out)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
 class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, out):
         self.out = out
@@ -92,18 +167,28 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
 def http_handler(out):
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
-            if self.path != "/v1/traces":
+            signals = {
+                "/v1/traces": (trace_service_pb2.ExportTraceServiceRequest, record,
+                               trace_service_pb2.ExportTraceServiceResponse),
+                "/v1/metrics": (metrics_service_pb2.ExportMetricsServiceRequest, record_metrics,
+                                metrics_service_pb2.ExportMetricsServiceResponse),
+            }
+            if self.path not in signals:
                 self.send_error(404)
                 return
+            message, write, response = signals[self.path]
+            if self.headers.get("Content-Type") != "application/x-protobuf":
+                self.send_error(415, "want application/x-protobuf")
+                return
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            request = trace_service_pb2.ExportTraceServiceRequest()
+            request = message()
             try:
                 request.ParseFromString(body)
             except Exception as e:  # a malformed body is the sender's bug: say so
                 self.send_error(400, str(e))
                 return
-            record(request, "http", out)
-            reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+            write(request, "http", out)
+            reply = response().SerializeToString()
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
             self.send_header("Content-Length", str(len(reply)))
@@ -126,6 +211,7 @@ def main():
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(out), server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsService(out), server)
     grpc_port = server.add_insecure_port(f"127.0.0.1:{args.grpc_port}")
     if grpc_port == 0:
         sys.exit(f"cannot listen on 127.0.0.1:{args.grpc_port} for gRPC")

@@ -181,6 +181,12 @@ impl MetricSet {
         self.len() == 0
     }
 
+    /// Every family with its series, sorted by name: for encoders other
+    /// than the text formats (OTLP).
+    pub fn families(&self) -> impl Iterator<Item = (&Desc, &[(Labels, Value)])> {
+        self.families.values().map(|f| (&f.desc, f.samples.as_slice()))
+    }
+
     /// The value of one series, for tests and the landing page.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<&Value> {
         let fam = self.families.get(name)?;

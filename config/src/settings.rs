@@ -173,6 +173,17 @@ pub const SETTINGS: &[Setting] = &[
         "Longest a span waits for its batch to fill before it is sent anyway",
     ),
     Setting::value(
+        "otlp.metrics_endpoint",
+        "URL",
+        "Also send the metrics over OTLP to this receiver every otlp.metrics_interval (protocol, headers and timeout as for traces); empty: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, else none",
+    ),
+    Setting::duration(
+        "otlp.metrics_interval",
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+        "Time between two metric exports over OTLP",
+    ),
+    Setting::value(
         "push.gateway_url",
         "URL",
         "Also push the metrics to this Prometheus Pushgateway (http://host:port[/prefix]); the group is deleted on a clean shutdown",

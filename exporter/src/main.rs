@@ -5,6 +5,7 @@
 mod cli;
 mod limits;
 mod memory;
+mod otlp_metrics;
 mod push;
 mod reload;
 mod request;
@@ -169,6 +170,15 @@ async fn serve_until_signal(config: Config, reloader: Arc<reload::Reloader>) -> 
         pmoas_otlp::Pipeline::start(&config.otlp, pmoas_otlp::node_resource(Some(&node)))
             .map_err(|e| anyhow::anyhow!("otlp: {e}"))?,
     );
+    let otlp_metrics = match config.otlp.resolve_metrics_from_process_env().map_err(|e| anyhow::anyhow!("otlp: {e}"))? {
+        Some(destination) => Some(otlp_metrics::Exporting {
+            client: pmoas_otlp::metrics::MetricsClient::new(destination).map_err(|e| anyhow::anyhow!("otlp: {e}"))?,
+            interval: config.otlp.metrics_interval,
+            node: pmoas_otlp::node_resource(Some(&node)),
+            started: std::time::SystemTime::now(),
+        }),
+        None => None,
+    };
     registry.start_all(BuildContext {
         discovery: discovery.clone(),
         config: config.collector.clone(),
@@ -188,13 +198,24 @@ async fn serve_until_signal(config: Config, reloader: Arc<reload::Reloader>) -> 
         max_requests: config.web.max_requests,
         max_connections: config.web.max_connections,
         push: push_target.as_ref().map(|_| Arc::new(push::PushStats::default())),
+        otlp_metrics: otlp_metrics.as_ref().map(|_| Arc::new(otlp_metrics::OtlpMetricsStats::default())),
         web_config,
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(server::serve(listener, state.clone(), shutdown_rx.clone()));
     let pushing = match (push_target, &state.push) {
-        (Some(target), Some(stats)) => {
-            Some(tokio::spawn(push::run(target, config.push.interval, state.clone(), stats.clone(), shutdown_rx)))
+        (Some(target), Some(stats)) => Some(tokio::spawn(push::run(
+            target,
+            config.push.interval,
+            state.clone(),
+            stats.clone(),
+            shutdown_rx.clone(),
+        ))),
+        _ => None,
+    };
+    let exporting_metrics = match (otlp_metrics, &state.otlp_metrics) {
+        (Some(exporting), Some(stats)) => {
+            Some(tokio::spawn(otlp_metrics::run(exporting, state.clone(), stats.clone(), shutdown_rx.clone())))
         }
         _ => None,
     };
@@ -222,6 +243,10 @@ async fn serve_until_signal(config: Config, reloader: Arc<reload::Reloader>) -> 
     // The group leaves the Pushgateway with the exporter.
     if let Some(pushing) = pushing {
         let _ = pushing.await;
+    }
+    // And the last numbers reach the OTLP receiver.
+    if let Some(exporting) = exporting_metrics {
+        let _ = exporting.await;
     }
     // Traces already sampled get a moment to leave.
     if otlp.is_enabled() {

@@ -85,6 +85,8 @@ pub struct AppState {
     pub max_connections: usize,
     /// With `--push.gateway-url`: the pushes' counters.
     pub push: Option<Arc<crate::push::PushStats>>,
+    /// With `--otlp.metrics-endpoint`: the exports' counters.
+    pub otlp_metrics: Option<Arc<crate::otlp_metrics::OtlpMetricsStats>>,
     /// With `--web.config.file`: TLS and basic authentication.
     pub web_config: Option<Arc<crate::webconfig::WebConfig>>,
 }
@@ -447,6 +449,9 @@ pub(crate) fn exporter_metrics(state: &AppState, set: &mut MetricSet) {
     }
     if let Some(push) = &state.push {
         push.export(set);
+    }
+    if let Some(otlp_metrics) = &state.otlp_metrics {
+        otlp_metrics.export(set);
     }
     if state.otlp.is_enabled() {
         let o = state.otlp.stats();

@@ -11,7 +11,8 @@ use crate::Error;
 
 /// The OTLP default, and the spec's default for `OTEL_EXPORTER_OTLP_TIMEOUT`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-const TRACES_PATH: &str = "/v1/traces";
+/// The exporter's default time between two metric exports over OTLP.
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(30);
 
 /// `[otlp]`: where and how traces are exported.
 ///
@@ -45,6 +46,16 @@ pub struct OtlpConfig {
     /// Longest a span waits for its batch to fill before it is sent anyway.
     #[serde(with = "humantime_serde")]
     pub batch_delay: Duration,
+    /// Base URL of an OTLP receiver for the metrics (the page /metrics
+    /// serves, as OTLP sums, gauges and histograms). None: no metrics over
+    /// OTLP, unless `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is set. The
+    /// generic `OTEL_EXPORTER_OTLP_ENDPOINT` does not turn it on: traces
+    /// and metrics are separate choices here.
+    #[serde(with = "empty_is_none")]
+    pub metrics_endpoint: Option<String>,
+    /// Time between two metric exports.
+    #[serde(with = "humantime_serde")]
+    pub metrics_interval: Duration,
 }
 
 impl Default for OtlpConfig {
@@ -57,6 +68,49 @@ impl Default for OtlpConfig {
             queue_size: 2048,
             batch_size: 512,
             batch_delay: Duration::from_secs(5),
+            metrics_endpoint: None,
+            metrics_interval: DEFAULT_METRICS_INTERVAL,
+        }
+    }
+}
+
+/// What is exported: each signal has its own endpoint setting, variables
+/// and HTTP path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    /// The OTLP/HTTP path of the signal.
+    pub fn path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
+        }
+    }
+
+    /// The pmoas setting that names the endpoint, and its flag.
+    fn setting(self) -> (&'static str, &'static str) {
+        match self {
+            Signal::Traces => ("otlp.endpoint", "--otlp.endpoint"),
+            Signal::Metrics => ("otlp.metrics_endpoint", "--otlp.metrics-endpoint"),
+        }
+    }
+
+    /// `OTEL_EXPORTER_OTLP_<SIGNAL>_<what>`.
+    fn variable(self, what: &str) -> &'static str {
+        match (self, what) {
+            (Signal::Traces, "ENDPOINT") => "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            (Signal::Traces, "PROTOCOL") => "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            (Signal::Traces, "TIMEOUT") => "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            (Signal::Traces, "HEADERS") => "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            (Signal::Metrics, "ENDPOINT") => "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            (Signal::Metrics, "PROTOCOL") => "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+            (Signal::Metrics, "TIMEOUT") => "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+            (Signal::Metrics, "HEADERS") => "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+            _ => unreachable!("no OTLP variable {what}"),
         }
     }
 }
@@ -99,21 +153,23 @@ impl FromStr for Protocol {
     }
 }
 
-/// Where traces go, once settings and `OTEL_*` variables are combined.
+/// Where a signal goes, once settings and `OTEL_*` variables are combined.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Destination {
-    /// The full URL requests go to: for http/protobuf it ends in `/v1/traces`.
+    /// The full URL requests go to: for http/protobuf it ends in the
+    /// signal's path (`/v1/traces`, `/v1/metrics`).
     pub url: String,
     pub protocol: Protocol,
     pub timeout: Duration,
     pub headers: Vec<(String, String)>,
-    /// Where the URL came from (`--otlp.endpoint`, or the variable's name),
+    /// Where the URL came from (the flag, or the variable's name),
     /// for the start-up log line.
     pub source: &'static str,
 }
 
 impl OtlpConfig {
-    /// The destination, or None when no endpoint is set anywhere (export off).
+    /// Where traces go, or None when no endpoint is set anywhere (export
+    /// off).
     ///
     /// Per key, the first that is given wins: the pmoas setting (flag,
     /// `PMOAS_OTLP_*`, config file), then `OTEL_EXPORTER_OTLP_TRACES_*`,
@@ -126,38 +182,60 @@ impl OtlpConfig {
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`); `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
     /// is used as it is, as the OTel specification says.
     pub fn resolve(&self, env: &[(String, String)]) -> Result<Option<Destination>, Error> {
+        self.resolve_signal(Signal::Traces, env)
+    }
+
+    /// Where metrics go, or None: as [`resolve`](Self::resolve), with
+    /// `otlp.metrics_endpoint` and the `OTEL_EXPORTER_OTLP_METRICS_*`
+    /// variables, except that the generic `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// alone does not turn metrics on.
+    pub fn resolve_metrics(&self, env: &[(String, String)]) -> Result<Option<Destination>, Error> {
+        self.resolve_signal(Signal::Metrics, env)
+    }
+
+    fn resolve_signal(&self, signal: Signal, env: &[(String, String)]) -> Result<Option<Destination>, Error> {
         let var =
             |name: &str| env.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.trim()).filter(|v| !v.is_empty());
-        let pick = |traces: &'static str, generic: &'static str| {
-            var(traces).map(|v| (traces, v)).or_else(|| var(generic).map(|v| (generic, v)))
+        let pick = |what: &str, generic: &'static str| {
+            let own = signal.variable(what);
+            var(own).map(|v| (own, v)).or_else(|| var(generic).map(|v| (generic, v)))
         };
+        let (key, flag) = signal.setting();
 
         let protocol = match self.protocol {
             Some(p) => p,
-            None => match pick("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") {
+            None => match pick("PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") {
                 Some((name, v)) => v.parse().map_err(|reason| Error::Variable { name, reason })?,
                 None => Protocol::Grpc,
             },
         };
 
-        let given = self.endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty());
+        let setting = match signal {
+            Signal::Traces => &self.endpoint,
+            Signal::Metrics => &self.metrics_endpoint,
+        };
+        let given = setting.as_deref().map(str::trim).filter(|e| !e.is_empty());
+        let own_variable = signal.variable("ENDPOINT");
         let (source, url) = match given {
-            Some(e) => ("--otlp.endpoint", with_traces_path(e, protocol, true)),
-            None => match pick("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT") {
-                Some((name @ "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", v)) => (name, v.to_string()),
-                Some((name, v)) => (name, with_traces_path(v, protocol, false)),
-                None => return Ok(None),
+            Some(e) => (flag, with_signal_path(e, signal, protocol, true)),
+            None => match var(own_variable) {
+                Some(v) => (own_variable, v.to_string()),
+                None => match var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                    Some(v) if signal == Signal::Traces => {
+                        ("OTEL_EXPORTER_OTLP_ENDPOINT", with_signal_path(v, signal, protocol, false))
+                    }
+                    _ => return Ok(None),
+                },
             },
         };
-        check_url(&url).map_err(|reason| match source {
-            "--otlp.endpoint" => Error::Setting { key: "otlp.endpoint", reason },
-            name => Error::Variable { name, reason },
+        check_url(&url).map_err(|reason| {
+            if source == flag { Error::Setting { key, reason } } else { Error::Variable { name: source, reason } }
         })?;
 
         let timeout = if self.timeout != DEFAULT_TIMEOUT {
             self.timeout
         } else {
-            match pick("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") {
+            match pick("TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") {
                 Some((name, v)) => match v.parse::<u64>() {
                     Ok(ms) if ms > 0 => Duration::from_millis(ms),
                     _ => {
@@ -174,7 +252,7 @@ impl OtlpConfig {
         let headers = if !self.headers.trim().is_empty() {
             parse_headers(&self.headers).map_err(|reason| Error::Setting { key: "otlp.headers", reason })?
         } else {
-            match pick("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS") {
+            match pick("HEADERS", "OTEL_EXPORTER_OTLP_HEADERS") {
                 Some((name, v)) => parse_headers(v).map_err(|reason| Error::Variable { name, reason })?,
                 None => Vec::new(),
             }
@@ -185,23 +263,34 @@ impl OtlpConfig {
 
     /// [`resolve`](Self::resolve) with this process's environment.
     pub fn resolve_from_process_env(&self) -> Result<Option<Destination>, Error> {
-        let env: Vec<(String, String)> = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .filter(|(k, _)| k.starts_with("OTEL_"))
-            .collect();
-        self.resolve(&env)
+        self.resolve(&otel_variables())
     }
+
+    /// [`resolve_metrics`](Self::resolve_metrics) with this process's
+    /// environment.
+    pub fn resolve_metrics_from_process_env(&self) -> Result<Option<Destination>, Error> {
+        self.resolve_metrics(&otel_variables())
+    }
+}
+
+/// The process's `OTEL_*` variables.
+fn otel_variables() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k.starts_with("OTEL_"))
+        .collect()
 }
 
 /// A base endpoint plus the signal path, for http/protobuf only (gRPC has
 /// no path). `lenient`: leave a URL that already names the path alone, as
 /// users of `--otlp.endpoint` paste either form.
-fn with_traces_path(base: &str, protocol: Protocol, lenient: bool) -> String {
+fn with_signal_path(base: &str, signal: Signal, protocol: Protocol, lenient: bool) -> String {
     if protocol == Protocol::Grpc {
         return base.to_string();
     }
     let base = base.trim_end_matches('/');
-    if lenient && base.ends_with(TRACES_PATH) { base.to_string() } else { format!("{base}{TRACES_PATH}") }
+    let path = signal.path();
+    if lenient && base.ends_with(path) { base.to_string() } else { format!("{base}{path}") }
 }
 
 /// Only plain http: this build carries no TLS stack (no OpenSSL, no rustls).

@@ -1,4 +1,5 @@
-//! pmoas's shared OTLP trace pipeline.
+//! pmoas's OTLP export: the shared trace pipeline, and the metrics client
+//! ([`metrics`]).
 //!
 //! Collectors that reconstruct request journeys (netstack, http, grpc)
 //! hand each one to a [`Pipeline`] as a [`Trace`]: spans with names,
@@ -39,9 +40,10 @@
 //! OpenSSL), so an `https://` endpoint is refused at start with a message.
 
 mod config;
+pub mod metrics;
 mod pipeline;
 
-pub use config::{DEFAULT_TIMEOUT, Destination, OtlpConfig, Protocol, parse_headers};
+pub use config::{DEFAULT_METRICS_INTERVAL, DEFAULT_TIMEOUT, Destination, OtlpConfig, Protocol, Signal, parse_headers};
 pub use pipeline::{
     AttrValue, Attributes, DropReason, Pipeline, Pod, Span, SpanKind, Stats, Trace, attr, node_resource,
 };

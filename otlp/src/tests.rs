@@ -78,6 +78,41 @@ fn endpoint_precedence_and_traces_path() {
 }
 
 #[test]
+fn metrics_have_their_own_endpoint_and_variables() {
+    let metrics = |config: &OtlpConfig, pairs: &[(&str, &str)]| config.resolve_metrics(&env(pairs)).unwrap();
+    // The generic endpoint turns traces on, not metrics; a traces endpoint neither.
+    let generic = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")];
+    assert_eq!(metrics(&OtlpConfig::default(), &generic), None);
+    assert_eq!(metrics(&endpoint("http://jaeger:4317"), &[]), None);
+    // The metrics variable does, verbatim.
+    let d = metrics(&OtlpConfig::default(), &[("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4318/x")]).unwrap();
+    assert_eq!((d.url.as_str(), d.source), ("http://m:4318/x", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"));
+    // The setting is a base URL; http/protobuf gets /v1/metrics, and the
+    // metrics variables for protocol, timeout and headers apply.
+    let config = OtlpConfig { metrics_endpoint: Some("http://collector:4318/".into()), ..OtlpConfig::default() };
+    let e = [
+        ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "1500"),
+        ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-tenant=m"),
+    ];
+    let d = metrics(&config, &e).unwrap();
+    assert_eq!(
+        (d.url.as_str(), d.protocol, d.source),
+        ("http://collector:4318/v1/metrics", Protocol::HttpProtobuf, "--otlp.metrics-endpoint")
+    );
+    assert_eq!(d.timeout, Duration::from_millis(1500));
+    assert_eq!(d.headers, vec![("x-tenant".to_string(), "m".to_string())]);
+    // Traces keep their own.
+    let both = OtlpConfig { endpoint: Some("http://collector:4317".into()), ..config.clone() };
+    assert_eq!(resolve(&both, &e).protocol, Protocol::Grpc);
+    // A bad URL names the metrics setting.
+    let bad = OtlpConfig { metrics_endpoint: Some("https://c:4317".into()), ..OtlpConfig::default() };
+    let err = bad.resolve_metrics(&[]).unwrap_err().to_string();
+    assert!(err.contains("otlp.metrics_endpoint") && err.contains("https"), "{err}");
+}
+
+#[test]
 fn protocol_precedence() {
     let base = endpoint("http://h:4317");
     assert_eq!(resolve(&base, &[]).protocol, Protocol::Grpc, "the default");

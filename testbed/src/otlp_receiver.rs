@@ -2,7 +2,7 @@
 //! the official `opentelemetry-proto` definitions (PyPI), run from
 //! `target/pmoas-venv` (`scripts/install-deps.sh test` installs it). It
 //! serves OTLP/gRPC and OTLP/HTTP on loopback ports it picks, and reports
-//! every span it receives as one JSON line.
+//! every span and every metric data point it receives as one JSON line.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -84,18 +84,52 @@ impl Receiver {
         Receiver { child, lines, grpc, http }
     }
 
-    /// `n` span lines, or whatever arrived by the deadline.
+    /// `n` span lines, or whatever arrived by the deadline. Metric lines
+    /// that come meanwhile are dropped.
     pub fn spans(&self, n: usize, within: Duration) -> Vec<Value> {
         let deadline = Instant::now() + within;
         let mut out = Vec::new();
         while out.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => out.push(serde_json::from_str(&line).expect("span line is JSON")),
+                Ok(line) => {
+                    let v: Value = serde_json::from_str(&line).expect("span line is JSON");
+                    if v.get("signal").is_none() {
+                        out.push(v);
+                    }
+                }
                 Err(_) => break,
             }
         }
         out
+    }
+
+    /// The data points of the first whole metrics request that came over
+    /// `transport` (`grpc` or `http`) and was taken at or after
+    /// `after_unix_nano`, or None by the deadline. Span lines and other
+    /// requests that come meanwhile are dropped.
+    pub fn metrics_export(&self, transport: &str, after_unix_nano: u128, within: Duration) -> Option<Vec<Value>> {
+        let deadline = Instant::now() + within;
+        let mut points: Vec<Value> = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).ok()?;
+            let v: Value = serde_json::from_str(&line).expect("receiver line is JSON");
+            if v["transport"] != transport {
+                continue;
+            }
+            match v["signal"].as_str() {
+                Some("metric") => points.push(v),
+                Some("metrics_done") => {
+                    let taken = points.first().and_then(|p| p["time_unix_nano"].as_u64()).unwrap_or(0);
+                    if u128::from(taken) >= after_unix_nano && !points.is_empty() {
+                        return Some(points);
+                    }
+                    points.clear();
+                }
+                _ => {}
+            }
+        }
     }
 
     pub fn stop(&mut self) {
