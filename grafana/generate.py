@@ -389,6 +389,26 @@ def node():
                 )],
                 unit="cps", w=8, h=6,
             ),
+            timeseries(
+                "Exporter CPU",
+                "CPU the exporter process itself uses, in cores (`process_cpu_seconds_total`). The eBPF "
+                "programs' time is not in it: it is spent in the traced tasks (panel \"eBPF run time\").",
+                [target(
+                    f'rate(process_cpu_seconds_total{{{INST}}}[{RI}]) and on (job, instance) pmoas_build_info',
+                    "{{instance}}",
+                )],
+                unit="short", w=12, h=6,
+            ),
+            timeseries(
+                "Exporter memory",
+                "Resident memory of the exporter process (`process_resident_memory_bytes`); kernel map memory is "
+                "not in it.",
+                [target(
+                    f'process_resident_memory_bytes{{{INST}}} and on (job, instance) pmoas_build_info',
+                    "{{instance}}",
+                )],
+                unit="bytes", w=12, h=6,
+            ),
             row("eBPF programs"),
             stat(
                 "Programs attached",
@@ -515,6 +535,28 @@ def node():
                            "{{instance}} capacity"),
                 ],
             ),
+            timeseries(
+                "OTLP metric exports",
+                "Metric exports over OTLP per second by result (`pmoas_otlp_metrics_exports_total`, with "
+                "`--otlp.metrics-endpoint`), and data points the receiver rejected or that were in failed "
+                "exports (`pmoas_otlp_metrics_points_total`). No series without OTLP metrics configured.",
+                [
+                    target(f"sum by (instance, result) (rate(pmoas_otlp_metrics_exports_total{{{INST}}}[{RI}]))",
+                           "{{instance}} exports {{result}}"),
+                    target(f'sum by (instance, result) (rate(pmoas_otlp_metrics_points_total{{{INST}, '
+                           f'result!="accepted"}}[{RI}]))', "{{instance}} points {{result}}"),
+                ],
+                unit="cps", w=12,
+            ),
+            stat(
+                "Last OTLP metric export",
+                "When an OTLP metric export last succeeded (`pmoas_otlp_metrics_last_success_timestamp_seconds`); "
+                "`never` before the first.",
+                [target(f"max by (instance) (pmoas_otlp_metrics_last_success_timestamp_seconds{{{INST}}}) * 1000",
+                        "{{instance}}")],
+                unit="dateTimeFromNow", w=4, h=8,
+                mappings=[{"type": "value", "options": {"0": {"text": "never", "color": "orange", "index": 0}}}],
+            ),
             row("Workloads on the node"),
             timeseries(
                 "CPU by container (top 10)",
@@ -640,6 +682,19 @@ def pod_sidecar():
                            f"{{{POD}}}[{RI}]))", "{{namespace}}/{{pod}} {{interface}} transmitted"),
                 ],
                 unit="Bps", negative=".*transmitted",
+            ),
+            timeseries(
+                "Pod interface packets",
+                "Packets per second through each of the pod's interfaces (`pmoas_pod_network_receive_packets_total`, "
+                "`pmoas_pod_network_transmit_packets_total`): many small packets on `lo` cost the sidecar CPU "
+                "even when the bytes are few. Transmit below the axis.",
+                [
+                    target(f"sum by (namespace, pod, interface) (rate(pmoas_pod_network_receive_packets_total"
+                           f"{{{POD}}}[{RI}]))", "{{namespace}}/{{pod}} {{interface}} received"),
+                    target(f"sum by (namespace, pod, interface) (rate(pmoas_pod_network_transmit_packets_total"
+                           f"{{{POD}}}[{RI}]))", "{{namespace}}/{{pod}} {{interface}} transmitted"),
+                ],
+                unit="pps", negative=".*transmitted",
             ),
             row("Connections"),
             timeseries(

@@ -6,6 +6,7 @@ mod cli;
 mod limits;
 mod memory;
 mod otlp_metrics;
+mod process;
 mod push;
 mod reload;
 mod request;

@@ -430,6 +430,7 @@ async fn metrics(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Page
 }
 
 pub(crate) fn exporter_metrics(state: &AppState, set: &mut MetricSet) {
+    crate::process::export(set);
     set.gauge(
         &BUILD_INFO,
         vec![("version", env!("CARGO_PKG_VERSION").to_string()), ("revision", env!("PMOAS_REVISION").to_string())],

@@ -303,6 +303,10 @@ fn every_rule_and_dashboard_query_returns_data_from_a_real_scrape() {
         "1s",
         "--otlp.endpoint",
         &dead_otlp,
+        "--otlp.metrics-endpoint",
+        &dead_otlp,
+        "--otlp.metrics-interval",
+        "1s",
     ]);
     if !exp.socket_collector_runs(test) {
         return;
