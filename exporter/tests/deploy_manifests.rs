@@ -678,6 +678,8 @@ fn kustomize_output_validates_against_the_kubernetes_schemas() {
     for kind in &unknown {
         assert!(MONITOR_KINDS.contains(&kind.as_str()), "{kind}: no schema and no check");
     }
+    let unconfined = kustomize_with("seccomp", &["deploy/base"], &["deploy/components/seccomp-unconfined"]);
+    assert_eq!(validate("seccomp-unconfined", &unconfined), BTreeSet::new());
 }
 
 #[test]
@@ -1149,4 +1151,280 @@ fn memory(pid: u32) -> (f64, f64) {
             .unwrap_or(0.0);
     }
     (kib * 1024.0, maps)
+}
+
+// ---- the security context, in a real container ------------------------------
+
+/// A container of the test's own Podman, removed when dropped.
+struct Container<'a> {
+    podman: &'a pmoas_testbed::podman::Podman,
+    name: String,
+    pid: u32,
+    rootfs: PathBuf,
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        let _ = self.podman.command().args(["rm", "-f", "-t", "1", &self.name]).output();
+        let _ = std::fs::remove_dir_all(&self.rootfs);
+    }
+}
+
+impl Container<'_> {
+    /// GET `path` on the exporter's port inside the container's own
+    /// network namespace (the pod's: not the host's).
+    fn get(&self, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+        let ns = std::fs::File::open(format!("/proc/{}/ns/net", self.pid))?;
+        let path = path.to_string();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns(2) on this thread only, with a namespace fd we own.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            http_get(([127, 0, 0, 1], port).into(), &path, &[])
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn status(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        let out = self.podman.command().args(["logs", &self.name]).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
+}
+
+/// A root filesystem with nothing but the loader and the libraries the
+/// exporter links (the binary itself is mounted at the DaemonSet's
+/// command path, as the image has it), and the mount points.
+fn rootfs(dir: &Path, command: &str, mount_paths: &[String]) {
+    let out = Command::new("ldd").arg(exporter_bin()).output().expect("ldd");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let lib = match line.split_once("=>") {
+            Some((_, right)) => right.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        let Some(lib) = lib.filter(|l| l.starts_with('/')) else { continue };
+        let to = dir.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &to).unwrap_or_else(|e| panic!("{lib}: {e}"));
+    }
+    for d in
+        ["proc", "sys", "dev", "etc", "run", "tmp"].iter().map(|d| d.to_string()).chain(mount_paths.iter().cloned())
+    {
+        std::fs::create_dir_all(dir.join(d.trim_start_matches('/'))).unwrap();
+    }
+    let bin = dir.join(command.trim_start_matches('/'));
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::write(bin, "").unwrap();
+}
+
+/// Does this Podman's default seccomp profile let a container holding
+/// CAP_BPF call bpf(2) (containers/common 0.60 and later, like
+/// containerd 1.6.9+ and Docker 23+)?
+fn default_seccomp_allows_cap_bpf() -> bool {
+    let Ok(text) = std::fs::read_to_string("/usr/share/containers/seccomp.json") else { return false };
+    let profile: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    profile["syscalls"].as_array().into_iter().flatten().any(|r| {
+        r["action"] == "SCMP_ACT_ALLOW"
+            && r["names"].as_array().is_some_and(|n| n.iter().any(|x| x == "bpf"))
+            && r["includes"]["caps"].as_array().is_some_and(|c| c.iter().any(|x| x == "CAP_BPF"))
+    })
+}
+
+/// Runs the DaemonSet's container as Podman (runc) would for the kubelet:
+/// its command and arguments, uid, capabilities, no_new_privs, read-only
+/// root, seccomp profile, hostPID, own network namespace, environment and
+/// read-only host paths, all read from the rendered object.
+fn run_daemonset<'a>(podman: &'a pmoas_testbed::podman::Podman, ds: &Value, name: &str) -> Container<'a> {
+    let pod = at(ds, "spec.template.spec");
+    let c = container(ds);
+    let sc = at(c, "securityContext");
+    let command = strings(c, "command");
+    assert_eq!(command.len(), 1);
+    let volumes: BTreeMap<&str, &str> =
+        seq(pod, "volumes").iter().map(|v| (s(v, "name"), s(v, "hostPath.path"))).collect();
+    let mount_paths: Vec<String> = seq(c, "volumeMounts").iter().map(|m| s(m, "mountPath").to_string()).collect();
+    let dir = scratch(&format!("rootfs-{name}"));
+    rootfs(&dir, &command[0], &mount_paths);
+
+    let mut cmd = podman.command();
+    cmd.args(["run", "-d", "--name", name, "--network", "none"]);
+    if at(pod, "hostPID").as_bool() == Some(true) {
+        cmd.args(["--pid", "host"]);
+    }
+    assert_eq!(at(sc, "privileged").as_bool(), Some(false));
+    cmd.arg(format!("--user={}:{}", at(sc, "runAsUser").as_u64().unwrap(), at(sc, "runAsGroup").as_u64().unwrap_or(0)));
+    if at(sc, "readOnlyRootFilesystem").as_bool() == Some(true) {
+        cmd.args(["--read-only", "--read-only-tmpfs=false"]);
+    }
+    if at(sc, "allowPrivilegeEscalation").as_bool() == Some(false) {
+        cmd.args(["--security-opt", "no-new-privileges"]);
+    }
+    for cap in strings(sc, "capabilities.drop") {
+        cmd.args(["--cap-drop", &cap.to_lowercase()]);
+    }
+    for cap in strings(sc, "capabilities.add") {
+        cmd.args(["--cap-add", &cap.to_lowercase()]);
+    }
+    match s(sc, "seccompProfile.type") {
+        "RuntimeDefault" => {}
+        "Unconfined" => {
+            cmd.args(["--security-opt", "seccomp=unconfined"]);
+        }
+        other => panic!("seccompProfile {other}"),
+    }
+    for (k, v) in daemonset_env(ds, NODE) {
+        cmd.args(["-e", &format!("{k}={v}")]);
+    }
+    cmd.arg("-v").arg(format!("{}:{}:ro", exporter_bin().display(), command[0]));
+    for m in seq(c, "volumeMounts") {
+        let mut host = volumes[s(m, "name")].to_string();
+        if host == "/sys/fs/cgroup" && !is_cgroup2(&host) {
+            // A hybrid host: its v2 tree, as host_args maps the argument.
+            host = host_args_cgroup2(&host);
+        }
+        let ro = if at(m, "readOnly").as_bool() == Some(true) { ":ro" } else { "" };
+        cmd.arg("-v").arg(format!("{host}:{}{ro}", s(m, "mountPath")));
+    }
+    cmd.arg("--rootfs").arg(&dir).args(&command).args(strings(c, "args"));
+    let _ = podman.command().args(["rm", "-f", name]).output();
+    let out = cmd.output().expect("podman run");
+    assert!(
+        out.status.success(),
+        "podman run {:?}: {}",
+        cmd.get_args().collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = podman.command().args(["inspect", "-f", "{{.State.Pid}}", name]).output().unwrap();
+    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("the container's pid");
+    Container { podman, name: name.to_string(), pid, rootfs: dir }
+}
+
+/// The host's cgroup v2 mount at or below `path` (a hybrid host's
+/// `unified`).
+fn host_args_cgroup2(path: &str) -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split_whitespace().nth(4)?;
+            (right.starts_with("cgroup2 ") && point.starts_with(path)).then(|| point.to_string())
+        })
+        .unwrap_or_else(|| panic!("no cgroup2 mount at or below {path}"))
+}
+
+/// The DaemonSet's security context in a real container (Podman, runc):
+/// with a seccomp profile that lets CAP_BPF and CAP_PERFMON call bpf(2)
+/// and perf_event_open(2), every default collector serves the testbed pod
+/// fully from inside its own network namespace; under a runtime default
+/// profile that does not (containerd before 1.6.9, containers/common
+/// before 0.60), the eBPF collectors fail, which the seccomp-unconfined
+/// component is for.
+#[test]
+fn daemonset_security_context_runs_in_a_container() {
+    let test = "daemonset_security_context_runs_in_a_container";
+    let mut problems = tool_problems();
+    problems.extend(testbed_problems());
+    problems.extend(pmoas_testbed::podman::missing_prerequisites());
+    if !can_run(test, &problems) {
+        return;
+    }
+    let started = Instant::now();
+    let base = objects(&kustomize(&repo().join("deploy/base")));
+    let unconfined =
+        objects(&kustomize_with("seccomp-unconfined", &["deploy/base"], &["deploy/components/seccomp-unconfined"]));
+    let (ds, ds_unconfined) = (one(&base, "DaemonSet"), one(&unconfined, "DaemonSet"));
+    assert_eq!(s(container(ds_unconfined), "securityContext.seccompProfile.type"), "Unconfined");
+    let port: u16 = at(seq(container(ds), "ports").first().unwrap(), "containerPort").as_u64().unwrap() as u16;
+
+    pmoas_collectors::ebpf::ensure_tracefs();
+    let podman = pmoas_testbed::podman::Podman::setup().expect("podman");
+    let pod = Pod::up(&PodOptions::default()).expect("testbed up");
+    let name = format!("pmoas-deploy-{}", std::process::id());
+    let runs = [
+        (run_daemonset(&podman, ds, &format!("{name}-default")), default_seccomp_allows_cap_bpf()),
+        (run_daemonset(&podman, ds_unconfined, &format!("{name}-unconfined")), true),
+    ];
+    for (c, _) in &runs {
+        let status = c.status();
+        let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("").trim().to_string();
+        let want: u64 = daemonset_caps(ds).iter().map(|c| 1u64 << cap_bit(c)).sum();
+        assert!(field("Uid:").starts_with("0\t"), "{status}");
+        assert_eq!(u64::from_str_radix(&field("CapEff:"), 16).unwrap(), want, "{status}");
+        assert_eq!(field("NoNewPrivs:"), "1");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(c.get(port, "/readyz"), Ok((200, _))) {
+            assert!(Instant::now() < deadline, "{}: not ready in 20 s:\n{}", c.name, c.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(matches!(c.get(port, "/healthz"), Ok((200, _))), "/healthz");
+    }
+    let (default_run, unconfined_run) = (&runs[0].0, &runs[1].0);
+    assert_eq!(default_run.status().lines().find(|l| l.starts_with("Seccomp:")), Some("Seccomp:\t2"), "a filter");
+    assert_eq!(unconfined_run.status().lines().find(|l| l.starts_with("Seccomp:")), Some("Seccomp:\t0"));
+
+    // Named from cgroup paths here (no API server in the container's
+    // network namespace): the pod by its UID.
+    let uid = pod.state.uid.clone();
+    let evidence = [
+        "pmoas_tcp_accepts_total",
+        "pmoas_tcp_accept_wait_seconds_count",
+        "pmoas_container_network_receive_bytes_total",
+        "pmoas_pod_network_receive_bytes_total",
+    ];
+    let lacks = |c: &Container| -> Vec<String> {
+        let (_, body) = c.get(port, "/metrics").expect("scrape");
+        let m = Metrics::parse(&body);
+        let mut out: Vec<String> = m
+            .series
+            .iter()
+            .filter(|(n, _, v)| {
+                (n == "pmoas_scrape_collector_success" || n == "pmoas_ebpf_program_attached") && *v != 1.0
+            })
+            .chain(m.series.iter().filter(|(n, _, _)| n == "pmoas_feature_degraded"))
+            .map(|(n, l, v)| format!("{n}{l:?} {v}"))
+            .collect();
+        out.extend(evidence.iter().filter(|e| m.sum(e, &[("pod", uid.as_str())]) <= 0.0).map(|e| format!("no {e}")));
+        out
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let http = tool(
+            &pod,
+            Place::Client,
+            &["http", "--connect", &pod.envoy_addr().to_string(), "--count", "10", "--concurrency", "2"],
+        );
+        assert_eq!(http["connected"], 10, "{http}");
+        std::thread::sleep(Duration::from_millis(500));
+        let waiting: Vec<String> = runs
+            .iter()
+            .filter(|(_, serves)| *serves)
+            .flat_map(|(c, _)| lacks(c).into_iter().map(move |w| format!("{}: {w}", c.name)))
+            .collect();
+        if waiting.is_empty() {
+            break;
+        }
+        let logs: Vec<String> = runs.iter().map(|(c, _)| c.logs()).collect();
+        assert!(Instant::now() < deadline, "not served in 30 s:\n{}\n{}", waiting.join("\n"), logs.join("\n"));
+    }
+    if !runs[0].1 {
+        let lost = lacks(default_run);
+        assert!(
+            lost.iter().any(|l| l.contains("pmoas_scrape_collector_success") && l.contains("socket")),
+            "this runtime's default seccomp profile refuses bpf(2) without CAP_SYS_ADMIN: the socket collector fails: {lost:?}"
+        );
+        eprintln!(
+            "NOTE this Podman's default seccomp profile refuses bpf(2) to CAP_BPF: with RuntimeDefault the eBPF \
+             collectors fail ({} shortfalls); the seccomp-unconfined component serves everything",
+            lost.len()
+        );
+    }
+    drop(runs);
+    pod.down().unwrap();
+    eprintln!("{test}: {:?}", started.elapsed());
 }
