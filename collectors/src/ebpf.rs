@@ -210,7 +210,7 @@ fn load_object(
             Ok(ebpf) => ebpf,
             Err(source) => {
                 let denied = mentions_eperm(&source);
-                let hint = if denied { format!("; {}", privilege_advice()) } else { String::new() };
+                let hint = if denied { format!("; {}", denied_advice()) } else { String::new() };
                 let e = LoadError::Object { collector, source: Box::new(source), hint };
                 let failures = all_failed(denied, &e.to_string());
                 return Err((e, failures));
@@ -467,13 +467,66 @@ pub const REQUIRED_CAPABILITIES: &[(&str, &str)] = &[
 
 /// Capabilities needed only on some hosts: (capability, when).
 pub const SITUATIONAL_CAPABILITIES: &[(&str, &str)] = &[
-    ("CAP_SYS_RESOURCE", "on kernels before 5.11, to lift the locked-memory limit eBPF maps are charged to"),
+    (
+        "CAP_SYS_RESOURCE",
+        "on kernels before 5.11, for the exporter to lift the locked-memory limit eBPF maps are charged to \
+         beyond its hard limit",
+    ),
     (
         "CAP_DAC_OVERRIDE",
         "to name containers through a Docker or Podman socket only root may open \
          (or add the exporter's user to the socket's group)",
     ),
 ];
+
+/// Is a seccomp filter on this process (mode 2 in /proc/self/status)?
+fn seccomp_filtered() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Seccomp:")).map(|v| v.trim() == "2"))
+        .unwrap_or(false)
+}
+
+/// What to say when the kernel answered EPERM to loading: with the
+/// capabilities present and a seccomp filter on, the filter is the likely
+/// cause (older container runtimes' default profiles refuse bpf(2) to
+/// CAP_BPF without CAP_SYS_ADMIN); otherwise the missing privileges.
+pub fn denied_advice() -> String {
+    if check_privileges().is_ok() && seccomp_filtered() {
+        "the process has CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) but runs under a seccomp filter, which \
+         probably refused bpf(2): older container runtimes' default profiles allow it only with CAP_SYS_ADMIN \
+         (containerd before 1.6.9, Docker before 23, Podman's containers-common before 0.60); run the exporter \
+         with seccomp unconfined (Kubernetes: seccompProfile Unconfined, deploy/components/seccomp-unconfined; \
+         compose: security_opt seccomp=unconfined) or a profile that allows bpf and perf_event_open"
+            .to_string()
+    } else {
+        privilege_advice()
+    }
+}
+
+/// Lifts this process's locked-memory limit as far as it may go: kernels
+/// before 5.11 charge eBPF maps to RLIMIT_MEMLOCK (often 64 KiB or 8 MiB),
+/// and refuse maps beyond it with EPERM. Up to the hard limit needs no
+/// privilege; beyond it, CAP_SYS_RESOURCE. Newer kernels charge the
+/// memory cgroup instead, and the limit no longer matters. Returns the
+/// soft limit in force afterwards (None: unlimited).
+pub fn raise_memlock_limit() -> Option<u64> {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit/getrlimit only read or write the rlimit struct given.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) == 0 {
+            return None;
+        }
+        let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut now) != 0 {
+            return Some(0);
+        }
+        let to_hard = libc::rlimit { rlim_cur: now.rlim_max, rlim_max: now.rlim_max };
+        libc::setrlimit(libc::RLIMIT_MEMLOCK, &to_hard);
+        let _ = libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut now);
+        (now.rlim_cur != libc::RLIM_INFINITY).then_some(now.rlim_cur)
+    }
+}
 
 /// What to do about missing privileges: run as root, or grant every
 /// required capability (and the situational ones where they apply).
@@ -892,6 +945,16 @@ impl Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memlock_limit_is_raised_to_its_hard_limit_at_least() {
+        let reported = raise_memlock_limit();
+        let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes the struct given.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut now) }, 0);
+        assert_eq!(now.rlim_cur, now.rlim_max, "soft limit raised to the hard one");
+        assert_eq!(reported, (now.rlim_cur != libc::RLIM_INFINITY).then_some(now.rlim_cur));
+    }
 
     const SPECS: &[ProgramSpec] = &[
         ProgramSpec { program: "main", hook: Hook::BtfTracePoint { name: "a" }, fallback_for: None, feature: "main" },

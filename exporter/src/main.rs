@@ -129,6 +129,9 @@ async fn serve_until_signal(config: Config, reloader: Arc<reload::Reloader>) -> 
 
     let discovery =
         Arc::new(Discovery::new(&config.discovery_settings()).map_err(|e| anyhow::anyhow!("discovery: {e}"))?);
+    if let Some(limit) = ebpf::raise_memlock_limit() {
+        tracing::debug!(limit, "RLIMIT_MEMLOCK stays limited (matters only on kernels before 5.11)");
+    }
     for problem in [
         discovery.cgroupfs().v2_root().err().map(|e| e.to_string()),
         ebpf::check_privileges().err(),

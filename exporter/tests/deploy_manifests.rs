@@ -849,11 +849,10 @@ struct Run {
     exporter: Exporter,
 }
 
-/// Known losses that nothing names yet: (collector, capability). The
-/// netstack collector cannot name a pod's network namespace without
-/// CAP_SYS_PTRACE and says nothing (collectors/src/netstack/mod.rs,
-/// `refresh` skips the namespaces it may not read).
-const KNOWN_SILENT: &[(&str, &str)] = &[("netstack", "CAP_SYS_PTRACE")];
+/// Known losses that nothing names yet: (collector, capability). None:
+/// netstack without CAP_SYS_PTRACE, the last one, now raises a degraded
+/// feature naming it.
+const KNOWN_SILENT: &[(&str, &str)] = &[];
 
 /// Least privilege, proven: the DaemonSet's capabilities serve every
 /// collector fully, each collector's own (docs/deploy.md) serve it, one
@@ -1418,6 +1417,9 @@ fn daemonset_security_context_runs_in_a_container() {
             lost.iter().any(|l| l.contains("pmoas_scrape_collector_success") && l.contains("socket")),
             "this runtime's default seccomp profile refuses bpf(2) without CAP_SYS_ADMIN: the socket collector fails: {lost:?}"
         );
+        // ... and the exporter says it is the filter, not the capabilities.
+        let logs = default_run.logs();
+        assert!(logs.contains("seccomp filter"), "the failure names the seccomp filter:\n{logs}");
         eprintln!(
             "NOTE this Podman's default seccomp profile refuses bpf(2) to CAP_BPF: with RuntimeDefault the eBPF \
              collectors fail ({} shortfalls); the seccomp-unconfined component serves everything",

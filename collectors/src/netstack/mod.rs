@@ -449,9 +449,34 @@ impl Namespaces {
                 selected.insert(uid.clone(), k.workload.selected);
             }
         }
+        // A pod whose namespace cannot be named has its series under
+        // pod="" (the node's): say so, as a degraded feature, while it lasts.
+        let (mut denied, mut named) = (None, false);
         for (uid, pid) in discovery.pod_pids() {
-            let (Ok(ns), Some((namespace, pod))) = (netns::inode(procfs, pid), known.get(&uid)) else { continue };
-            self.pods.insert(ns, PodNetns { uid, namespace: namespace.clone(), pod: pod.clone() });
+            let Some((namespace, pod)) = known.get(&uid) else { continue };
+            match netns::inode(procfs, pid) {
+                Ok(ns) => {
+                    named = true;
+                    self.pods.insert(ns, PodNetns { uid, namespace: namespace.clone(), pod: pod.clone() });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => denied = Some((pid, e)),
+                Err(_) => {} // the process ended: another of the pod's names it next time
+            }
+        }
+        let health = discovery.health();
+        match denied {
+            Some((pid, e)) => health.raise(
+                INFO.name,
+                "pod_network_namespaces",
+                format!(
+                    "pods' network namespaces cannot be named ({}/{pid}/ns/net: {e}); their stage, drop and RTT \
+                     series are counted under pod=\"\" instead of their pod; {}",
+                    procfs.display(),
+                    crate::ebpf::grant(&["CAP_SYS_PTRACE"])
+                ),
+            ),
+            None if named => health.clear(INFO.name, "pod_network_namespaces"),
+            None => {}
         }
         self.pods.retain(|_, p| known.contains_key(&p.uid));
         self.host = netns::inode(procfs, 1).or_else(|_| netns::own_inode(procfs)).ok();
