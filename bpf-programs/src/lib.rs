@@ -7,10 +7,12 @@
 //! | socket    | `src/socket.bpf.c`  | [`SOCKET`]      |
 //! | cgroup    | `src/cgroup.bpf.c`  | [`CGROUP`]      |
 //! | netstack  | `src/netstack.bpf.c`| [`NETSTACK`]    |
+//! | http      | `src/http.bpf.c`    | [`HTTP`]        |
 //!
 //! [`types`] mirrors the structs of `include/pmoas_types.h` that cross the
 //! kernel/user boundary.
 
+pub mod http;
 pub mod netstack;
 pub mod types;
 
@@ -22,3 +24,6 @@ pub static CGROUP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// The netstack collector's programs and maps (`src/netstack.bpf.c`).
 pub static NETSTACK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netstack.bpf.o"));
+
+/// The http collector's programs and maps (`src/http.bpf.c`).
+pub static HTTP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/http.bpf.o"));

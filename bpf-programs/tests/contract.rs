@@ -71,8 +71,12 @@ fn check(layouts: &[Layout], objects: &[(&str, &[u8])]) {
 }
 
 /// Every object, by name.
-const OBJECTS: &[(&str, &[u8])] =
-    &[("socket", pmoas_bpf::SOCKET), ("cgroup", pmoas_bpf::CGROUP), ("netstack", pmoas_bpf::NETSTACK)];
+const OBJECTS: &[(&str, &[u8])] = &[
+    ("socket", pmoas_bpf::SOCKET),
+    ("cgroup", pmoas_bpf::CGROUP),
+    ("netstack", pmoas_bpf::NETSTACK),
+    ("http", pmoas_bpf::HTTP),
+];
 
 #[test]
 fn every_mirrored_struct_matches_the_objects_btf() {
@@ -82,6 +86,7 @@ fn every_mirrored_struct_matches_the_objects_btf() {
 #[test]
 fn every_collectors_own_structs_match_its_object() {
     check(pmoas_bpf::netstack::LAYOUTS, &[("netstack", pmoas_bpf::NETSTACK)]);
+    check(pmoas_bpf::http::LAYOUTS, &[("http", pmoas_bpf::HTTP)]);
 }
 
 #[test]

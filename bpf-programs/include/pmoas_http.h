@@ -1,0 +1,86 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The http collector's contract between http.bpf.c and user space
+ * (collectors/src/http/, mirrored in bpf-programs/src/http.rs): map sizes,
+ * protocols, lost-event slots and the event layout. Offsets are written
+ * next to each field; the Rust mirror asserts them with offset_of!.
+ */
+#ifndef PMOAS_HTTP_H
+#define PMOAS_HTTP_H
+
+#include "pmoas_types.h"
+
+/* ---- sizes (user space may change map sizes with set_max_entries) ---- */
+
+/* Bytes of each socket read or write copied to user space at most: the
+ * start of a message (request line and headers, HTTP/2 frame headers and
+ * HPACK blocks) fits; the rest is counted by length only. A power of 2. */
+#define PMOAS_HTTP_CAPTURE_BYTES 2048
+/* Cgroups whose processes' socket I/O is captured (pod containers; user
+ * space keeps it filled from discovery). */
+#define PMOAS_HTTP_WATCHED_MAP_SIZE 16384
+/* Sockets seen with their protocol, LRU: the least recently used goes. */
+#define PMOAS_HTTP_CONN_MAP_SIZE 65536
+/* Threads inside a socket read or write (entry -> exit). */
+#define PMOAS_HTTP_ACTIVE_MAP_SIZE 16384
+/* The ring buffer that carries chunks to user space (drained continuously). */
+#define PMOAS_HTTP_RING_BYTES 8388608 /* 8 MiB */
+/* A connection whose first chunks look like no HTTP is given up after this
+ * many (both directions): it then costs one map lookup per call. */
+#define PMOAS_HTTP_MAX_UNKNOWN_CHUNKS 8
+/* iovecs of a readv/writev/recvmsg/sendmsg copied from at most. */
+#define PMOAS_HTTP_MAX_IOVECS 4
+
+/* ---- what a connection carries, as the kernel infers it ---- */
+#define PMOAS_HTTP_PROTO_UNKNOWN 0 /* not decided yet */
+#define PMOAS_HTTP_PROTO_HTTP1 1   /* a chunk began with a request or status line */
+#define PMOAS_HTTP_PROTO_HTTP2 2   /* the client preface, or plausible frames */
+#define PMOAS_HTTP_PROTO_OTHER 3   /* given up: never sent to user space */
+
+/* ---- the system call behind a chunk ---- */
+#define PMOAS_HTTP_CALL_READ 0	  /* read, recvfrom */
+#define PMOAS_HTTP_CALL_WRITE 1	  /* write, sendto */
+#define PMOAS_HTTP_CALL_READV 2	  /* readv */
+#define PMOAS_HTTP_CALL_WRITEV 3  /* writev */
+#define PMOAS_HTTP_CALL_RECVMSG 4 /* recvmsg */
+#define PMOAS_HTTP_CALL_SENDMSG 5 /* sendmsg */
+
+/* ---- event kinds ---- */
+#define PMOAS_HTTP_EVENT_DATA 0	 /* a read or write of a socket */
+#define PMOAS_HTTP_EVENT_CLOSE 1 /* the connection closed */
+
+/* direction of a chunk: PMOAS_DIR_INGRESS (read) / PMOAS_DIR_EGRESS (written),
+ * as in pmoas_netstack.h */
+#define PMOAS_HTTP_DIR_INGRESS 0
+#define PMOAS_HTTP_DIR_EGRESS 1
+
+/* ---- lost events: slots of lost_events (names in http.rs) ---- */
+/* 0 is PMOAS_LOST_AGGREGATION_MAP_FULL (pmoas_common.h), unused here. */
+#define PMOAS_HTTP_LOST_RING_FULL 1	 /* a chunk did not fit the ring */
+#define PMOAS_HTTP_LOST_ACTIVE_MAP_FULL 2 /* a call's entry could not be kept */
+#define PMOAS_HTTP_LOST_UNREADABLE 3	 /* the bytes could not be copied */
+#define PMOAS_HTTP_LOST_REASONS 4
+
+/* One chunk (or a close) of one connection. Only `captured` bytes of
+ * `data` are sent: the ring record is header + captured bytes. */
+struct pmoas_http_event {
+	__u64 sock;	  /* 0: struct sock address, the connection's identity */
+	__u64 cgroup_id;  /* 8: the calling process's cgroup v2 id */
+	__u64 start_ns;	  /* 16: syscall entry (CLOCK_MONOTONIC) */
+	__u64 end_ns;	  /* 24: syscall exit */
+	__u32 tgid;	  /* 32 */
+	__u32 tid;	  /* 36 */
+	__u32 total_len;  /* 40: bytes the call moved (its return value) */
+	__u16 captured;	  /* 44: bytes in data */
+	__u8 kind;	  /* 46: PMOAS_HTTP_EVENT_* */
+	__u8 direction;	  /* 47: PMOAS_HTTP_DIR_* */
+	__u8 proto;	  /* 48: PMOAS_HTTP_PROTO_* */
+	__u8 call;	  /* 49: PMOAS_HTTP_CALL_* */
+	__u8 pad[6];	  /* 50 */
+	__u8 data[PMOAS_HTTP_CAPTURE_BYTES]; /* 56 */
+};
+#define PMOAS_HTTP_EVENT_HEADER_BYTES 56
+_Static_assert(__builtin_offsetof(struct pmoas_http_event, data) == PMOAS_HTTP_EVENT_HEADER_BYTES,
+	       "pmoas_http_event layout");
+
+#endif

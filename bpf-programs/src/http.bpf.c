@@ -1,0 +1,437 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * The http collector's kernel side: the socket reads and writes of the
+ * watched pods' processes, at the system call boundary.
+ *
+ * Entry of read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg keeps
+ * the buffer address of a call made by a watched cgroup (http_watched);
+ * exit resolves the file descriptor to its socket (TCP only), decides
+ * once per connection whether it carries HTTP/1 or HTTP/2 from the first
+ * bytes (so that other protocols never reach user space), and sends the
+ * first PMOAS_HTTP_CAPTURE_BYTES bytes with the call's length and times
+ * through a ring buffer. A TCP close of a connection seen as HTTP is sent
+ * too (a response delimited by the close ends there). User space
+ * (collectors/src/http/) parses the chunks into requests and responses.
+ *
+ * Only syscall tracepoints and tp_btf: no kprobe, fentry or uprobe.
+ */
+#include "pmoas_common.h"
+#include "pmoas_http.h"
+#include <bpf/bpf_tracing.h>
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#ifndef SOCK_STREAM
+#define SOCK_STREAM 1
+#endif
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PMOAS_HTTP_WATCHED_MAP_SIZE);
+	__type(key, __u64);
+	__type(value, __u8);
+} http_watched SEC(".maps");
+
+struct http_conn {
+	__u8 proto;
+	__u8 unknown_chunks;
+	__u8 pad[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PMOAS_HTTP_CONN_MAP_SIZE);
+	__type(key, __u64);
+	__type(value, struct http_conn);
+} http_conns SEC(".maps");
+
+/* A read or write between its entry and its exit. */
+struct http_call {
+	__u64 buf; /* the buffer, or the iovec array, or the msghdr */
+	__u64 start_ns;
+	__u32 fd;
+	__u8 call;
+	__u8 pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PMOAS_HTTP_ACTIVE_MAP_SIZE);
+	__type(key, __u64);
+	__type(value, struct http_call);
+} http_active SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, PMOAS_HTTP_RING_BYTES);
+} http_events SEC(".maps");
+
+/* The event under construction, with room past data[] so that a copy at
+ * any offset below PMOAS_HTTP_CAPTURE_BYTES of up to that many bytes stays
+ * inside the value (the verifier then needs no finer bound). */
+struct http_scratch {
+	struct pmoas_http_event ev;
+	__u8 spill[PMOAS_HTTP_CAPTURE_BYTES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct http_scratch);
+} http_scratch SEC(".maps");
+
+/* ---- entry: remember the buffer of a watched process's call ---- */
+
+static __always_inline int on_enter(__u32 fd, __u64 buf, __u8 call)
+{
+	__u64 cgroup_id = bpf_get_current_cgroup_id();
+	__u64 id = bpf_get_current_pid_tgid();
+	struct http_call c = {};
+
+	if (!bpf_map_lookup_elem(&http_watched, &cgroup_id))
+		return 0;
+	c.buf = buf;
+	c.fd = fd;
+	c.call = call;
+	c.start_ns = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&http_active, &id, &c, BPF_ANY))
+		pmoas_count_lost(PMOAS_HTTP_LOST_ACTIVE_MAP_FULL);
+	return 0;
+}
+
+/* ---- exit helpers ---- */
+
+/* The TCP socket behind this task's descriptor `fd`, or NULL (not a
+ * socket, not TCP, or the descriptor is gone). */
+static __always_inline struct sock *tcp_sock_of_fd(__u32 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *file = NULL;
+	struct socket *sock;
+	struct sock *sk;
+	umode_t mode;
+
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return NULL;
+	mode = BPF_CORE_READ(file, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	sock = BPF_CORE_READ(file, private_data);
+	if (!sock)
+		return NULL;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return NULL;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP || BPF_CORE_READ(sk, sk_type) != SOCK_STREAM)
+		return NULL;
+	return sk;
+}
+
+/* Copies up to `len` bytes from user memory at `from` to data[off..];
+ * returns the bytes copied (0 on a fault). */
+static __always_inline __u32 copy_at(struct http_scratch *s, __u32 off, __u64 from, __u64 len)
+{
+	__u32 n = len > PMOAS_HTTP_CAPTURE_BYTES ? PMOAS_HTTP_CAPTURE_BYTES : (__u32)len;
+
+	off &= PMOAS_HTTP_CAPTURE_BYTES - 1;
+	if (n > PMOAS_HTTP_CAPTURE_BYTES - off)
+		n = PMOAS_HTTP_CAPTURE_BYTES - off;
+	/* Checked again on the register the call takes: the compiler may
+	 * otherwise copy it after the check and the verifier lose its bound. */
+	barrier_var(n);
+	if (n == 0 || n > PMOAS_HTTP_CAPTURE_BYTES)
+		return 0;
+	if (bpf_probe_read_user(&s->ev.data[off], n, (const void *)from))
+		return 0;
+	return n;
+}
+
+/* Copies the first bytes of an iovec array holding `moved` bytes. */
+static __always_inline __u32 copy_iovecs(struct http_scratch *s, __u64 vec, __u64 count, __u64 moved)
+{
+	__u32 got = 0;
+
+#pragma unroll
+	for (int i = 0; i < PMOAS_HTTP_MAX_IOVECS; i++) {
+		struct iovec iov;
+		__u64 take;
+		__u32 n;
+
+		if (i >= count || moved == 0 || got >= PMOAS_HTTP_CAPTURE_BYTES)
+			break;
+		if (bpf_probe_read_user(&iov, sizeof(iov), (const void *)(vec + i * sizeof(iov))))
+			break;
+		take = iov.iov_len < moved ? iov.iov_len : moved;
+		n = copy_at(s, got, (__u64)iov.iov_base, take);
+		got += n;
+		moved -= take;
+		if (n < take) /* the capture is full, or a fault */
+			break;
+	}
+	return got;
+}
+
+static __always_inline bool is_word(const __u8 *d, char a, char b, char c, char e)
+{
+	return d[0] == a && d[1] == b && d[2] == c && d[3] == e;
+}
+
+/* Does a chunk start with an HTTP/1 request line or status line? */
+static __always_inline bool http1_start(const __u8 *d, __u32 n)
+{
+	if (n < 5)
+		return false;
+	return is_word(d, 'G', 'E', 'T', ' ') || is_word(d, 'P', 'O', 'S', 'T') ||
+	       is_word(d, 'P', 'U', 'T', ' ') || is_word(d, 'H', 'E', 'A', 'D') ||
+	       is_word(d, 'D', 'E', 'L', 'E') || is_word(d, 'P', 'A', 'T', 'C') ||
+	       is_word(d, 'O', 'P', 'T', 'I') || is_word(d, 'C', 'O', 'N', 'N') ||
+	       is_word(d, 'T', 'R', 'A', 'C') || (is_word(d, 'H', 'T', 'T', 'P') && d[4] == '/');
+}
+
+/* Does a chunk start with the HTTP/2 client preface, or with a frame
+ * header that only HTTP/2 would write there (connections joined
+ * mid-stream)? User space checks the frames that follow. */
+static __always_inline bool http2_start(const __u8 *d, __u32 n)
+{
+	__u32 len, stream;
+	__u8 type;
+
+	if (n < 9)
+		return false;
+	if (is_word(d, 'P', 'R', 'I', ' '))
+		return true;
+	len = (__u32)d[0] << 16 | (__u32)d[1] << 8 | d[2];
+	type = d[3];
+	stream = ((__u32)d[5] << 24 | (__u32)d[6] << 16 | (__u32)d[7] << 8 | d[8]);
+	if (stream & 0x80000000u || len > 16384)
+		return false;
+	switch (type) {
+	case 0: /* DATA */
+	case 1: /* HEADERS */
+	case 3: /* RST_STREAM */
+		return stream != 0 && (type != 3 || len == 4);
+	case 4: /* SETTINGS */
+		return stream == 0 && len % 6 == 0 && (d[4] & ~1) == 0;
+	case 6: /* PING */
+		return stream == 0 && len == 8;
+	case 7: /* GOAWAY */
+		return stream == 0 && len >= 8;
+	case 8: /* WINDOW_UPDATE */
+		return len == 4;
+	default:
+		return false;
+	}
+}
+
+static __always_inline int on_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct http_call *c = bpf_map_lookup_elem(&http_active, &id);
+	struct http_conn *conn, fresh = {};
+	struct http_scratch *s;
+	struct sock *sk;
+	__u32 zero = 0, got = 0, size;
+	__u64 sock_key, buf;
+	__u8 call;
+
+	if (!c)
+		return 0;
+	buf = c->buf;
+	call = c->call;
+	bpf_map_delete_elem(&http_active, &id);
+	if (ret <= 0)
+		return 0;
+	sk = tcp_sock_of_fd(c->fd);
+	if (!sk)
+		return 0;
+	sock_key = (__u64)sk;
+	conn = bpf_map_lookup_elem(&http_conns, &sock_key);
+	if (conn && conn->proto == PMOAS_HTTP_PROTO_OTHER)
+		return 0;
+	s = bpf_map_lookup_elem(&http_scratch, &zero);
+	if (!s)
+		return 0;
+
+	switch (call) {
+	case PMOAS_HTTP_CALL_READ:
+	case PMOAS_HTTP_CALL_WRITE:
+		got = copy_at(s, 0, buf, ret);
+		break;
+	case PMOAS_HTTP_CALL_READV:
+	case PMOAS_HTTP_CALL_WRITEV: {
+		/* buf: the iovec array; its count was the third argument, kept
+		 * in the upper bits by the entry (see below). */
+		got = copy_iovecs(s, buf & 0x0000ffffffffffffULL, buf >> 48, ret);
+		break;
+	}
+	default: { /* recvmsg, sendmsg: buf is the user msghdr */
+		struct user_msghdr msg;
+
+		if (bpf_probe_read_user(&msg, sizeof(msg), (const void *)buf))
+			break;
+		got = copy_iovecs(s, (__u64)msg.msg_iov, msg.msg_iovlen, ret);
+		break;
+	}
+	}
+	if (!got) {
+		pmoas_count_lost(PMOAS_HTTP_LOST_UNREADABLE);
+		return 0;
+	}
+
+	if (!conn) {
+		bpf_map_update_elem(&http_conns, &sock_key, &fresh, BPF_NOEXIST);
+		conn = bpf_map_lookup_elem(&http_conns, &sock_key);
+		if (!conn)
+			return 0;
+	}
+	if (conn->proto == PMOAS_HTTP_PROTO_UNKNOWN) {
+		if (http1_start(s->ev.data, got))
+			conn->proto = PMOAS_HTTP_PROTO_HTTP1;
+		else if (http2_start(s->ev.data, got))
+			conn->proto = PMOAS_HTTP_PROTO_HTTP2;
+		else if (++conn->unknown_chunks >= PMOAS_HTTP_MAX_UNKNOWN_CHUNKS) {
+			conn->proto = PMOAS_HTTP_PROTO_OTHER;
+			return 0;
+		} else {
+			return 0;
+		}
+	}
+
+	s->ev.sock = sock_key;
+	s->ev.cgroup_id = bpf_get_current_cgroup_id();
+	s->ev.start_ns = c->start_ns;
+	s->ev.end_ns = bpf_ktime_get_ns();
+	s->ev.tgid = id >> 32;
+	s->ev.tid = (__u32)id;
+	s->ev.total_len = ret > 0xffffffffL ? 0xffffffffu : (__u32)ret;
+	s->ev.captured = got;
+	s->ev.kind = PMOAS_HTTP_EVENT_DATA;
+	s->ev.direction = (call & 1) ? PMOAS_HTTP_DIR_EGRESS : PMOAS_HTTP_DIR_INGRESS;
+	s->ev.proto = conn->proto;
+	s->ev.call = call;
+	size = got;
+	if (size > PMOAS_HTTP_CAPTURE_BYTES)
+		size = PMOAS_HTTP_CAPTURE_BYTES;
+	if (bpf_ringbuf_output(&http_events, &s->ev, PMOAS_HTTP_EVENT_HEADER_BYTES + size, 0))
+		pmoas_count_lost(PMOAS_HTTP_LOST_RING_FULL);
+	return 0;
+}
+
+/* ---- the hooks ---- */
+
+/* Hooks: syscalls:sys_enter_read / sys_enter_recvfrom (fd, buf, count). */
+SEC("tracepoint/syscalls/sys_enter_read")
+int http_read_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_enter(ctx->args[0], ctx->args[1], PMOAS_HTTP_CALL_READ);
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int http_recvfrom_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_enter(ctx->args[0], ctx->args[1], PMOAS_HTTP_CALL_READ);
+}
+
+/* Hooks: syscalls:sys_enter_write / sys_enter_sendto (fd, buf, count). */
+SEC("tracepoint/syscalls/sys_enter_write")
+int http_write_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_enter(ctx->args[0], ctx->args[1], PMOAS_HTTP_CALL_WRITE);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int http_sendto_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_enter(ctx->args[0], ctx->args[1], PMOAS_HTTP_CALL_WRITE);
+}
+
+/* Hooks: syscalls:sys_enter_readv / sys_enter_writev (fd, vec, vlen).
+ * User addresses fit in 48 bits on x86_64: the count rides in the top 16
+ * (more than 65535 iovecs would be capped, and only the first few are
+ * read anyway). */
+SEC("tracepoint/syscalls/sys_enter_readv")
+int http_readv_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 vlen = ctx->args[2] > 0xffff ? 0xffff : ctx->args[2];
+
+	return on_enter(ctx->args[0], ctx->args[1] | vlen << 48, PMOAS_HTTP_CALL_READV);
+}
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int http_writev_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 vlen = ctx->args[2] > 0xffff ? 0xffff : ctx->args[2];
+
+	return on_enter(ctx->args[0], ctx->args[1] | vlen << 48, PMOAS_HTTP_CALL_WRITEV);
+}
+
+/* Hooks: syscalls:sys_enter_recvmsg / sys_enter_sendmsg (fd, msg, flags). */
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int http_recvmsg_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_enter(ctx->args[0], ctx->args[1], PMOAS_HTTP_CALL_RECVMSG);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int http_sendmsg_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_enter(ctx->args[0], ctx->args[1], PMOAS_HTTP_CALL_SENDMSG);
+}
+
+/* Hooks: the exits of the eight calls above (ret: bytes moved). */
+SEC("tracepoint/syscalls/sys_exit_read")
+int http_read_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int http_recvfrom_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_write")
+int http_write_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int http_sendto_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_readv")
+int http_readv_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_writev")
+int http_writev_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int http_recvmsg_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int http_sendmsg_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+
+/* Hook: sock:inet_sock_set_state, to CLOSE. A connection seen as HTTP
+ * tells user space it ended; every closed socket leaves http_conns. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(http_close, const struct sock *sk, int oldstate, int newstate)
+{
+	__u64 key = (__u64)sk;
+	struct http_conn *conn;
+	struct http_scratch *s;
+	__u32 zero = 0;
+
+	if (newstate != TCP_CLOSE)
+		return 0;
+	conn = bpf_map_lookup_elem(&http_conns, &key);
+	if (!conn)
+		return 0;
+	if (conn->proto == PMOAS_HTTP_PROTO_HTTP1 || conn->proto == PMOAS_HTTP_PROTO_HTTP2) {
+		s = bpf_map_lookup_elem(&http_scratch, &zero);
+		if (s) {
+			__builtin_memset(&s->ev, 0, PMOAS_HTTP_EVENT_HEADER_BYTES);
+			s->ev.sock = key;
+			s->ev.cgroup_id = pmoas_sock_cgroup_id(sk);
+			s->ev.start_ns = s->ev.end_ns = bpf_ktime_get_ns();
+			s->ev.kind = PMOAS_HTTP_EVENT_CLOSE;
+			s->ev.proto = conn->proto;
+			if (bpf_ringbuf_output(&http_events, &s->ev, PMOAS_HTTP_EVENT_HEADER_BYTES, 0))
+				pmoas_count_lost(PMOAS_HTTP_LOST_RING_FULL);
+		}
+	}
+	bpf_map_delete_elem(&http_conns, &key);
+	return 0;
+}
