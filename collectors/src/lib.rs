@@ -19,6 +19,7 @@ pub mod cgroup;
 pub mod ebpf;
 pub mod fold;
 pub mod histogram;
+pub mod http;
 pub mod metrics;
 pub mod netstack;
 pub mod registry;

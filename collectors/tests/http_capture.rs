@@ -1,0 +1,162 @@
+//! The http collector's kernel capture against the truth: curl through the
+//! testbed's Envoy into nginx, N requests; each of the three processes
+//! (curl: sendto/recvfrom, Envoy: readv/write, nginx: recvfrom/writev)
+//! must show exactly N request starts and N response starts, curl's
+//! requests byte for byte, every connection's close, and nothing of a
+//! connection that never looked like HTTP. Root and real eBPF (skips
+//! loudly otherwise, fails under PMOAS_REQUIRE_BPF=1).
+
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use pmoas_collectors::http::capture::{self, Capture, Chunk, Direction, Event, Proto};
+use pmoas_testbed::{Place, Pod, PodOptions};
+
+fn require_bpf() -> bool {
+    std::env::var_os("PMOAS_REQUIRE_BPF").is_some_and(|v| v != "0")
+}
+
+fn can_run(test: &str) -> bool {
+    let problems = pmoas_testbed::missing_prerequisites();
+    if problems.is_empty() {
+        return true;
+    }
+    assert!(!require_bpf(), "{test}: PMOAS_REQUIRE_BPF is set but: {}", problems.join("; "));
+    pmoas_testbed::report_skip(test, &problems.join("; "));
+    false
+}
+
+#[derive(Default, Debug)]
+struct Seen {
+    requests_out: usize,
+    requests_in: usize,
+    responses_out: usize,
+    responses_in: usize,
+    socks: HashSet<u64>,
+}
+
+fn starts(c: &Chunk, what: &[u8]) -> bool {
+    c.data.starts_with(what)
+}
+
+#[test]
+fn chunks_of_curl_envoy_and_nginx_match_what_they_sent() {
+    let test = "chunks_of_curl_envoy_and_nginx_match_what_they_sent";
+    if !can_run(test) {
+        return;
+    }
+    let pod = Pod::up(&PodOptions::default()).expect("testbed up");
+    let id = |set: &pmoas_testbed::cgroups::CgroupSet| capture::cgroup_id(set.v2().unwrap()).unwrap();
+    let (client, sidecar, app) =
+        (id(&pod.state.client_cgroups), id(&pod.state.sidecar_cgroups), id(&pod.state.app_cgroups));
+
+    let health = pmoas_discovery::Health::default();
+    let mut cap = match Capture::start(&health) {
+        Ok(c) => c,
+        Err(e) if !require_bpf() => {
+            pmoas_testbed::report_skip(test, &format!("cannot load the http programs: {e:#}"));
+            return;
+        }
+        Err(e) => panic!("{test}: loading the http programs: {e:#}"),
+    };
+    let attached = cap.programs().iter().filter(|p| p.attached).count();
+    assert_eq!(attached, capture::PROGRAMS.len(), "every program attached: {:?}", cap.programs());
+    assert_eq!(cap.watch(&[client, sidecar, app].into_iter().collect()), 0);
+
+    // Bytes that are no HTTP, first on their connection: Envoy reads them,
+    // they must never reach user space.
+    let garbage = format!(
+        "exec 3<>/dev/tcp/{}/{}; printf '%0200d' 0 | tr 0 c >&3; sleep 0.2",
+        pod.envoy_addr().ip(),
+        pod.envoy_addr().port()
+    );
+    let out = pod.command(Place::Client, "bash").args(["-c", &garbage]).stderr(Stdio::null()).output().unwrap();
+    assert!(out.status.success());
+
+    let n = 20;
+    let url = format!("http://{}/", pod.envoy_addr());
+    for _ in 0..n {
+        let out = pod
+            .command(Place::Client, "curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Connection: close", &url])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "curl: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    let mut seen: HashMap<u64, Seen> = HashMap::new();
+    let mut closed: HashSet<u64> = HashSet::new();
+    let mut client_closes = 0;
+    let mut curl_requests: Vec<(Vec<u8>, u32, &'static str)> = Vec::new();
+    let mut calls: HashMap<u64, HashSet<&'static str>> = HashMap::new();
+    let mut garbage_seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        cap.drain(|e| match e {
+            Event::Data(c) => {
+                assert_eq!(c.proto, Proto::Http1, "{c:?}");
+                assert!(c.end_ns >= c.start_ns && c.data.len() <= c.total_len as usize);
+                if starts(&c, b"cccc") {
+                    garbage_seen += 1;
+                }
+                let s = seen.entry(c.cgroup_id).or_default();
+                s.socks.insert(c.sock);
+                calls.entry(c.cgroup_id).or_default().insert(c.call);
+                let request = starts(&c, b"GET / HTTP/1.1\r\n");
+                let response = starts(&c, b"HTTP/1.1 200");
+                match c.direction {
+                    Direction::Egress if request => s.requests_out += 1,
+                    Direction::Ingress if request => s.requests_in += 1,
+                    Direction::Egress if response => s.responses_out += 1,
+                    Direction::Ingress if response => s.responses_in += 1,
+                    _ => {}
+                }
+                if c.cgroup_id == client && c.direction == Direction::Egress && request {
+                    curl_requests.push((c.data.clone(), c.total_len, c.call));
+                }
+            }
+            Event::Close { sock, cgroup_id, .. } => {
+                closed.insert(sock);
+                client_closes += usize::from(cgroup_id == client);
+            }
+        });
+        let done = seen.get(&client).is_some_and(|s| s.responses_in >= n)
+            && seen.get(&app).is_some_and(|s| s.responses_out >= n)
+            && client_closes >= n;
+        if done || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let get = |cg: u64| seen.get(&cg).map(|s| (s.requests_out, s.requests_in, s.responses_out, s.responses_in));
+    // (requests written, read, responses written, read)
+    assert_eq!(get(client), Some((n, 0, 0, n)), "curl: {:?}", seen.get(&client));
+    assert_eq!(get(sidecar), Some((n, n, n, n)), "Envoy: {:?}", seen.get(&sidecar));
+    assert_eq!(get(app), Some((0, n, n, 0)), "nginx: {:?}", seen.get(&app));
+    assert_eq!(garbage_seen, 0, "bytes of a connection that never looked like HTTP reached user space");
+
+    // curl's requests, byte for byte, and the call's length equal to them.
+    assert_eq!(curl_requests.len(), n);
+    for (data, total, call) in &curl_requests {
+        let text = String::from_utf8_lossy(data);
+        assert!(text.ends_with("\r\n\r\n") && text.contains("Connection: close\r\n"), "{text:?}");
+        assert_eq!(*total as usize, data.len(), "{call}: the whole request was captured");
+    }
+    // Every connection curl used ended with a close event. (A struct
+    // sock's address names a connection only while it lives: the kernel
+    // reuses it for later ones, which the close between them tells apart.)
+    assert_eq!(client_closes, n, "one close per connection");
+    assert!(seen[&client].socks.is_subset(&closed));
+    eprintln!("calls seen: {calls:?}");
+    // read/recvfrom, write/sendto, readv and writev all carried chunks.
+    let all: HashSet<&str> = calls.values().flatten().copied().collect();
+    assert_eq!(all, ["read", "write", "readv", "writev"].into_iter().collect(), "{calls:?}");
+
+    let lost: u64 = cap.lost().unwrap().iter().map(|(_, n)| n).sum();
+    assert_eq!(lost, 0, "{:?}", cap.lost());
+    assert_eq!(cap.malformed, 0);
+    drop(cap);
+    pod.down().unwrap();
+}
