@@ -714,7 +714,7 @@ fn grafana_dashboards_are_well_formed() {
     let ds = yaml("grafana/provisioning/datasources/prometheus.yml");
     let ds = &ds["datasources"][0];
     assert_eq!((ds["name"].as_str(), ds["uid"].as_str()), (Some("Prometheus"), Some("prometheus")), "{ds:?}");
-    assert_eq!((ds["type"].as_str(), ds["url"].as_str()), (Some("prometheus"), Some("http://prometheus:9090")));
+    assert_eq!((ds["type"].as_str(), ds["url"].as_str()), (Some("prometheus"), Some("http://localhost:9090")));
     assert_eq!(ds["isDefault"].as_bool(), Some(true));
     let provider = yaml("grafana/provisioning/dashboards/pmoas.yml");
     let provider = &provider["providers"][0];
