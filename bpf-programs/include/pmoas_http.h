@@ -77,9 +77,14 @@ struct pmoas_http_event {
 	__u8 proto;	  /* 48: PMOAS_HTTP_PROTO_* */
 	__u8 call;	  /* 49: PMOAS_HTTP_CALL_* */
 	__u8 pad[6];	  /* 50 */
-	__u8 data[PMOAS_HTTP_CAPTURE_BYTES]; /* 56 */
+	__u8 saddr[16];	  /* 56: local address (IPv4 as ::ffff:a.b.c.d) */
+	__u8 daddr[16];	  /* 72: remote address */
+	__u16 sport;	  /* 88: local port, host order */
+	__u16 dport;	  /* 90: remote port, host order */
+	__u32 netns;	  /* 92: network namespace inode (loopback addresses repeat) */
+	__u8 data[PMOAS_HTTP_CAPTURE_BYTES]; /* 96 */
 };
-#define PMOAS_HTTP_EVENT_HEADER_BYTES 56
+#define PMOAS_HTTP_EVENT_HEADER_BYTES 96
 _Static_assert(__builtin_offsetof(struct pmoas_http_event, data) == PMOAS_HTTP_EVENT_HEADER_BYTES,
 	       "pmoas_http_event layout");
 

@@ -18,6 +18,7 @@
 #include "pmoas_common.h"
 #include "pmoas_http.h"
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -231,6 +232,24 @@ static __always_inline bool http2_start(const __u8 *d, __u32 n)
 	}
 }
 
+/* The connection's addresses, ports and namespace, for a socket pointer
+ * reached through helper reads (not BTF-typed). */
+static __always_inline void read_endpoints(struct pmoas_http_event *ev, const struct sock *sk)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family == AF_INET) {
+		pmoas_addr_from_v4(ev->saddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		pmoas_addr_from_v4(ev->daddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	} else {
+		BPF_CORE_READ_INTO(&ev->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&ev->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+	ev->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	ev->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	ev->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
 static __always_inline int on_exit(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -317,6 +336,7 @@ static __always_inline int on_exit(long ret)
 	s->ev.direction = (call & 1) ? PMOAS_HTTP_DIR_EGRESS : PMOAS_HTTP_DIR_INGRESS;
 	s->ev.proto = conn->proto;
 	s->ev.call = call;
+	read_endpoints(&s->ev, sk);
 	size = got;
 	if (size > PMOAS_HTTP_CAPTURE_BYTES)
 		size = PMOAS_HTTP_CAPTURE_BYTES;
@@ -428,6 +448,10 @@ int BPF_PROG(http_close, const struct sock *sk, int oldstate, int newstate)
 			s->ev.start_ns = s->ev.end_ns = bpf_ktime_get_ns();
 			s->ev.kind = PMOAS_HTTP_EVENT_CLOSE;
 			s->ev.proto = conn->proto;
+			pmoas_sock_addrs(sk, s->ev.saddr, s->ev.daddr);
+			s->ev.sport = sk->__sk_common.skc_num;
+			s->ev.dport = bpf_ntohs(sk->__sk_common.skc_dport);
+			s->ev.netns = pmoas_sock_netns(sk);
 			if (bpf_ringbuf_output(&http_events, &s->ev, PMOAS_HTTP_EVENT_HEADER_BYTES, 0))
 				pmoas_count_lost(PMOAS_HTTP_LOST_RING_FULL);
 		}

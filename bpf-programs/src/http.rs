@@ -66,6 +66,11 @@ pub struct EventHeader {
     pub proto: u8,
     pub call: u8,
     pub pad: [u8; 6],
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub netns: u32,
 }
 
 /// `struct pmoas_http_event` as a whole (for the layout check).
@@ -97,7 +102,10 @@ const _: () = {
     assert!(offset_of!(EventHeader, total_len) == 40);
     assert!(offset_of!(EventHeader, captured) == 44);
     assert!(offset_of!(EventHeader, call) == 49);
-    assert!(offset_of!(Event, data) == 56);
+    assert!(offset_of!(EventHeader, saddr) == 56);
+    assert!(offset_of!(EventHeader, sport) == 88);
+    assert!(offset_of!(EventHeader, netns) == 92);
+    assert!(offset_of!(Event, data) == 96);
 };
 
 /// The http programs' structs, for `tests/contract.rs`.
@@ -117,6 +125,11 @@ pub const LAYOUTS: &[crate::types::Layout] = &[crate::layout!(
     proto,
     call,
     pad,
+    saddr,
+    daddr,
+    sport,
+    dport,
+    netns,
     data
 )];
 
@@ -137,6 +150,11 @@ struct EventFlat {
     proto: u8,
     call: u8,
     pad: [u8; 6],
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    sport: u16,
+    dport: u16,
+    netns: u32,
     data: [u8; CAPTURE_BYTES],
 }
 

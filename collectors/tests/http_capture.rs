@@ -75,6 +75,7 @@ fn chunks_of_curl_envoy_and_nginx_match_what_they_sent() {
     assert!(out.status.success());
 
     let n = 20;
+    let pod_envoy = pod.envoy_addr();
     let url = format!("http://{}/", pod.envoy_addr());
     for _ in 0..n {
         let out = pod
@@ -113,10 +114,16 @@ fn chunks_of_curl_envoy_and_nginx_match_what_they_sent() {
                     _ => {}
                 }
                 if c.cgroup_id == client && c.direction == Direction::Egress && request {
+                    // curl's socket: its own address to Envoy's listener.
+                    assert_eq!(c.endpoints.remote, pod_envoy, "{c:?}");
+                    assert!(c.endpoints.local.port() != 0 && c.endpoints.netns != 0, "{c:?}");
                     curl_requests.push((c.data.clone(), c.total_len, c.call));
                 }
             }
-            Event::Close { sock, cgroup_id, .. } => {
+            Event::Close { sock, cgroup_id, endpoints, .. } => {
+                if cgroup_id == client {
+                    assert_eq!(endpoints.remote, pod_envoy, "close of curl's connection");
+                }
                 closed.insert(sock);
                 client_closes += usize::from(cgroup_id == client);
             }

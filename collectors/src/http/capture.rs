@@ -11,6 +11,7 @@
 //! counted by reason ([`pmoas_bpf::http::LOST_REASONS`]).
 
 use std::collections::HashSet;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
@@ -71,11 +72,41 @@ pub enum Proto {
     Http2,
 }
 
+/// A connection's ends, as its socket has them (a REDIRECTed connect
+/// keeps its original destination as `remote`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoints {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Network namespace inode: loopback addresses repeat in every pod.
+    pub netns: u32,
+}
+
+impl Endpoints {
+    fn of(h: &EventHeader) -> Endpoints {
+        Endpoints {
+            local: SocketAddr::new(ip(h.saddr), h.sport),
+            remote: SocketAddr::new(ip(h.daddr), h.dport),
+            netns: h.netns,
+        }
+    }
+}
+
+/// 16 bytes as the kernel side writes them, IPv4 as ::ffff:a.b.c.d.
+fn ip(b: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(b);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
 /// One read or write of a socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chunk {
     /// The kernel's struct sock address: the connection, while it lives.
     pub sock: u64,
+    pub endpoints: Endpoints,
     pub cgroup_id: u64,
     pub tgid: u32,
     pub tid: u32,
@@ -98,6 +129,7 @@ pub enum Event {
     /// The connection closed (TCP state CLOSE).
     Close {
         sock: u64,
+        endpoints: Endpoints,
         cgroup_id: u64,
         at_ns: u64,
     },
@@ -109,7 +141,12 @@ impl Event {
     pub fn parse(record: &[u8]) -> Option<Event> {
         let (hd, data) = EventHeader::parse(record)?;
         if hd.kind == h::EVENT_CLOSE {
-            return Some(Event::Close { sock: hd.sock, cgroup_id: hd.cgroup_id, at_ns: hd.end_ns });
+            return Some(Event::Close {
+                sock: hd.sock,
+                endpoints: Endpoints::of(&hd),
+                cgroup_id: hd.cgroup_id,
+                at_ns: hd.end_ns,
+            });
         }
         let direction = match hd.direction {
             h::DIR_INGRESS => Direction::Ingress,
@@ -123,6 +160,7 @@ impl Event {
         };
         Some(Event::Data(Chunk {
             sock: hd.sock,
+            endpoints: Endpoints::of(&hd),
             cgroup_id: hd.cgroup_id,
             tgid: hd.tgid,
             tid: hd.tid,
