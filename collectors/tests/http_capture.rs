@@ -92,6 +92,11 @@ fn chunks_of_curl_envoy_and_nginx_match_what_they_sent() {
     let mut curl_requests: Vec<(Vec<u8>, u32, &'static str)> = Vec::new();
     let mut calls: HashMap<u64, HashSet<&'static str>> = HashMap::new();
     let mut garbage_seen = 0;
+    // Envoy's threads: the one that read each request, and the one that
+    // wrote its forward (the pairing of the sidecar-added latency relies on
+    // them being the same).
+    let mut envoy_reads: Vec<(u64, u32)> = Vec::new();
+    let mut envoy_forwards: Vec<(u64, u32)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         cap.drain(|e| match e {
@@ -112,6 +117,13 @@ fn chunks_of_curl_envoy_and_nginx_match_what_they_sent() {
                     Direction::Egress if response => s.responses_out += 1,
                     Direction::Ingress if response => s.responses_in += 1,
                     _ => {}
+                }
+                if c.cgroup_id == sidecar && request {
+                    let at = (c.end_ns, c.tid);
+                    match c.direction {
+                        Direction::Ingress => envoy_reads.push(at),
+                        Direction::Egress => envoy_forwards.push(at),
+                    }
                 }
                 if c.cgroup_id == client && c.direction == Direction::Egress && request {
                     // curl's socket: its own address to Envoy's listener.
@@ -157,6 +169,15 @@ fn chunks_of_curl_envoy_and_nginx_match_what_they_sent() {
     assert_eq!(client_closes, n, "one close per connection");
     assert!(seen[&client].socks.is_subset(&closed));
     eprintln!("calls seen: {calls:?}");
+    // Each forward is written by the thread that read the request last
+    // before it (requests are sequential here, and the testbed's Envoy has
+    // one worker: this shows its main thread takes no part; several workers
+    // are for the collector's own tests).
+    envoy_reads.sort();
+    for (at, tid) in &envoy_forwards {
+        let read = envoy_reads.iter().rev().find(|(t, _)| t <= at).expect("a read before each forward");
+        assert_eq!(read.1, *tid, "forward at {at} on thread {tid}, request read on {}", read.1);
+    }
     // read/recvfrom, write/sendto, readv and writev all carried chunks.
     let all: HashSet<&str> = calls.values().flatten().copied().collect();
     assert_eq!(all, ["read", "write", "readv", "writev"].into_iter().collect(), "{calls:?}");
