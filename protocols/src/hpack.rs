@@ -752,3 +752,181 @@ pub(crate) const HUFFMAN_CODES: [(u32, u8); 257] = [
     (0x3ffffee, 26),
     (0x3fffffff, 30),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    fn fields(d: &mut Decoder, block: &[u8]) -> (BlockEnd, Vec<(Option<String>, Option<String>)>) {
+        let mut v = Vec::new();
+        let end = d.decode(block, true, |n, val| {
+            v.push((
+                n.map(|n| String::from_utf8_lossy(n).into_owned()),
+                val.map(|x| String::from_utf8_lossy(x).into_owned()),
+            ))
+        });
+        (end, v)
+    }
+
+    fn known(pairs: &[(&str, &str)]) -> Vec<(Option<String>, Option<String>)> {
+        pairs.iter().map(|(n, v)| (Some(n.to_string()), Some(v.to_string()))).collect()
+    }
+
+    #[test]
+    fn rfc7541_c4_requests_with_huffman() {
+        let mut d = Decoder::new(4096);
+        let (end, f) = fields(&mut d, &hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff"));
+        assert_eq!(end, BlockEnd::Complete);
+        assert_eq!(
+            f,
+            known(&[(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "www.example.com")])
+        );
+        assert_eq!(d.table_size(), 57);
+        let (_, f) = fields(&mut d, &hex("8286 84be 5886 a8eb 1064 9cbf"));
+        assert_eq!(
+            f,
+            known(&[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                (":authority", "www.example.com"),
+                ("cache-control", "no-cache")
+            ])
+        );
+        assert_eq!(d.table_size(), 110);
+        let (_, f) = fields(&mut d, &hex("8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf"));
+        assert_eq!(
+            f,
+            known(&[
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":path", "/index.html"),
+                (":authority", "www.example.com"),
+                ("custom-key", "custom-value")
+            ])
+        );
+        assert_eq!(d.table_size(), 164);
+        assert!(d.is_exact());
+    }
+
+    #[test]
+    fn unknown_table_decodes_what_it_can_and_learns() {
+        let mut d = Decoder::unknown(65536);
+        // Indexed 62 (unknown), static :method GET, literal with indexing
+        // of a new name, then index 62 again (now the new entry).
+        let mut block = vec![0xbe, 0x82, 0x40, 3, b'a', b'b', b'c', 2, b'x', b'y', 0xbe];
+        // Literal with indexing, name from index 63 (the unknown tail).
+        block.extend([0x7f, 0x00, 1, b'v']);
+        let (end, f) = fields(&mut d, &block);
+        assert_eq!(end, BlockEnd::Complete);
+        assert_eq!(
+            f,
+            vec![
+                (None, None),
+                (Some(":method".into()), Some("GET".into())),
+                (Some("abc".into()), Some("xy".into())),
+                (Some("abc".into()), Some("xy".into())),
+                (None, None),
+            ]
+        );
+        // Now 62 is the unknown-name entry, 63 is abc: xy.
+        let (_, f) = fields(&mut d, &[0xbe, 0xbf, 0xc0]);
+        assert_eq!(f, vec![(None, None), (Some("abc".into()), Some("xy".into())), (None, None)]);
+        assert!(!d.is_exact());
+    }
+
+    #[test]
+    fn size_update_makes_an_unknown_table_exact_once_full() {
+        let mut d = Decoder::unknown(65536);
+        // Size update to 100, then two 50-octet entries (name 9 + value 9 +
+        // 32): nothing older can fit.
+        let mut block = vec![0x3f, 100 - 31];
+        for v in [b"valuevalA", b"valuevalB"] {
+            block.extend([0x40, 9]);
+            block.extend(b"name-name");
+            block.push(9);
+            block.extend(v);
+        }
+        let (end, _) = fields(&mut d, &block);
+        assert_eq!(end, BlockEnd::Complete);
+        assert!(d.is_exact());
+        assert_eq!(d.table_len(), 2);
+        // An index past the table is now an error, and forgets the table.
+        let (end, _) = fields(&mut d, &[0xc0]);
+        assert_eq!(end, BlockEnd::Error);
+        assert!(!d.is_exact());
+    }
+
+    #[test]
+    fn size_update_to_zero_empties_and_is_exact() {
+        let mut d = Decoder::unknown(65536);
+        let (end, _) = fields(&mut d, &[0x20, 0x82]);
+        assert_eq!(end, BlockEnd::Complete);
+        assert!(d.is_exact());
+        assert_eq!(fields(&mut d, &[0x3f, 0xe1, 0x1f, 0x82]).0, BlockEnd::Complete);
+    }
+
+    #[test]
+    fn size_update_after_a_field_is_an_error() {
+        let mut d = Decoder::new(4096);
+        assert_eq!(fields(&mut d, &[0x82, 0x20]).0, BlockEnd::Error);
+    }
+
+    #[test]
+    fn truncated_block_forgets() {
+        let mut d = Decoder::new(4096);
+        let mut v = Vec::new();
+        let end = d.decode(&hex("8286 8441 8cf1 e3c2"), false, |n, val| v.push((n.is_some(), val.is_some())));
+        assert_eq!(end, BlockEnd::Truncated);
+        assert_eq!(v.len(), 3);
+        assert!(!d.is_exact());
+    }
+
+    #[test]
+    fn eviction_follows_the_encoder() {
+        let mut d = Decoder::new(4096);
+        // 4096 / (32 + 2 + 60) = 43 entries fit.
+        for i in 0..100u8 {
+            let mut block = vec![0x40, 2, b'k', i];
+            block.push(60);
+            block.extend(std::iter::repeat_n(b'v', 60));
+            fields(&mut d, &block);
+        }
+        assert_eq!(d.table_len(), 43);
+        assert!(d.table_size() <= 4096);
+        let (_, f) = fields(&mut d, &[0x80 | 62]);
+        assert_eq!(f[0].0.as_deref().map(|n| n.as_bytes()[1]), Some(99));
+        assert!(d.is_exact());
+    }
+
+    #[test]
+    fn huffman_rejects_bad_padding_and_eos() {
+        let mut out = Vec::new();
+        // "www.example.com"
+        assert!(huffman_decode(&hex("f1e3 c2e5 f23a 6ba0 ab90 f4ff"), &mut out).is_ok());
+        assert_eq!(out, b"www.example.com");
+        out.clear();
+        // Padding of zeros.
+        assert!(huffman_decode(&[0xf1, 0xe0], &mut out).is_err());
+        // EOS (30 ones) inside.
+        assert!(huffman_decode(&[0xff, 0xff, 0xff, 0xff], &mut out).is_err());
+    }
+
+    #[test]
+    fn huffman_table_is_a_prefix_code() {
+        let tree = &*HUFFMAN_TREE;
+        assert_eq!(tree.len(), 256);
+    }
+
+    #[test]
+    fn integers() {
+        assert!(matches!(integer(&[0x1f, 0x9a, 0x0a], 5), Ok((1337, 3))));
+        assert!(matches!(integer(&[0x1f, 0xff, 0xff, 0xff, 0xff, 0x01], 5), Err(Fail::Error)));
+        assert!(matches!(integer(&[0x1f, 0xff], 5), Err(Fail::Truncated)));
+    }
+}

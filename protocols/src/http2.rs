@@ -219,7 +219,8 @@ struct Fields {
     host: Option<Vec<u8>>,
     status: Option<u16>,
     status_invalid: bool,
-    grpc_content_type: bool,
+    /// `content-type` seen: is it gRPC?
+    content_type: Option<bool>,
     grpc_status: Option<GrpcCode>,
     grpc_status_invalid: bool,
     x_request_id: Option<Vec<u8>>,
@@ -244,7 +245,7 @@ impl Fields {
                 Some(s) => self.status = Some(s),
                 None => self.status_invalid = true,
             },
-            b"content-type" => self.grpc_content_type = grpc::is_grpc_content_type(value),
+            b"content-type" => self.content_type = Some(grpc::is_grpc_content_type(value)),
             b"grpc-status" => match GrpcCode::from_header(value) {
                 Some(c) => self.grpc_status = Some(c),
                 None => self.grpc_status_invalid = true,
@@ -285,6 +286,31 @@ struct Stream {
 
 struct ResponseHead {
     status: Option<u16>,
+    /// The response's `content-type`: Some(is gRPC); None when absent or
+    /// not decoded (`unknown`).
+    content_type: Option<bool>,
+}
+
+/// Is the exchange gRPC? From the request's content-type, else the
+/// response's, else a `grpc-status` seen; a path that no gRPC call can have
+/// says no. None when nothing tells (a field we could not decode may have
+/// been the content-type).
+fn is_grpc(req: &Fields, s: &Stream) -> Option<bool> {
+    if let Some(g) = req.content_type {
+        return Some(g);
+    }
+    if let Some(g) = s.response.as_ref().and_then(|r| r.content_type) {
+        return Some(g);
+    }
+    if s.grpc_status.is_some() {
+        return Some(true);
+    }
+    // A gRPC request always carries its content-type, and a path of the
+    // /Service/Method shape.
+    if !req.unknown || req.path.as_deref().is_some_and(|p| grpc::split_path(p).is_none()) {
+        return Some(false);
+    }
+    None
 }
 
 /// The HTTP/2 state of one connection.
@@ -713,12 +739,12 @@ impl Http2 {
                 if s.response.is_none() {
                     match f.status {
                         Some(st) if (100..200).contains(&st) => return, // interim
-                        Some(st) => s.response = Some(ResponseHead { status: Some(st) }),
-                        None if f.unknown && !f.status_invalid => s.response = Some(ResponseHead { status: None }),
+                        Some(st) => s.response = Some(ResponseHead { status: Some(st), content_type: f.content_type }),
                         None => {
-                            // No :status at all: malformed, treat as lost.
-                            s.response_lost = true;
-                            s.response = Some(ResponseHead { status: None });
+                            // Not decoded, or no :status at all (malformed:
+                            // treated as lost).
+                            s.response_lost |= !f.unknown || f.status_invalid;
+                            s.response = Some(ResponseHead { status: None, content_type: f.content_type });
                         }
                     }
                     s.response_start_ns = start_ns;
@@ -737,7 +763,7 @@ impl Http2 {
         }
         if s.response.is_none() {
             s.response_start_ns = start_ns;
-            s.response = Some(ResponseHead { status: None });
+            s.response = Some(ResponseHead { status: None, content_type: None });
         }
         if end_stream {
             self.end_stream(RESP, id, t_end, out, losses);
@@ -766,7 +792,7 @@ impl Http2 {
     }
 
     fn emit(&self, id: u32, s: Stream, t_end: u64, reset: Option<u32>, out: &mut Vec<Exchange>, losses: &mut Losses) {
-        let Request::Known(req) = s.request else { return };
+        let Request::Known(req) = &s.request else { return };
         if s.response_lost {
             return;
         }
@@ -782,7 +808,11 @@ impl Http2 {
         let max = self.limits.max_value;
         let mut protocol = Protocol::Http2;
         let mut grpc_call = None;
-        if req.grpc_content_type {
+        let Some(grpc_exchange) = is_grpc(&req, &s) else {
+            losses.add(LossReason::H2HpackUnknownIndex);
+            return;
+        };
+        if grpc_exchange {
             let Some(path) = &req.path else {
                 losses.add(LossReason::H2HpackUnknownIndex);
                 return;
