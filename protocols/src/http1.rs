@@ -45,18 +45,29 @@ const MAX_HEADERS: usize = 128;
 const MAX_LINE: usize = 4096;
 
 /// Does `data` start with a complete request line (`Some(true)`), status
-/// line (`Some(false)`) or either (`None`)?
+/// line (`Some(false)`) or either (`None`)? Where sync was lost, a chunk
+/// may start anywhere: a request line must have a standard method (no
+/// suffix of one is another, so "T /x HTTP/1.1" cut from "GET /x ..." is
+/// refused) and a status line must start with "HTTP/1." (nothing cut from
+/// one does).
 pub fn starts_message(data: &[u8], request: Option<bool>) -> bool {
     let window = &data[..data.len().min(8192)];
     if !window.contains(&b'\n') {
         return false;
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let as_request = || httparse::Request::new(&mut [httparse::EMPTY_HEADER; MAX_HEADERS]).parse(window).is_ok();
+    let as_request = || {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        req.parse(window).is_ok() && req.method.is_some_and(|m| Method::parse(m.as_bytes()) != Method::Other)
+    };
+    let as_response = || {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        window.starts_with(b"HTTP/1.") && httparse::Response::new(&mut headers).parse(window).is_ok()
+    };
     match request {
         Some(true) => as_request(),
-        Some(false) => httparse::Response::new(&mut headers).parse(window).is_ok(),
-        None => as_request() || httparse::Response::new(&mut headers).parse(window).is_ok(),
+        Some(false) => as_response(),
+        None => as_request() || as_response(),
     }
 }
 
@@ -381,6 +392,8 @@ pub struct Http1 {
     /// response chunks not parsed. Two waiting requests queued in the same
     /// epoch prove pipelining.
     resp_epoch: u64,
+    /// Waiting requests dropped by a loss, to count.
+    lost_requests: u64,
 }
 
 impl Http1 {
@@ -400,6 +413,7 @@ impl Http1 {
             done: false,
             next_seq: 1,
             resp_epoch: 0,
+            lost_requests: 0,
         }
     }
 
@@ -418,6 +432,11 @@ impl Http1 {
     }
 
     pub fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>, losses: &mut Losses) {
+        self.feed_inner(chunk, out, losses);
+        losses.add_n(LossReason::Http1UnansweredRequest, std::mem::take(&mut self.lost_requests));
+    }
+
+    fn feed_inner(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>, losses: &mut Losses) {
         if self.done {
             return;
         }
@@ -540,9 +559,10 @@ impl Http1 {
         self.current = None;
     }
 
-    pub fn lost_data(&mut self, direction: Direction, _losses: &mut Losses) {
+    pub fn lost_data(&mut self, direction: Direction, losses: &mut Losses) {
         let is_req = direction == self.role.request_direction();
         self.unsync(is_req);
+        losses.add_n(LossReason::Http1UnansweredRequest, std::mem::take(&mut self.lost_requests));
     }
 
     fn side(&mut self, is_req: bool) -> &mut Side {
@@ -566,6 +586,11 @@ impl Http1 {
                     c.request = None;
                 }
             }
+            // A request may have been lost here; it was sent after the
+            // responses to every waiting one (without pipelining), which
+            // could otherwise be taken for its own.
+            self.lost_requests += self.queue.len() as u64;
+            self.queue.clear();
         } else {
             self.current = None;
             self.resp_epoch += 1;
