@@ -23,6 +23,9 @@ cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
+# The protocol parsers fuzzed for a bounded time (~20 s per target, stable Rust).
+scripts/fuzz.sh 20 || status=1
+
 # One summary for the whole run: cargo prints a result line per test binary.
 passed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed/) s += $i } END { print s + 0 }' "$log")
 failed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/) s += $i } END { print s + 0 }' "$log")

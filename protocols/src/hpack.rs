@@ -34,10 +34,13 @@
 //!
 //! # Bounds
 //!
-//! The table holds at most `max_table` octets in HPACK's accounting (entry
-//! = name + value + 32): a size update above it is followed with the table
-//! clipped to `max_table` (entries beyond it become unknown). Integers are
-//! limited to 2^28, strings to the block they are in.
+//! The table holds at most `cap` octets in HPACK's accounting (entry =
+//! name + value + 32): a size update above it is followed with the table
+//! clipped to `cap` (entries beyond it become unknown). While the
+//! encoder's maximum is unknown (joined mid-stream, until a size update),
+//! the table keeps what a 4096-octet table would: older entries of a
+//! larger one become unknown, and memory stays small. Integers are limited
+//! to 2^28, strings to the block they are in.
 
 use std::collections::VecDeque;
 use std::sync::LazyLock;
@@ -197,7 +200,10 @@ impl Decoder {
         self.entries.clear();
         self.entries.shrink_to(8);
         self.size = 0;
-        self.max = self.cap;
+        // The encoder's maximum is unknown: keep what the usual one (4096,
+        // SETTINGS_HEADER_TABLE_SIZE's default) would. Entries of a larger
+        // table dropped by this are unknown, never wrong.
+        self.max = DEFAULT_TABLE_SIZE.min(self.cap);
         self.max_known = false;
         self.tail_unknown = true;
     }
@@ -762,7 +768,9 @@ mod tests {
         (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
-    fn fields(d: &mut Decoder, block: &[u8]) -> (BlockEnd, Vec<(Option<String>, Option<String>)>) {
+    type Fields = Vec<(Option<String>, Option<String>)>;
+
+    fn fields(d: &mut Decoder, block: &[u8]) -> (BlockEnd, Fields) {
         let mut v = Vec::new();
         let end = d.decode(block, true, |n, val| {
             v.push((
@@ -773,7 +781,7 @@ mod tests {
         (end, v)
     }
 
-    fn known(pairs: &[(&str, &str)]) -> Vec<(Option<String>, Option<String>)> {
+    fn known(pairs: &[(&str, &str)]) -> Fields {
         pairs.iter().map(|(n, v)| (Some(n.to_string()), Some(v.to_string()))).collect()
     }
 

@@ -808,7 +808,7 @@ impl Http2 {
         let max = self.limits.max_value;
         let mut protocol = Protocol::Http2;
         let mut grpc_call = None;
-        let Some(grpc_exchange) = is_grpc(&req, &s) else {
+        let Some(grpc_exchange) = is_grpc(req, &s) else {
             losses.add(LossReason::H2HpackUnknownIndex);
             return;
         };

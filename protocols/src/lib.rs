@@ -138,17 +138,20 @@ impl Default for Limits {
 impl Limits {
     /// An upper bound of [`Connection::memory_bytes`] under these limits.
     pub fn max_connection_bytes(&self) -> usize {
+        // Growing buffers may hold up to twice what they need.
         let strings = self.max_path + 4 * self.max_value + 2 * 64;
         let exchange = std::mem::size_of::<Exchange>() + strings;
-        let head = self.max_header_bytes + 64;
+        let head = 2 * self.max_header_bytes + 64;
         // HTTP/1: two head buffers and the queued requests.
-        let h1 = 2 * head + (self.max_pipelined + 2) * exchange + 256;
-        // HTTP/2: per direction a header block buffer, a frame payload
-        // buffer and an HPACK table (entries cost at least 32 octets of
-        // accounting for at most 48 of bookkeeping each), plus the streams.
+        let h1 = 2 * head + (self.max_pipelined + 2) * (exchange + 64) + 256;
+        // HTTP/2, per direction: a frame payload and a header block buffer,
+        // an HPACK table (entries cost at least 32 octets of accounting for
+        // at most 96 of bookkeeping each, the deque doubling) and its two
+        // Huffman scratch buffers (8/5 of the block at most, doubling);
+        // plus the streams (the map doubling).
         let table = self.max_hpack_table.max(hpack::DEFAULT_TABLE_SIZE) * 3;
-        let scratch = 4 * self.max_header_bytes;
-        let h2 = 2 * (2 * head + table + scratch) + (self.max_streams + 1) * (exchange + 64) + 1024;
+        let per_dir = 2 * head + 512 + table + 8 * self.max_header_bytes;
+        let h2 = 2 * per_dir + 2 * (self.max_streams + 1) * (exchange + 256) + 1024;
         h1.max(h2) + 1024
     }
 }
@@ -550,6 +553,13 @@ mod tests {
         assert_eq!(Method::parse(b"GET").as_str(), "GET");
         assert_eq!(Method::parse(b"get").as_str(), "_OTHER");
         assert_eq!(Method::parse(b"PROPFIND"), Method::Other);
+    }
+
+    #[test]
+    fn default_memory_bound() {
+        let bound = Limits::default().max_connection_bytes();
+        assert!((1 << 20..2 << 20).contains(&bound), "{bound}");
+        assert!(Connection::new(Role::Server).memory_bytes() < 256);
     }
 
     #[test]

@@ -171,7 +171,9 @@ fn cases(n: usize, seed: u64) -> Vec<Case> {
 }
 
 /// Runs the conversation; returns the client's and the server's chunks.
-fn record(cases: &[Case]) -> (Vec<(Direction, Vec<u8>)>, Vec<(Direction, Vec<u8>)>) {
+type Calls = Vec<(Direction, Vec<u8>)>;
+
+fn record(cases: &[Case]) -> (Calls, Calls) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     let client_log: Log = Arc::default();
     let server_log: Log = Arc::default();
