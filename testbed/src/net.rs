@@ -37,14 +37,17 @@ pub fn claim_bridge() -> Result<u8> {
     bail!("no free testbed bridge pmtb1..pmtb250 (leftovers? `pmoas-testbed down --all`)")
 }
 
-/// Wires the namespace to the (already claimed) bridge.
+/// Wires the namespace to the (already claimed) bridge; a pod that shares
+/// another's bridge (an upstream pod) only adds its veth.
 pub fn create_pod_network(s: &PodState) -> Result<()> {
     let host = format!("{}/24", s.host_ip);
     let pod = format!("{}/24", s.pod_ip);
     let host_ip = s.host_ip.to_string();
     let pod_ip = s.pod_ip.to_string();
-    ip(&["addr", "add", &host, "dev", &s.bridge])?;
-    ip(&["link", "set", &s.bridge, "up"])?;
+    if !s.shares_bridge {
+        ip(&["addr", "add", &host, "dev", &s.bridge])?;
+        ip(&["link", "set", &s.bridge, "up"])?;
+    }
     ip(&["netns", "add", &s.netns])?;
     ip(&["link", "add", &s.host_veth, "type", "veth", "peer", "name", "eth0", "netns", &s.netns])?;
     ip(&["link", "set", &s.host_veth, "master", &s.bridge, "up"])?;
@@ -57,7 +60,13 @@ pub fn create_pod_network(s: &PodState) -> Result<()> {
     Ok(())
 }
 
-/// Deletes namespace (taking the veth with it) and bridge.
+/// Routes `addr` on-link through the pod's eth0: on its bridge, where no
+/// one answers for it unless some testbed pod has it.
+pub fn route_on_link(s: &PodState, addr: std::net::Ipv4Addr) -> Result<()> {
+    ip(&["-n", &s.netns, "route", "add", &format!("{addr}/32"), "dev", "eth0"])
+}
+
+/// Deletes namespace (taking the veth with it) and bridge (unless shared).
 pub fn delete_pod_network(s: &PodState) -> Result<()> {
     let mut problems = Vec::new();
     if fs::metadata(format!("/run/netns/{}", s.netns)).is_ok()
@@ -68,7 +77,8 @@ pub fn delete_pod_network(s: &PodState) -> Result<()> {
     if fs::metadata(format!("/sys/class/net/{}", s.host_veth)).is_ok() {
         let _ = ip(&["link", "del", &s.host_veth]);
     }
-    if fs::metadata(format!("/sys/class/net/{}", s.bridge)).is_ok()
+    if !s.shares_bridge
+        && fs::metadata(format!("/sys/class/net/{}", s.bridge)).is_ok()
         && let Err(e) = ip(&["link", "del", &s.bridge])
     {
         problems.push(e.to_string());

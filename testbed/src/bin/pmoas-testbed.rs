@@ -3,15 +3,26 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use pmoas_testbed::{Pod, PodOptions, list_states, load, teardown, traffic};
+use pmoas_testbed::{Layout, Pod, PodOptions, list_states, load, teardown, traffic};
 
 const USAGE: &str = "\
 pmoas-testbed: a pod with a real sidecar (Envoy -> nginx) on this machine, as root.
 
 Usage:
-  pmoas-testbed up                 build a pod and leave it running; prints how to use it
+  pmoas-testbed up [OPTIONS]       build a pod and leave it running; prints how to use it
+      --layout plain|istio         plain (default): clients call Envoy on POD:15006;
+                                   istio: istio-init's iptables REDIRECT (inbound -> 15006,
+                                   the app's outbound -> 15001), Envoy as uid 1337 reaching
+                                   nginx from 127.0.0.6; clients call POD:8080
+      --upstream                   a second, plain pod on the same bridge (10.200.N.21);
+                                   GET /upstream makes nginx call it through the sidecar
+                                   (istio: also GET /upstream-svc, by a service VIP 10.201.N.10:80)
+      --grpc                       a gRPC Greeter (testbed/grpc_server.py) behind Envoy, h2c;
+                                   names starting with \"fail\" get UNAVAILABLE
+      --fault-delay DURATION       Envoy delays every inbound request by DURATION (50ms, 1s)
   pmoas-testbed status             list the testbed pods of this machine
   pmoas-testbed down NAME|--all    stop a pod (or all) and remove every trace of it
 
@@ -63,6 +74,94 @@ impl Opts<'_> {
     }
 }
 
+/// `up`'s flags; anything else is an error.
+fn up_options(o: &Opts<'_>) -> Result<PodOptions> {
+    let mut opts = PodOptions::default();
+    let mut i = 0;
+    while i < o.0.len() {
+        let takes_value = |i: usize| o.0.get(i + 1).with_context(|| format!("{} needs a value", o.0[i]));
+        match o.0[i].as_str() {
+            "--layout" => {
+                opts.layout = takes_value(i)?.parse()?;
+                i += 1;
+            }
+            "--upstream" => opts.upstream = true,
+            "--grpc" => opts.grpc = true,
+            "--fault-delay" => {
+                opts.fault_delay = Some(parse_duration(takes_value(i)?)?);
+                i += 1;
+            }
+            other => bail!("`up` does not take {other:?}; see --help"),
+        }
+        i += 1;
+    }
+    Ok(opts)
+}
+
+/// `50ms`, `1.5s`, `250us`.
+fn parse_duration(v: &str) -> Result<Duration> {
+    let (num, unit) = v.find(|c: char| c.is_ascii_alphabetic()).map_or((v, "s"), |i| v.split_at(i));
+    let n: f64 = num.parse().with_context(|| format!("{v}: not a duration (50ms, 1s)"))?;
+    let secs = match unit {
+        "s" => n,
+        "ms" => n / 1e3,
+        "us" => n / 1e6,
+        _ => bail!("{v}: unit must be s, ms or us"),
+    };
+    if !(secs.is_finite() && secs >= 0.0) {
+        bail!("{v}: not a duration");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// How to use a pod that is up.
+fn describe(pod: &Pod, opts: &PodOptions) -> String {
+    let s = &pod.state;
+    let ns = &s.netns;
+    let at = pod.inbound_addr();
+    let mut out = format!("pod {} is up: uid {}, network namespace {ns}, layout {:?}\n", s.name, s.uid, s.layout);
+    match s.layout {
+        Layout::Plain => {
+            out.push_str(&format!("  Envoy (sidecar) http://{at}/ -> nginx (app) 127.0.0.1:8080 inside the pod\n"))
+        }
+        Layout::Istio => out.push_str(&format!(
+            "  http://{at}/ is REDIRECTed to Envoy :15006 (uid 1337) -> nginx 127.0.0.1:8080 from 127.0.0.6\n\
+             \x20 rules: ip netns exec {ns} iptables-save -t nat\n"
+        )),
+    }
+    out.push_str(&format!(
+        "  try: curl http://{at}/  |  curl http://{at}/delay  |  curl http://{at}/error  |  curl http://{at}/whoami\n"
+    ));
+    if let Some(d) = opts.fault_delay {
+        out.push_str(&format!("  every inbound request is delayed {d:?} by Envoy (fault filter)\n"));
+    }
+    if let Some(u) = pod.upstream() {
+        out.push_str(&format!(
+            "  upstream pod {} at {} (its own Envoy -> nginx): curl http://{at}/upstream makes the app call it \
+             through the sidecar\n",
+            u.state.name,
+            u.service_addr()
+        ));
+    }
+    if let Some(vip) = pod.upstream_service() {
+        out.push_str(&format!(
+            "  curl http://{at}/upstream-svc makes the app call the upstream's service VIP {vip} (as a ClusterIP)\n"
+        ));
+    }
+    if s.grpc {
+        out.push_str(&format!(
+            "  gRPC helloworld.Greeter/SayHello at {g} (h2c; names starting with \"fail\" get UNAVAILABLE):\n\
+             \x20   target/pmoas-venv/bin/python testbed/grpc_client.py --target {g} --count 100 --fail 10 --concurrency 8\n",
+            g = pod.grpc_addr()
+        ));
+    }
+    out.push_str(&format!(
+        "  Envoy admin: ip netns exec {ns} curl -s 127.0.0.1:9901/stats\n  tear down:   pmoas-testbed down {}",
+        s.name
+    ));
+    out
+}
+
 fn run(args: &[String]) -> Result<()> {
     // `up --help` must print help, not build a pod.
     let Some(cmd) = args.first().filter(|_| !args.iter().any(|a| matches!(a.as_str(), "-h" | "--help" | "help")))
@@ -72,29 +171,29 @@ fn run(args: &[String]) -> Result<()> {
     };
     let o = Opts(&args[1..]);
     match cmd.as_str() {
-        "up" | "status" if !o.0.is_empty() => bail!("`{cmd}` takes no arguments (got {:?}); see --help", o.0),
+        "status" if !o.0.is_empty() => bail!("`{cmd}` takes no arguments (got {:?}); see --help", o.0),
         "up" => {
-            let pod = Pod::up(&PodOptions::default())?;
-            let s = pod.state.clone();
+            let opts = up_options(&o)?;
+            let pod = Pod::up(&opts)?;
+            let text = describe(&pod, &opts);
             // Leave it running: the state file lets `down` find it.
             std::mem::forget(pod);
-            println!(
-                "pod {name} is up: uid {uid}, network namespace {ns}\n\
-                 \x20 Envoy (sidecar) http://{ip}:15006/ -> nginx (app) 127.0.0.1:8080 inside the pod\n\
-                 \x20 try: curl http://{ip}:15006/  |  curl http://{ip}:15006/delay  |  curl http://{ip}:15006/error\n\
-                 \x20 Envoy admin: ip netns exec {ns} curl -s 127.0.0.1:9901/stats\n\
-                 \x20 tear down:   pmoas-testbed down {name}",
-                name = s.name,
-                uid = s.uid,
-                ns = s.netns,
-                ip = s.pod_ip
-            );
+            println!("{text}");
             Ok(())
         }
         "status" => {
             for s in list_states() {
                 let alive = s.processes.iter().filter(|p| p.alive()).count();
-                println!("{} uid={} pod_ip={} processes={}/{}", s.name, s.uid, s.pod_ip, alive, s.processes.len());
+                let upstream = s.upstream.as_ref().map(|u| format!(" upstream={}", u.pod_ip)).unwrap_or_default();
+                println!(
+                    "{} uid={} pod_ip={} layout={:?}{upstream} processes={}/{}",
+                    s.name,
+                    s.uid,
+                    s.pod_ip,
+                    s.layout,
+                    alive,
+                    s.processes.len()
+                );
             }
             Ok(())
         }
