@@ -112,7 +112,7 @@ macro_rules! collectors {
     };
 }
 
-collectors!(socket, cgroup, netstack);
+collectors!(socket, cgroup, netstack, http);
 
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());

@@ -802,6 +802,7 @@ fn evidence(collector: &str) -> &'static [&'static str] {
             "pmoas_pod_network_receive_bytes_total",
         ],
         "netstack" => &["pmoas_netstack_stage_latency_seconds_count", "pmoas_tcp_rtt_seconds_count"],
+        "http" => &["pmoas_http_server_request_duration_seconds_count"],
         other => panic!("{other}: no evidence listed for this collector; add it to `evidence`"),
     }
 }

@@ -175,21 +175,22 @@ impl Event {
     }
 }
 
-/// The loaded programs, their ring buffer and the watched cgroups.
+/// The ring buffer and the watched cgroups (and, when started on its own,
+/// the loaded programs).
 pub struct Capture {
-    // Dropping it detaches the programs; it must outlive the maps' use.
-    loaded: LoadedObject,
     ring: RingBuf<MapData>,
     watched: BpfHashMap<MapData, u64, u8>,
     in_map: HashSet<u64>,
-    lost: LostEvents,
+    // Dropping it detaches the programs; kept by a capture started alone.
+    own: Option<(LoadedObject, LostEvents)>,
     /// Records that did not parse.
     pub malformed: u64,
 }
 
 impl Capture {
-    /// Loads and attaches the programs (those that can: see
-    /// [`Capture::programs`]).
+    /// Loads and attaches the programs on its own (those that can: see
+    /// [`Capture::programs`]); the collector loads them through its
+    /// `Kernel` and uses [`Capture::from_maps`].
     pub fn start(health: &Health) -> anyhow::Result<Capture> {
         let mut loaded = ebpf::load("http", pmoas_bpf::HTTP, &[], &[], PROGRAMS, None, health)?;
         let mut take = |name: &str| {
@@ -198,11 +199,19 @@ impl Capture {
         let ring = RingBuf::try_from(take("http_events")?)?;
         let watched = BpfHashMap::try_from(take("http_watched")?)?;
         let lost = LostEvents::take("http", &mut loaded.ebpf, &h::LOST_REASONS)?;
-        Ok(Capture { loaded, ring, watched, in_map: HashSet::new(), lost, malformed: 0 })
+        let mut capture = Capture::from_maps(ring, watched);
+        capture.own = Some((loaded, lost));
+        Ok(capture)
     }
 
+    /// Over the maps of programs loaded elsewhere.
+    pub fn from_maps(ring: RingBuf<MapData>, watched: BpfHashMap<MapData, u64, u8>) -> Capture {
+        Capture { ring, watched, in_map: HashSet::new(), own: None, malformed: 0 }
+    }
+
+    /// The programs, when started on its own.
     pub fn programs(&self) -> &[ProgramStatus] {
-        &self.loaded.programs
+        self.own.as_ref().map_or(&[], |(l, _)| &l.programs)
     }
 
     /// Makes the watched cgroups exactly `ids` (as many as the map holds;
@@ -235,9 +244,13 @@ impl Capture {
         }
     }
 
-    /// Events the kernel could not record, by reason (summed over CPUs).
+    /// Events the kernel could not record, by reason (summed over CPUs),
+    /// when started on its own.
     pub fn lost(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
-        self.lost.totals()
+        match &self.own {
+            Some((_, lost)) => lost.totals(),
+            None => Ok(Vec::new()),
+        }
     }
 }
 

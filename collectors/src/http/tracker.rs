@@ -1,0 +1,380 @@
+//! From captured chunks to request histograms: one parser
+//! ([`pmoas_protocols::Connection`]) per connection and process, the role
+//! of each connection (server or client) from its first message, the peer
+//! socket of each connection inside a pod (to tell a sidecar's downstream
+//! from its upstream), and the pairing of [`super::pairing`] for the
+//! latency the sidecar adds. No I/O: the collector feeds it [`Event`]s and
+//! workload names, and reads [`Tracker::aggregates`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use pmoas_protocols::{self as p, Connection, Exchange, Losses, Role};
+
+use super::capture::{Chunk, Direction, Endpoints, Event};
+use super::pairing::{self, Domain, Outcome, Pairer, RequestKey};
+
+/// Bucket bounds (s) of request durations: OTel's HTTP buckets below
+/// 10 s, with sub-millisecond ones for the hops inside a pod.
+pub const DURATION_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+/// Bucket bounds (s) of the sidecar-added latency: mostly well under 1 ms.
+pub const ADDED_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// What the tracker needs to know of a cgroup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The pod's identity; None outside pods.
+    pub pod_uid: Option<String>,
+    pub is_sidecar: bool,
+}
+
+/// A fixed-bucket histogram in counts per bucket (not cumulative).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Hist {
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Hist {
+    fn observe(&mut self, bounds: &[f64], seconds: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; bounds.len() + 1];
+        }
+        let slot = bounds.partition_point(|b| *b < seconds);
+        self.counts[slot] += 1;
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    /// As the metric set wants it: (upper bound, count in that bucket).
+    pub fn buckets(&self, bounds: &[f64]) -> Vec<(f64, u64)> {
+        let mut out: Vec<(f64, u64)> = bounds.iter().copied().zip(self.counts.iter().copied()).collect();
+        out.push((f64::INFINITY, self.counts.get(bounds.len()).copied().unwrap_or(0)));
+        out
+    }
+}
+
+/// Series keys. `cgroup_id` names the workload at scrape time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HttpKey {
+    pub cgroup_id: u64,
+    pub server: bool,
+    pub method: &'static str,
+    pub status_code: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GrpcKey {
+    pub cgroup_id: u64,
+    pub server: bool,
+    pub service: String,
+    pub method: String,
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddedKey {
+    pub pod_uid: String,
+    /// A cgroup of the pod (the sidecar's), to name the pod at scrape time.
+    pub cgroup_id: u64,
+    pub direction: pairing::Direction,
+    pub protocol: &'static str,
+}
+
+/// Everything exported, cumulative since start.
+#[derive(Default)]
+pub struct Aggregates {
+    pub http: BTreeMap<HttpKey, Hist>,
+    pub grpc: BTreeMap<GrpcKey, Hist>,
+    pub added: BTreeMap<AddedKey, Hist>,
+    /// Samples of `added` by how they were paired.
+    pub paired: HashMap<&'static str, u64>,
+    pub losses: Losses,
+    /// Exchanges whose HTTP/1 connection's role could not be told yet.
+    pub role_unknown: u64,
+    /// Connections dropped because `max_connections` were tracked.
+    pub connections_dropped: u64,
+}
+
+struct Conn {
+    parser: Option<Connection>,
+    endpoints: Endpoints,
+    cgroup_id: u64,
+    /// The thread of the last chunk: the one serving the connection.
+    tid: u32,
+    /// Told by the first message start seen (request or status line, the
+    /// HTTP/2 preface); chunks before it are counted as undecodable.
+    role: Option<Role>,
+}
+
+/// Per-process view of the pod's HTTP connections.
+pub struct Tracker {
+    conns: HashMap<(u64, u32), Conn>,
+    /// (netns, local endpoint) and (netns, remote endpoint) -> connection,
+    /// to find the other end of a connection inside a pod.
+    by_local: HashMap<(u32, SocketAddr), (u64, u32)>,
+    by_remote: HashMap<(u32, SocketAddr), (u64, u32)>,
+    pairer: Pairer,
+    max_connections: usize,
+    limits: p::Limits,
+    pub agg: Aggregates,
+    scratch: Vec<Exchange>,
+}
+
+/// Whether the first message of a chunk says the process's role.
+fn role_from(chunk: &Chunk) -> Option<Role> {
+    let d = &chunk.data;
+    const METHODS: [&[u8]; 9] =
+        [b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ", b"CONNECT ", b"TRACE "];
+    let request = METHODS.iter().any(|m| d.starts_with(m)) || d.starts_with(b"PRI * HTTP/2.0");
+    let response = d.starts_with(b"HTTP/1.");
+    match (request, response, chunk.direction) {
+        (true, _, Direction::Egress) | (_, true, Direction::Ingress) => Some(Role::Client),
+        (true, _, Direction::Ingress) | (_, true, Direction::Egress) => Some(Role::Server),
+        _ => None,
+    }
+}
+
+impl Tracker {
+    pub fn new(max_connections: usize) -> Tracker {
+        Tracker {
+            conns: HashMap::new(),
+            by_local: HashMap::new(),
+            by_remote: HashMap::new(),
+            pairer: Pairer::new(),
+            max_connections,
+            limits: p::Limits::default(),
+            agg: Aggregates::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Connections followed now.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// One event from the kernel; `owner` names a cgroup (None: not in a
+    /// pod, or unknown).
+    pub fn event(&mut self, e: Event, owner: &dyn Fn(u64) -> Option<Owner>) {
+        match e {
+            Event::Data(c) => self.chunk(c, owner),
+            Event::Close { sock, at_ns, .. } => {
+                let keys: Vec<(u64, u32)> = self.conns.keys().filter(|(s, _)| *s == sock).copied().collect();
+                for key in keys {
+                    if let Some(mut conn) = self.conns.remove(&key) {
+                        let mut out = std::mem::take(&mut self.scratch);
+                        if let Some(parser) = conn.parser.as_mut() {
+                            parser.close(at_ns, &mut out, &mut self.agg.losses);
+                        }
+                        self.unindex(&conn.endpoints, key);
+                        let (cg, tid, ep, role) = (conn.cgroup_id, conn.tid, conn.endpoints, conn.role);
+                        for x in out.drain(..) {
+                            self.exchange(key, cg, tid, ep, role, x, owner);
+                        }
+                        self.scratch = out;
+                    }
+                }
+                self.pairer.expire(at_ns);
+            }
+        }
+    }
+
+    fn unindex(&mut self, ep: &Endpoints, key: (u64, u32)) {
+        if self.by_local.get(&(ep.netns, ep.local)) == Some(&key) {
+            self.by_local.remove(&(ep.netns, ep.local));
+        }
+        if self.by_remote.get(&(ep.netns, ep.remote)) == Some(&key) {
+            self.by_remote.remove(&(ep.netns, ep.remote));
+        }
+    }
+
+    fn chunk(&mut self, c: Chunk, owner: &dyn Fn(u64) -> Option<Owner>) {
+        let key = (c.sock, c.tgid);
+        if !self.conns.contains_key(&key) {
+            if self.conns.len() >= self.max_connections {
+                self.agg.connections_dropped += 1;
+                return;
+            }
+            self.conns.insert(
+                key,
+                Conn { parser: None, endpoints: c.endpoints, cgroup_id: c.cgroup_id, tid: c.tid, role: None },
+            );
+            self.by_local.insert((c.endpoints.netns, c.endpoints.local), key);
+            self.by_remote.insert((c.endpoints.netns, c.endpoints.remote), key);
+        }
+        let limits = self.limits;
+        let conn = self.conns.get_mut(&key).expect("inserted above");
+        conn.tid = c.tid;
+        if conn.parser.is_none() {
+            match role_from(&c) {
+                Some(role) => {
+                    conn.role = Some(role);
+                    conn.parser = Some(Connection::with_limits(role, limits));
+                }
+                None => {
+                    // HTTP/2 joined mid-stream, or a body: the role (and so
+                    // the parser) waits for a message start.
+                    self.agg.losses.add(p::LossReason::UnknownProtocol);
+                    return;
+                }
+            }
+        }
+        let direction = match c.direction {
+            Direction::Ingress => p::Direction::Ingress,
+            Direction::Egress => p::Direction::Egress,
+        };
+        let chunk = p::Chunk {
+            direction,
+            captured: &c.data,
+            total_len: c.total_len as usize,
+            start_ns: c.start_ns,
+            end_ns: c.end_ns,
+        };
+        let mut out = std::mem::take(&mut self.scratch);
+        let parser = conn.parser.as_mut().expect("set above");
+        parser.feed(&chunk, &mut out, &mut self.agg.losses);
+        let (cg, tid, ep, role) = (conn.cgroup_id, conn.tid, conn.endpoints, conn.role);
+        for x in out.drain(..) {
+            self.exchange(key, cg, tid, ep, role, x, owner);
+        }
+        self.scratch = out;
+    }
+
+    /// The process on the other end of a connection, inside the same
+    /// network namespace: found by the endpoint that is unique to it (the
+    /// connecting side's local port).
+    fn peer(&self, ep: &Endpoints, role: Role) -> Option<&Conn> {
+        let key = match role {
+            Role::Server => self.by_local.get(&(ep.netns, ep.remote))?,
+            Role::Client => self.by_remote.get(&(ep.netns, ep.local))?,
+        };
+        self.conns.get(key)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn exchange(
+        &mut self,
+        _key: (u64, u32),
+        cgroup_id: u64,
+        tid: u32,
+        ep: Endpoints,
+        role: Option<Role>,
+        x: Exchange,
+        owner: &dyn Fn(u64) -> Option<Owner>,
+    ) {
+        let Some(role) = role else {
+            self.agg.role_unknown += 1;
+            return;
+        };
+        let server = role == Role::Server;
+        let seconds = x.duration_ns() as f64 / 1e9;
+        match (&x.grpc, x.status_code) {
+            (Some(g), _) => {
+                let k = GrpcKey {
+                    cgroup_id,
+                    server,
+                    service: g.service.clone(),
+                    method: g.method.clone(),
+                    code: g.code.as_str(),
+                };
+                self.agg.grpc.entry(k).or_default().observe(DURATION_BUCKETS, seconds);
+            }
+            (None, Some(status)) => {
+                let k = HttpKey { cgroup_id, server, method: x.method.as_str(), status_code: status };
+                self.agg.http.entry(k).or_default().observe(DURATION_BUCKETS, seconds);
+            }
+            // A stream reset before its response: no status to label it by.
+            (None, None) => return,
+        }
+        self.sidecar_latency(cgroup_id, tid, ep, role, &x, owner);
+    }
+
+    /// Feeds the pairing: see [`super::pairing`] for what is paired.
+    fn sidecar_latency(
+        &mut self,
+        cgroup_id: u64,
+        tid: u32,
+        ep: Endpoints,
+        role: Role,
+        x: &Exchange,
+        owner: &dyn Fn(u64) -> Option<Owner>,
+    ) {
+        let Some(me) = owner(cgroup_id) else { return };
+        let Some(pod_uid) = me.pod_uid.clone() else { return };
+        let peer = self.peer(&ep, role).map(|c| (c.cgroup_id, c.tid));
+        let peer_owner = peer.and_then(|(cg, _)| owner(cg));
+        let peer_is = |sidecar: bool| {
+            peer_owner
+                .as_ref()
+                .is_some_and(|o| o.pod_uid.as_deref() == Some(pod_uid.as_str()) && o.is_sidecar == sidecar)
+        };
+        let key = RequestKey {
+            method: x.method.as_str().to_string(),
+            path: x.path.clone().unwrap_or_default(),
+            request_id: x.x_request_id.clone(),
+        };
+        let protocol = if x.grpc.is_some() { "grpc" } else { "http" };
+        let span = pairing::Exchange { key, start_ns: x.request_start_ns, end_ns: x.response_end_ns };
+        let domain = |direction, sidecar_tid| Domain { pod_uid: pod_uid.clone(), direction, sidecar_tid };
+        use pairing::Direction::{Inbound, Outbound};
+        let outer = match (me.is_sidecar, role) {
+            // The sidecar's forward to the app, or to the outside.
+            (true, Role::Client) => {
+                let direction = if peer_is(false) { Inbound } else { Outbound };
+                self.pairer.inner(domain(direction, tid), span);
+                return;
+            }
+            // A downstream request of the sidecar: from outside (inbound);
+            // one from the app is paired through the app's own request.
+            (true, Role::Server) if !peer_is(false) => (domain(Inbound, tid), Inbound),
+            // The app's request to its sidecar (outbound): on the sidecar's
+            // thread that serves the other end.
+            (false, Role::Client) if peer_is(true) => {
+                let (_, sidecar_tid) = peer.expect("peer_is implies a peer");
+                (domain(Outbound, sidecar_tid), Outbound)
+            }
+            _ => return,
+        };
+        let (domain, direction) = outer;
+        match self.pairer.outer(&domain, &span) {
+            Outcome::Paired { added_ns, how } => {
+                let k = AddedKey { pod_uid, cgroup_id, direction, protocol };
+                self.agg.added.entry(k).or_default().observe(ADDED_BUCKETS, added_ns as f64 / 1e9);
+                let how = match how {
+                    pairing::How::RequestId => "request_id",
+                    pairing::How::Unique => "unique",
+                    pairing::How::Ordered => "ordered",
+                };
+                *self.agg.paired.entry(how).or_default() += 1;
+            }
+            Outcome::NoForward => {}
+        }
+    }
+
+    /// Unpaired counts of the sidecar-added latency.
+    pub fn unpaired(&self) -> pairing::Unpaired {
+        self.pairer.unpaired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_put_a_value_on_its_upper_bound() {
+        let mut h = Hist::default();
+        h.observe(DURATION_BUCKETS, 0.05);
+        h.observe(DURATION_BUCKETS, 0.0501);
+        h.observe(DURATION_BUCKETS, 99.0);
+        let b = h.buckets(DURATION_BUCKETS);
+        assert_eq!(b.iter().find(|(le, _)| *le == 0.05).unwrap().1, 1, "le is inclusive");
+        assert_eq!(b.iter().find(|(le, _)| *le == 0.075).unwrap().1, 1);
+        assert_eq!(b.last().unwrap(), &(f64::INFINITY, 1));
+        assert_eq!(h.count, 3);
+    }
+}

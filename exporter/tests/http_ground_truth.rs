@@ -1,0 +1,128 @@
+//! The http collector against the truth: a known mix of requests through
+//! the testbed's Envoy into nginx (200s and 503s; one connection per
+//! request and keep-alive; the 50 ms endpoint), counted per status for the
+//! sidecar's server and client sides and nginx's server side, equal to the
+//! client's own counts and Envoy's admin stats; the slow endpoint in its
+//! buckets; one sidecar-added latency sample per request, under 1 ms at
+//! this load. Root and real eBPF.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pmoas_testbed::{Place, Pod, PodOptions};
+
+fn setup(test: &str) -> Option<(Pod, Exporter)> {
+    if !can_run(test, &testbed_problems()) {
+        return None;
+    }
+    let pod = Pod::up(&PodOptions::default()).expect("testbed up");
+    let exporter = Exporter::start(&["--collectors", "http"]);
+    let m = exporter.scrape();
+    if m.get("pmoas_scrape_collector_success", &[("collector", "http")]) != Some(1.0) {
+        let why = format!("the http collector does not run:\n{}", exporter.log_text());
+        assert!(!require_bpf(), "{test}: {why}");
+        pmoas_testbed::report_skip(test, &why);
+        return None;
+    }
+    Some((pod, exporter))
+}
+
+/// Count of a histogram's series with these labels (0 when absent).
+fn count(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
+    m.sum(&format!("{name}_count"), labels)
+}
+
+#[test]
+fn request_counts_per_status_match_the_client_and_envoy() {
+    let test = "request_counts_per_status_match_the_client_and_envoy";
+    let Some((pod, exp)) = setup(test) else { return };
+    let w = Workloads::of(&pod);
+    let addr = pod.envoy_addr().to_string();
+
+    // One connection per request (Connection: close).
+    let ok = tool(&pod, Place::Client, &["http", "--connect", &addr, "--count", "30"]);
+    assert_eq!(ok["statuses"], serde_json::json!([[200, 30]]), "{ok}");
+    let err = tool(&pod, Place::Client, &["http", "--connect", &addr, "--path", "/error", "--count", "10"]);
+    assert_eq!(err["statuses"], serde_json::json!([[503, 10]]), "{err}");
+    let slow = tool(&pod, Place::Client, &["http", "--connect", &addr, "--path", "/delay", "--count", "5"]);
+    assert_eq!(slow["statuses"], serde_json::json!([[200, 5]]), "{slow}");
+    // Keep-alive: 20 requests on one connection.
+    let url = format!("http://{addr}/");
+    let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), 20).collect();
+    let out = pod
+        .command(Place::Client, "curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}\\n", "--keepalive-time", "10"])
+        .args(&urls)
+        .output()
+        .unwrap();
+    let codes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(codes.lines().filter(|l| *l == "200").count(), 20, "{codes}");
+    let (n200, n503) = (55.0, 10.0);
+
+    let server = "pmoas_http_server_request_duration_seconds";
+    let client = "pmoas_http_client_request_duration_seconds";
+    let (sidecar, app) = (w.sidecar(), w.app());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let m = loop {
+        let m = exp.scrape();
+        if count(&m, server, &with(app.clone(), &[("status_code", "200")])) >= n200
+            && count(&m, server, &with(sidecar.clone(), &[("status_code", "503")])) >= n503
+        {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every request counted in 15 s:\n{}\n{}\n{}",
+            m.describe(&format!("{server}_count"), &[]),
+            m.describe(&format!("{client}_count"), &[]),
+            m.describe("pmoas_ebpf_events_lost_total", &[("collector", "http")])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let m2 = exp.scrape();
+    for (who, labels) in [("sidecar server", &sidecar), ("app server", &app)] {
+        for (status, n) in [("200", n200), ("503", n503)] {
+            let got = count(&m2, server, &with(labels.clone(), &[("method", "GET"), ("status_code", status)]));
+            assert_eq!(got, n, "{who} {status}:\n{}", m2.describe(&format!("{server}_count"), &[]));
+        }
+    }
+    for (status, n) in [("200", n200), ("503", n503)] {
+        let got = count(&m2, client, &with(sidecar.clone(), &[("method", "GET"), ("status_code", status)]));
+        assert_eq!(got, n, "sidecar -> app {status}:\n{}", m2.describe(&format!("{client}_count"), &[]));
+    }
+    assert_eq!(count(&m, server, &with(app.clone(), &[("status_code", "200")])), n200, "settled before");
+
+    // The 50 ms endpoint: exactly its 5 requests above 50 ms at nginx.
+    let app_200 = with(app.clone(), &[("status_code", "200")]);
+    let total = count(&m2, server, &app_200);
+    let fast = m2.sum(&format!("{server}_bucket"), &with(app_200.clone(), &[("le", "0.05")]));
+    let under_75 = m2.sum(&format!("{server}_bucket"), &with(app_200, &[("le", "0.075")]));
+    assert_eq!((total - fast, under_75 - fast), (5.0, 5.0), "the /delay requests in (0.05, 0.075]");
+
+    // One sidecar-added sample per request, paired; small at this load.
+    let added = "pmoas_sidecar_added_latency_seconds";
+    let inbound = [("pod", pod.state.uid.as_str()), ("direction", "inbound"), ("protocol", "http")];
+    assert_eq!(count(&m2, added, &inbound), n200 + n503, "{}", m2.describe(&format!("{added}_count"), &[]));
+    let under_1ms = m2.sum(&format!("{added}_bucket"), &with(inbound.to_vec(), &[("le", "0.001")]));
+    assert!(under_1ms >= (n200 + n503) / 2.0, "median under 1 ms: {under_1ms} of {}", n200 + n503);
+    assert_eq!(m2.sum("pmoas_sidecar_pairing_total", &[("outcome", "no_forward")]), 0.0);
+
+    // Envoy's own counts (fetched last: the admin request is HTTP too).
+    let stats = pod.envoy_stats().unwrap();
+    let stat = |k: &str| stats.get(k).copied().unwrap_or(0) as f64;
+    assert_eq!(stat("http.inbound.downstream_rq_2xx"), n200);
+    assert_eq!(stat("http.inbound.downstream_rq_5xx"), n503);
+    let lost: f64 = m2
+        .series
+        .iter()
+        .filter(|(n, l, _)| {
+            n == "pmoas_ebpf_events_lost_total" && l.get("collector").map(String::as_str) == Some("http")
+        })
+        .filter(|(_, l, _)| !matches!(l.get("reason").map(String::as_str), Some("unknown_protocol")))
+        .map(|(_, _, v)| v)
+        .sum();
+    assert_eq!(lost, 0.0, "{}", m2.describe("pmoas_ebpf_events_lost_total", &[("collector", "http")]));
+}
