@@ -28,7 +28,8 @@
 /* A connection whose first chunks look like no HTTP is given up after this
  * many (both directions): it then costs one map lookup per call. */
 #define PMOAS_HTTP_MAX_UNKNOWN_CHUNKS 8
-/* iovecs of a readv/writev/recvmsg/sendmsg copied from at most (nginx writes a chunked response as header, size, data and trailer iovecs). */
+/* iovecs of a readv/writev/recvmsg/sendmsg copied from at most: nginx
+ * writes a chunked response as header, size, data and trailer iovecs. */
 #define PMOAS_HTTP_MAX_IOVECS 8
 
 /* ---- what a connection carries, as the kernel infers it ---- */
