@@ -29,8 +29,10 @@
  * many (both directions): it then costs one map lookup per call. */
 #define PMOAS_HTTP_MAX_UNKNOWN_CHUNKS 8
 /* iovecs of a readv/writev/recvmsg/sendmsg copied from at most: nginx
- * writes a chunked response as header, size, data and trailer iovecs. */
-#define PMOAS_HTTP_MAX_IOVECS 8
+ * writes a chunked response as header, size, data and trailer iovecs,
+ * grpc-core an HTTP/2 response as a slice per frame header and payload
+ * (with 8, its trailers were lost and with them the HPACK state). */
+#define PMOAS_HTTP_MAX_IOVECS 16
 
 /* ---- what a connection carries, as the kernel infers it ---- */
 #define PMOAS_HTTP_PROTO_UNKNOWN 0 /* not decided yet */

@@ -11,13 +11,17 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use pmoas_testbed::{Place, Pod, PodOptions};
+use pmoas_testbed::{Layout, Place, Pod, PodOptions};
 
 fn setup(test: &str) -> Option<(Pod, Exporter)> {
+    setup_with(test, PodOptions::default())
+}
+
+fn setup_with(test: &str, opts: PodOptions) -> Option<(Pod, Exporter)> {
     if !can_run(test, &testbed_problems()) {
         return None;
     }
-    let pod = Pod::up(&PodOptions::default()).expect("testbed up");
+    let pod = Pod::up(&opts).expect("testbed up");
     let exporter = Exporter::start(&["--collectors", "http"]);
     let m = exporter.scrape();
     if m.get("pmoas_scrape_collector_success", &[("collector", "http")]) != Some(1.0) {
@@ -125,4 +129,119 @@ fn request_counts_per_status_match_the_client_and_envoy() {
         .map(|(_, _, v)| v)
         .sum();
     assert_eq!(lost, 0.0, "{}", m2.describe("pmoas_ebpf_events_lost_total", &[("collector", "http")]));
+}
+
+/// Scrapes until `name`'s count with `labels` reaches `n` (15 s at most);
+/// the scrape, a moment after, so that a count above `n` shows too.
+fn settled(exp: &Exporter, name: &str, labels: &[(&str, &str)], n: f64) -> Metrics {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = exp.scrape();
+        if count(&m, name, labels) >= n {
+            std::thread::sleep(Duration::from_millis(300));
+            return exp.scrape();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} {labels:?} below {n} after 15 s:\n{}\n{}",
+            m.describe(&format!("{name}_count"), &[]),
+            m.describe("pmoas_ebpf_events_lost_total", &[("collector", "http")])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn grpc_calls_per_code_match_the_client() {
+    let test = "grpc_calls_per_code_match_the_client";
+    let Some((pod, exp)) = setup_with(test, PodOptions { grpc: true, ..Default::default() }) else { return };
+    let w = Workloads::of(&pod);
+    let report = pod.grpc_calls(40, 10, 4).expect("grpc client");
+    assert_eq!(report.codes.get("OK"), Some(&30), "{report:?}");
+    assert_eq!(report.codes.get("UNAVAILABLE"), Some(&10), "{report:?}");
+
+    let server = "pmoas_grpc_server_request_duration_seconds";
+    let client = "pmoas_grpc_client_request_duration_seconds";
+    let call = [("grpc_service", "helloworld.Greeter"), ("grpc_method", "SayHello")];
+    let m = settled(&exp, server, &with(with(w.app(), &call), &[("grpc_code", "OK")]), 30.0);
+    for (who, name, labels) in [
+        ("sidecar server", server, w.sidecar()),
+        ("app server", server, w.app()),
+        ("sidecar -> app", client, w.sidecar()),
+    ] {
+        for (code, n) in [("OK", 30.0), ("UNAVAILABLE", 10.0)] {
+            let got = count(&m, name, &with(with(labels.clone(), &call), &[("grpc_code", code)]));
+            assert_eq!(got, n, "{who} {code}:\n{}", m.describe(&format!("{name}_count"), &[]));
+        }
+    }
+    // gRPC is not counted as HTTP too.
+    assert_eq!(count(&m, "pmoas_http_server_request_duration_seconds", &w.app()), 0.0);
+    let inbound = [("pod", pod.state.uid.as_str()), ("direction", "inbound"), ("protocol", "grpc")];
+    assert_eq!(count(&m, "pmoas_sidecar_added_latency_seconds", &inbound), 40.0);
+}
+
+#[test]
+fn the_added_latency_is_the_sidecars_fault_delay() {
+    let test = "the_added_latency_is_the_sidecars_fault_delay";
+    let delay = Duration::from_millis(20);
+    let Some((pod, exp)) = setup_with(test, PodOptions { fault_delay: Some(delay), ..Default::default() }) else {
+        return;
+    };
+    let addr = pod.envoy_addr().to_string();
+    let added = "pmoas_sidecar_added_latency_seconds";
+    let inbound = [("pod", pod.state.uid.as_str()), ("direction", "inbound"), ("protocol", "http")];
+    let d = delay.as_secs_f64();
+    // Sequentially, then 16 connections at once.
+    let mut before = (0.0, 0.0);
+    for (n, concurrency) in [(20, "1"), (64, "16")] {
+        let r = tool(
+            &pod,
+            Place::Client,
+            &["http", "--connect", &addr, "--count", &n.to_string(), "--concurrency", concurrency],
+        );
+        assert_eq!(r["statuses"], serde_json::json!([[200, n]]), "{r}");
+        let total = before.0 + n as f64;
+        let m = settled(&exp, added, &inbound, total);
+        let (c, sum) = (count(&m, added, &inbound), m.sum(&format!("{added}_sum"), &inbound));
+        assert_eq!(c, total, "one sample per request, {concurrency} at once");
+        let mean = (sum - before.1) / n as f64;
+        // Envoy's timers run on a coarse clock: a delay may end up to one
+        // 4 ms tick early (docs/testbed.md).
+        assert!(
+            mean >= d - 0.004 && mean <= d + 0.002,
+            "mean added {mean:.4} s for a {d} s delay, {concurrency} at once"
+        );
+        let below = m.sum(&format!("{added}_bucket"), &with(inbound.to_vec(), &[("le", "0.01")]));
+        assert_eq!(below, 0.0, "no sample under 10 ms with a 20 ms delay");
+        before = (c, sum);
+    }
+}
+
+#[test]
+fn istio_layout_inbound_and_outbound_through_the_sidecar() {
+    let test = "istio_layout_inbound_and_outbound_through_the_sidecar";
+    let opts = PodOptions { layout: Layout::Istio, upstream: true, ..Default::default() };
+    let Some((pod, exp)) = setup_with(test, opts) else { return };
+    let w = Workloads::of(&pod);
+    let inbound_addr = pod.inbound_addr().to_string();
+    let n = 20;
+    let r = tool(&pod, Place::Client, &["http", "--connect", &inbound_addr, "--count", &n.to_string()]);
+    assert_eq!(r["statuses"], serde_json::json!([[200, n]]), "{r}");
+    let out = 15;
+    let up = pod.call_upstream(out, 1).expect("calls to the upstream");
+    assert_eq!(up.statuses, vec![(200, out)], "{up:?}");
+
+    let added = "pmoas_sidecar_added_latency_seconds";
+    let uid = pod.state.uid.as_str();
+    let inbound = [("pod", uid), ("direction", "inbound"), ("protocol", "http")];
+    let outbound = [("pod", uid), ("direction", "outbound"), ("protocol", "http")];
+    let m = settled(&exp, added, &outbound, out as f64);
+    // Every request came in through the sidecar; the upstream calls went
+    // out through it too (the app's connect redirected to 15001).
+    assert_eq!(count(&m, added, &inbound), (n + out) as f64, "{}", m.describe(&format!("{added}_count"), &[]));
+    assert_eq!(count(&m, added, &outbound), out as f64);
+    // The app's own view: its requests to the upstream, as a client.
+    let app_client = with(w.app(), &[("method", "GET"), ("status_code", "200")]);
+    assert_eq!(count(&m, "pmoas_http_client_request_duration_seconds", &app_client), out as f64);
+    assert_eq!(m.sum("pmoas_sidecar_pairing_total", &[("outcome", "no_forward")]), 0.0);
 }
