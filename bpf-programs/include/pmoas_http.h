@@ -79,7 +79,9 @@ struct pmoas_http_event {
 	__u8 direction;	  /* 47: PMOAS_HTTP_DIR_* */
 	__u8 proto;	  /* 48: PMOAS_HTTP_PROTO_* */
 	__u8 call;	  /* 49: PMOAS_HTTP_CALL_* */
-	__u8 pad[6];	  /* 50 */
+	__u8 pad[2];	  /* 50 */
+	__u32 seq;	  /* 52: this record's number in its connection and direction:
+			   * a gap is a record the ring could not take */
 	__u8 saddr[16];	  /* 56: local address (IPv4 as ::ffff:a.b.c.d) */
 	__u8 daddr[16];	  /* 72: remote address */
 	__u16 sport;	  /* 88: local port, host order */

@@ -38,7 +38,8 @@ struct {
 struct http_conn {
 	__u8 proto;
 	__u8 unknown_chunks;
-	__u8 pad[6];
+	__u8 pad[2];
+	__u32 seq[2]; /* next record number, per direction */
 };
 
 struct {
@@ -336,6 +337,8 @@ static __always_inline int on_exit(long ret)
 	s->ev.direction = (call & 1) ? PMOAS_HTTP_DIR_EGRESS : PMOAS_HTTP_DIR_INGRESS;
 	s->ev.proto = conn->proto;
 	s->ev.call = call;
+	/* Numbered whether or not the ring takes it: user space sees the gap. */
+	s->ev.seq = conn->seq[s->ev.direction & 1]++;
 	read_endpoints(&s->ev, sk);
 	size = got;
 	if (size > PMOAS_HTTP_CAPTURE_BYTES)

@@ -65,7 +65,8 @@ pub struct EventHeader {
     pub direction: u8,
     pub proto: u8,
     pub call: u8,
-    pub pad: [u8; 6],
+    pub pad: [u8; 2],
+    pub seq: u32,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     pub sport: u16,
@@ -102,6 +103,7 @@ const _: () = {
     assert!(offset_of!(EventHeader, total_len) == 40);
     assert!(offset_of!(EventHeader, captured) == 44);
     assert!(offset_of!(EventHeader, call) == 49);
+    assert!(offset_of!(EventHeader, seq) == 52);
     assert!(offset_of!(EventHeader, saddr) == 56);
     assert!(offset_of!(EventHeader, sport) == 88);
     assert!(offset_of!(EventHeader, netns) == 92);
@@ -125,6 +127,7 @@ pub const LAYOUTS: &[crate::types::Layout] = &[crate::layout!(
     proto,
     call,
     pad,
+    seq,
     saddr,
     daddr,
     sport,
@@ -149,7 +152,8 @@ struct EventFlat {
     direction: u8,
     proto: u8,
     call: u8,
-    pad: [u8; 6],
+    pad: [u8; 2],
+    seq: u32,
     saddr: [u8; 16],
     daddr: [u8; 16],
     sport: u16,

@@ -119,6 +119,9 @@ pub struct Chunk {
     pub call: &'static str,
     /// Bytes the call moved.
     pub total_len: u32,
+    /// Its number in its connection and direction (a gap: a record the
+    /// ring buffer could not take).
+    pub seq: u32,
     /// Its first bytes (up to `CAPTURE_BYTES`).
     pub data: Vec<u8>,
 }
@@ -170,6 +173,7 @@ impl Event {
             proto,
             call: h::CALL_NAMES.get(usize::from(hd.call))?,
             total_len: hd.total_len,
+            seq: hd.seq,
             data: data.to_vec(),
         }))
     }

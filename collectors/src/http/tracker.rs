@@ -108,6 +108,8 @@ struct Conn {
     /// Told by the first message start seen (request or status line, the
     /// HTTP/2 preface); chunks before it are counted as undecodable.
     role: Option<Role>,
+    /// The record number expected next, per direction (ingress, egress).
+    next_seq: [Option<u32>; 2],
 }
 
 /// Per-process view of the pod's HTTP connections.
@@ -201,7 +203,14 @@ impl Tracker {
             }
             self.conns.insert(
                 key,
-                Conn { parser: None, endpoints: c.endpoints, cgroup_id: c.cgroup_id, tid: c.tid, role: None },
+                Conn {
+                    parser: None,
+                    endpoints: c.endpoints,
+                    cgroup_id: c.cgroup_id,
+                    tid: c.tid,
+                    role: None,
+                    next_seq: [None, None],
+                },
             );
             self.by_local.insert((c.endpoints.netns, c.endpoints.local), key);
             self.by_remote.insert((c.endpoints.netns, c.endpoints.remote), key);
@@ -209,6 +218,16 @@ impl Tracker {
         let limits = self.limits;
         let conn = self.conns.get_mut(&key).expect("inserted above");
         conn.tid = c.tid;
+        // A record the ring could not take: the parser must not go on as
+        // if the bytes followed each other (an HPACK table would be wrong).
+        let slot = usize::from(c.direction == Direction::Egress);
+        if let (Some(want), Some(parser)) = (conn.next_seq[slot], conn.parser.as_mut())
+            && want != c.seq
+        {
+            let d = if slot == 1 { p::Direction::Egress } else { p::Direction::Ingress };
+            parser.lost_data(d, &mut self.agg.losses);
+        }
+        conn.next_seq[slot] = Some(c.seq.wrapping_add(1));
         if conn.parser.is_none() {
             match role_from(&c) {
                 Some(role) => {
@@ -364,6 +383,42 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::capture::Proto;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn chunk(seq: u32, direction: Direction, data: &[u8], at: u64) -> Event {
+        let addr = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+        Event::Data(Chunk {
+            sock: 1,
+            endpoints: Endpoints { local: addr(8080), remote: addr(40000), netns: 1 },
+            cgroup_id: 7,
+            tgid: 100,
+            tid: 100,
+            start_ns: at,
+            end_ns: at + 1,
+            direction,
+            proto: Proto::Http1,
+            call: "read",
+            total_len: data.len() as u32,
+            seq,
+            data: data.to_vec(),
+        })
+    }
+
+    #[test]
+    fn a_gap_in_the_record_numbers_is_reported_to_the_parser() {
+        let mut t = Tracker::new(16);
+        let names = |_: u64| Some(Owner { pod_uid: None, is_sidecar: false });
+        let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        t.event(chunk(0, Direction::Ingress, req, 10), &names);
+        t.event(chunk(0, Direction::Egress, resp, 20), &names);
+        assert_eq!(t.agg.http.values().map(|h| h.count).sum::<u64>(), 1);
+        assert_eq!(t.agg.losses.get(p::LossReason::DataGap), 0);
+        // Record 1 of the ingress side never came.
+        t.event(chunk(2, Direction::Ingress, req, 30), &names);
+        assert_eq!(t.agg.losses.get(p::LossReason::DataGap), 1);
+    }
 
     #[test]
     fn buckets_put_a_value_on_its_upper_bound() {
