@@ -1127,12 +1127,140 @@ def netstack():
     )
 
 
+def http():
+    side = [("server", "served"), ("client", "made")]
+    return dashboard(
+        "pmoas-http",
+        "pmoas / HTTP and gRPC",
+        "Requests of the pods' containers seen at their socket system calls (the http collector, "
+        "`--collectors ...,http`): rate, errors and duration per container, server and client side, for HTTP "
+        "and gRPC; and the latency the sidecar adds to each request it handles.",
+        [
+            row("Sidecar-added latency"),
+            timeseries(
+                "Added by the sidecar, p50 and p99",
+                "Per request the sidecar handles, its own time: its span minus the span of the request it "
+                "forwarded (`pmoas_sidecar_added_latency_seconds`; recording rules "
+                "`namespace_pod_direction:pmoas_sidecar_added_latency_seconds:p50_5m` and `:p99_5m`). Inbound: "
+                "its downstream request vs. its request to the app; outbound: the app's request vs. its "
+                "upstream request. p99 above 50 ms for 15 minutes fires PmoasSidecarAddedLatencyHigh.",
+                [
+                    target(f"namespace_pod_direction:pmoas_sidecar_added_latency_seconds:p50_5m{{{POD}}}",
+                           "{{pod}} {{direction}} p50"),
+                    target(f"namespace_pod_direction:pmoas_sidecar_added_latency_seconds:p99_5m{{{POD}}}",
+                           "{{pod}} {{direction}} p99"),
+                ],
+                unit="s", w=16,
+            ),
+            heatmap(
+                "Added by the sidecar",
+                "The whole distribution of `pmoas_sidecar_added_latency_seconds` for the selected pods; "
+                "darker is more. Buckets from 0.1 ms.",
+                f"sum by (le) (rate(pmoas_sidecar_added_latency_seconds_bucket{{{POD}}}[{RI}]))",
+                w=8,
+            ),
+            timeseries(
+                "How requests were paired",
+                "Samples of the added latency per second by how the request was matched with its forward "
+                "(`pmoas_sidecar_pairing_total`): `request_id`, `unique`, `ordered` (the first of identical "
+                "requests in flight at once on one sidecar thread), and those without a sample: "
+                "`no_forward` (the sidecar answered itself, or the forward was not seen), "
+                "`forward_unclaimed`. Per node.",
+                [target(f"sum by (instance, outcome) (rate(pmoas_sidecar_pairing_total[{RI}]))",
+                        "{{instance}} {{outcome}}")],
+                unit="reqps", stack=True, w=24,
+            ),
+            row("HTTP"),
+            *[
+                timeseries(
+                    f"HTTP requests {what}, by status",
+                    f"HTTP requests {what} per second per container and status code "
+                    f"(`pmoas_http_{s}_request_duration_seconds_count`). The sidecar's client side is its "
+                    "forwards to the app (inbound) and to other services (outbound).",
+                    [target(f"sum by (pod, container, status_code) (rate(pmoas_http_{s}_request_duration_seconds_count"
+                            f"{{{W}}}[{RI}]))", "{{pod}} {{container}} {{status_code}}")],
+                    unit="reqps",
+                )
+                for s, what in side
+            ],
+            timeseries(
+                "HTTP 5xx share served",
+                "Share of the requests each container served that it answered with 5xx (recording rule "
+                "`namespace_pod_container:pmoas_http_server_errors:ratio5m`); above 5% for 10 minutes "
+                "fires PmoasHttpServerErrorRatioHigh. The sidecar's share includes the app's errors it "
+                "passed on.",
+                [target(f"namespace_pod_container:pmoas_http_server_errors:ratio5m{{{W}}}",
+                        "{{pod}} {{container}}")],
+                unit="percentunit",
+            ),
+            timeseries(
+                "HTTP duration served, p99",
+                "99th percentile over 5 minutes of request read to response written, per pod and role "
+                "(recording rule `namespace_pod_role:pmoas_http_server_request_duration_seconds:p99_5m`): "
+                "the sidecar's above the app's is what the client sees beyond the app.",
+                [target(f"namespace_pod_role:pmoas_http_server_request_duration_seconds:p99_5m{{{POD}}}",
+                        "{{pod}} {{role}}")],
+                unit="s",
+            ),
+            row("gRPC"),
+            *[
+                timeseries(
+                    f"gRPC calls {what}, by code",
+                    f"gRPC calls {what} per second per container, method and code "
+                    f"(`pmoas_grpc_{s}_request_duration_seconds_count`).",
+                    [target(f"sum by (pod, container, grpc_service, grpc_method, grpc_code) "
+                            f"(rate(pmoas_grpc_{s}_request_duration_seconds_count{{{W}}}[{RI}]))",
+                            "{{pod}} {{container}} {{grpc_service}}/{{grpc_method}} {{grpc_code}}")],
+                    unit="reqps",
+                )
+                for s, what in side
+            ],
+            timeseries(
+                "gRPC error share served",
+                "Share of the calls each container served that ended with a code other than OK (recording "
+                "rule `namespace_pod_container:pmoas_grpc_server_errors:ratio5m`).",
+                [target(f"namespace_pod_container:pmoas_grpc_server_errors:ratio5m{{{W}}}",
+                        "{{pod}} {{container}}")],
+                unit="percentunit",
+            ),
+            timeseries(
+                "gRPC duration served, p99",
+                "99th percentile over 5 minutes of each served method's duration "
+                "(`pmoas_grpc_server_request_duration_seconds`).",
+                [target(f"histogram_quantile(0.99, sum by (pod, container, grpc_method, le) "
+                        f"(rate(pmoas_grpc_server_request_duration_seconds_bucket{{{W}}}[{RI}])))",
+                        "{{pod}} {{container}} {{grpc_method}}")],
+                unit="s",
+            ),
+            row("Collector"),
+            timeseries(
+                "Connections followed",
+                "HTTP connections the collector follows now, per node (`pmoas_http_connections_tracked`; "
+                "at most `--collector.http.max-connections`).",
+                [target(f"pmoas_http_connections_tracked{{{INST}}}", "{{instance}}")],
+            ),
+            timeseries(
+                "Not decoded, by reason",
+                "What the http collector could not record or decode, per second and reason "
+                "(`pmoas_ebpf_events_lost_total{collector=\"http\"}`): the kernel side's ring and maps, and "
+                "the parsers' reasons (docs/protocols.md). `unknown_protocol` counts bytes of connections "
+                "joined mid-message, normal right after start.",
+                [target(f'sum by (instance, reason) (rate(pmoas_ebpf_events_lost_total{{{INST}, collector="http"}}'
+                        f'[{RI}]))', "{{instance}} {{reason}}")],
+                unit="cps",
+            ),
+        ],
+        instance=True,
+    )
+
+
 DASHBOARDS = {
     "pmoas-node.json": node,
     "pmoas-pod-sidecar.json": pod_sidecar,
     "pmoas-socket.json": socket,
     "pmoas-cgroup.json": cgroup,
     "pmoas-netstack.json": netstack,
+    "pmoas-http.json": http,
 }
 
 

@@ -287,14 +287,14 @@ fn every_rule_and_dashboard_query_returns_data_from_a_real_scrape() {
         return;
     }
     let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
-    let pod = Pod::up(&PodOptions::default()).expect("testbed up");
+    let pod = Pod::up(&PodOptions { grpc: true, ..Default::default() }).expect("testbed up");
     // Pushing to a port where nothing listens: the push alert's series; OTLP
     // to another such port: the dashboards' OTLP panels.
     let dead_gateway = format!("http://127.0.0.1:{}", free_port());
     let dead_otlp = format!("http://127.0.0.1:{}", free_port());
     let exp = Exporter::start(&[
         "--collectors",
-        "socket,cgroup,netstack",
+        "socket,cgroup,netstack,http",
         "--collector.netstack.sample-rate",
         "4",
         "--push.gateway-url",
@@ -331,6 +331,13 @@ fn every_rule_and_dashboard_query_returns_data_from_a_real_scrape() {
     for _ in 0..3 {
         tool(&pod, Place::Client, &["http", "--connect", &pod.envoy_addr().to_string(), "--count", "50"]);
         let _ = pod.command(Place::Client, "wrk").args(["-t1", "-c8", "-d3s", &url]).output();
+        // 5xx answers and gRPC calls, some UNAVAILABLE, for the http collector's rules and panels.
+        let _ = tool(
+            &pod,
+            Place::Client,
+            &["http", "--connect", &pod.envoy_addr().to_string(), "--path", "/error", "--count", "10"],
+        );
+        let _ = pod.grpc_calls(20, 5, 2);
     }
     drop(drops);
     // Connects to a closed port: connect failures, and the resets they take.
