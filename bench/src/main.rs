@@ -18,6 +18,7 @@
 mod cgroup;
 mod common;
 mod discovery;
+mod http;
 mod netstack;
 mod scrape_memory;
 mod socket;
@@ -72,13 +73,15 @@ fn run() -> Result<()> {
         "discovery" => discovery::run(&o),
         "cgroup" => cgroup::run(&o),
         "netstack" => netstack::run(&o),
+        "http" => http::run(&o),
         "scrape-memory" => scrape_memory::run(&o),
         "all" => {
             socket::run(&o)?;
             discovery::run(&o)?;
             cgroup::run(&o)?;
-            netstack::run(&o)
+            netstack::run(&o)?;
+            http::run(&o)
         }
-        other => bail!("unknown benchmark `{other}` (socket, discovery, cgroup, netstack, scrape-memory, all)"),
+        other => bail!("unknown benchmark `{other}` (socket, discovery, cgroup, netstack, http, scrape-memory, all)"),
     }
 }
