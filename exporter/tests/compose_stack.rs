@@ -224,6 +224,29 @@ fn compose_config_is_valid_and_the_dockerfile_lints() {
 /// Podman with a private configuration in target/pmoas-compose.
 struct Engine {
     dir: PathBuf,
+    /// Was the overlay driver's own mount of its storage there before?
+    overlay_mounted_before: bool,
+}
+
+/// Is `path` a mount point now (in /proc/self/mountinfo)?
+fn is_mount_point(path: &Path) -> bool {
+    let want = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(want.as_str()))
+}
+
+/// Podman's overlay driver mounts its storage directory on itself; the
+/// mount outlives the test and keeps the checkout from being deleted.
+/// Unmounted at the end if this test made it.
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let overlay = self.dir.join("storage/overlay");
+        if !self.overlay_mounted_before && is_mount_point(&overlay) {
+            let _ = Command::new("umount").arg(&overlay).status();
+        }
+    }
 }
 
 impl Engine {
@@ -250,7 +273,8 @@ impl Engine {
             ),
         )
         .unwrap();
-        Engine { dir }
+        let overlay_mounted_before = is_mount_point(&dir.join("storage/overlay"));
+        Engine { dir, overlay_mounted_before }
     }
 
     /// `cmd` with this Podman configuration; TMPDIR holds Buildah's
