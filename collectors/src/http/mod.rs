@@ -189,7 +189,8 @@ fn histogram(h: &Hist, bounds: &[f64]) -> Histogram {
 impl Collector for HttpCollector {
     fn collect(&self, out: &mut MetricSet) -> anyhow::Result<()> {
         self.kernel.export_health(out)?;
-        let t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        t.forget(&|id| !matches!(self.discovery.lookup(id), Lookup::Unknown));
         let name = |id: u64| match self.discovery.lookup(id) {
             Lookup::Live(w) | Lookup::Gone(w) => Some(WorkloadLabels::of(&w)),
             Lookup::Unknown => None,
@@ -240,8 +241,11 @@ impl Collector for HttpCollector {
                 n as f64,
             );
         }
-        for (reason, n) in [("connection_table_full", t.agg.connections_dropped), ("role_unknown", t.agg.role_unknown)]
-        {
+        for (reason, n) in [
+            ("connection_table_full", t.agg.connections_dropped),
+            ("role_unknown", t.agg.role_unknown),
+            ("grpc_method_overflow", t.agg.grpc_overflow),
+        ] {
             out.counter(
                 &crate::ebpf::EVENTS_LOST,
                 vec![("collector", INFO.name.to_string()), ("reason", reason.to_string())],

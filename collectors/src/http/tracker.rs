@@ -18,6 +18,13 @@ use super::pairing::{self, Domain, Outcome, Pairer, RequestKey};
 /// 10 s, with sub-millisecond ones for the hops inside a pod.
 pub const DURATION_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+/// Distinct (gRPC service, method) pairs kept per container and side: they
+/// come from the requests' `:path`, which any client chooses; beyond this
+/// a call is counted under service and method `_OTHER`.
+pub const MAX_GRPC_METHODS: usize = 256;
+/// The label value of calls beyond [`MAX_GRPC_METHODS`].
+pub const OVERFLOW: &str = "_OTHER";
+
 /// Bucket bounds (s) of the sidecar-added latency: mostly well under 1 ms.
 pub const ADDED_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
@@ -89,6 +96,10 @@ pub struct AddedKey {
 pub struct Aggregates {
     pub http: BTreeMap<HttpKey, Hist>,
     pub grpc: BTreeMap<GrpcKey, Hist>,
+    /// The (service, method) pairs of each (container, side) in `grpc`.
+    pub grpc_methods: HashMap<(u64, bool), std::collections::HashSet<(String, String)>>,
+    /// Calls counted under `_OTHER` for lack of room.
+    pub grpc_overflow: u64,
     pub added: BTreeMap<AddedKey, Hist>,
     /// Samples of `added` by how they were paired.
     pub paired: HashMap<&'static str, u64>,
@@ -115,6 +126,9 @@ struct Conn {
 /// Per-process view of the pod's HTTP connections.
 pub struct Tracker {
     conns: HashMap<(u64, u32), Conn>,
+    /// The processes with a parser on each socket, so that a close finds
+    /// its connections without a walk of all of them.
+    by_sock: HashMap<u64, Vec<u32>>,
     /// (netns, local endpoint) and (netns, remote endpoint) -> connection,
     /// to find the other end of a connection inside a pod.
     by_local: HashMap<(u32, SocketAddr), (u64, u32)>,
@@ -144,6 +158,7 @@ impl Tracker {
     pub fn new(max_connections: usize) -> Tracker {
         Tracker {
             conns: HashMap::new(),
+            by_sock: HashMap::new(),
             by_local: HashMap::new(),
             by_remote: HashMap::new(),
             pairer: Pairer::new(),
@@ -165,8 +180,8 @@ impl Tracker {
         match e {
             Event::Data(c) => self.chunk(c, owner),
             Event::Close { sock, at_ns, .. } => {
-                let keys: Vec<(u64, u32)> = self.conns.keys().filter(|(s, _)| *s == sock).copied().collect();
-                for key in keys {
+                let tgids = self.by_sock.remove(&sock).unwrap_or_default();
+                for key in tgids.into_iter().map(|tgid| (sock, tgid)) {
                     if let Some(mut conn) = self.conns.remove(&key) {
                         let mut out = std::mem::take(&mut self.scratch);
                         if let Some(parser) = conn.parser.as_mut() {
@@ -201,6 +216,7 @@ impl Tracker {
                 self.agg.connections_dropped += 1;
                 return;
             }
+            self.by_sock.entry(c.sock).or_default().push(c.tgid);
             self.conns.insert(
                 key,
                 Conn {
@@ -293,13 +309,26 @@ impl Tracker {
         let seconds = x.duration_ns() as f64 / 1e9;
         match (&x.grpc, x.status_code) {
             (Some(g), _) => {
-                let k = GrpcKey {
+                let mut k = GrpcKey {
                     cgroup_id,
                     server,
                     service: g.service.clone(),
                     method: g.method.clone(),
                     code: g.code.as_str(),
                 };
+                if !self.agg.grpc.contains_key(&k) {
+                    let methods = self.agg.grpc_methods.entry((cgroup_id, server)).or_default();
+                    let pair = (k.service.clone(), k.method.clone());
+                    if !methods.contains(&pair) {
+                        if methods.len() >= MAX_GRPC_METHODS {
+                            k.service = OVERFLOW.to_string();
+                            k.method = OVERFLOW.to_string();
+                            self.agg.grpc_overflow += 1;
+                        } else {
+                            methods.insert(pair);
+                        }
+                    }
+                }
                 self.agg.grpc.entry(k).or_default().observe(DURATION_BUCKETS, seconds);
             }
             (None, Some(status)) => {
@@ -374,6 +403,15 @@ impl Tracker {
         }
     }
 
+    /// Drops the series of cgroups `keep` says are gone for good (past
+    /// discovery's grace period), so that churn does not grow them.
+    pub fn forget(&mut self, keep: &dyn Fn(u64) -> bool) {
+        self.agg.http.retain(|k, _| keep(k.cgroup_id));
+        self.agg.grpc.retain(|k, _| keep(k.cgroup_id));
+        self.agg.added.retain(|k, _| keep(k.cgroup_id));
+        self.agg.grpc_methods.retain(|(cg, _), _| keep(*cg));
+    }
+
     /// Unpaired counts of the sidecar-added latency.
     pub fn unpaired(&self) -> pairing::Unpaired {
         self.pairer.unpaired
@@ -403,6 +441,49 @@ mod tests {
             seq,
             data: data.to_vec(),
         })
+    }
+
+    #[test]
+    fn grpc_methods_beyond_the_cap_are_counted_as_other() {
+        let mut t = Tracker::new(16);
+        let names = |_: u64| None;
+        let ep = Endpoints {
+            local: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1),
+            remote: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 2),
+            netns: 1,
+        };
+        for i in 0..MAX_GRPC_METHODS + 3 {
+            let x = Exchange {
+                protocol: p::Protocol::Grpc,
+                method: p::Method::Post,
+                path: None,
+                path_truncated: false,
+                authority: None,
+                status_code: Some(200),
+                grpc: Some(p::GrpcCall {
+                    service: "s.S".into(),
+                    method: format!("M{i}"),
+                    code: p::GrpcCode::Ok,
+                    code_source: p::GrpcCodeSource::Trailers,
+                }),
+                x_request_id: None,
+                traceparent: None,
+                stream_id: Some(1),
+                reset: None,
+                headers_partial: false,
+                request_start_ns: 0,
+                request_end_ns: 1,
+                response_start_ns: 2,
+                response_end_ns: 3,
+            };
+            t.exchange((1, 1), 7, 1, ep, Some(Role::Server), x, &names);
+        }
+        assert_eq!(t.agg.grpc.len(), MAX_GRPC_METHODS + 1, "the cap plus one _OTHER series");
+        assert_eq!(t.agg.grpc_overflow, 3);
+        let other = t.agg.grpc.iter().find(|(k, _)| k.method == OVERFLOW).unwrap().1;
+        assert_eq!(other.count, 3);
+        t.forget(&|_| false);
+        assert!(t.agg.grpc.is_empty() && t.agg.grpc_methods.is_empty());
     }
 
     #[test]
