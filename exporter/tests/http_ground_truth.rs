@@ -13,6 +13,15 @@ use std::time::Duration;
 use common::*;
 use pmoas_testbed::{Layout, Place, Pod, PodOptions};
 
+/// One test at a time: their loads would otherwise share the 2 CPUs, and
+/// the added latency under 16 connections would include the other tests'
+/// queueing (23.5 ms for a 20 ms delay was seen with all four at once).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serialize() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn setup(test: &str) -> Option<(Pod, Exporter)> {
     setup_with(test, PodOptions::default())
 }
@@ -40,6 +49,7 @@ fn count(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[test]
 fn request_counts_per_status_match_the_client_and_envoy() {
+    let _one = serialize();
     let test = "request_counts_per_status_match_the_client_and_envoy";
     let Some((pod, exp)) = setup(test) else { return };
     let w = Workloads::of(&pod);
@@ -153,6 +163,7 @@ fn settled(exp: &Exporter, name: &str, labels: &[(&str, &str)], n: f64) -> Metri
 
 #[test]
 fn grpc_calls_per_code_match_the_client() {
+    let _one = serialize();
     let test = "grpc_calls_per_code_match_the_client";
     let Some((pod, exp)) = setup_with(test, PodOptions { grpc: true, ..Default::default() }) else { return };
     let w = Workloads::of(&pod);
@@ -182,6 +193,7 @@ fn grpc_calls_per_code_match_the_client() {
 
 #[test]
 fn the_added_latency_is_the_sidecars_fault_delay() {
+    let _one = serialize();
     let test = "the_added_latency_is_the_sidecars_fault_delay";
     let delay = Duration::from_millis(20);
     let Some((pod, exp)) = setup_with(test, PodOptions { fault_delay: Some(delay), ..Default::default() }) else {
@@ -206,9 +218,13 @@ fn the_added_latency_is_the_sidecars_fault_delay() {
         assert_eq!(c, total, "one sample per request, {concurrency} at once");
         let mean = (sum - before.1) / n as f64;
         // Envoy's timers run on a coarse clock: a delay may end up to one
-        // 4 ms tick early (docs/testbed.md).
+        // 4 ms tick early (docs/testbed.md). With 16 requests at once, the
+        // testbed's one-worker Envoy also queues them: time in the sidecar,
+        // which the metric rightly counts (seen: +3.0 to +3.5 ms on this
+        // 2-core VM), so that arm is allowed one more tick above D.
+        let slack = if concurrency == "1" { 0.002 } else { 0.006 };
         assert!(
-            mean >= d - 0.004 && mean <= d + 0.002,
+            mean >= d - 0.004 && mean <= d + slack,
             "mean added {mean:.4} s for a {d} s delay, {concurrency} at once"
         );
         let below = m.sum(&format!("{added}_bucket"), &with(inbound.to_vec(), &[("le", "0.01")]));
@@ -219,6 +235,7 @@ fn the_added_latency_is_the_sidecars_fault_delay() {
 
 #[test]
 fn istio_layout_inbound_and_outbound_through_the_sidecar() {
+    let _one = serialize();
     let test = "istio_layout_inbound_and_outbound_through_the_sidecar";
     let opts = PodOptions { layout: Layout::Istio, upstream: true, ..Default::default() };
     let Some((pod, exp)) = setup_with(test, opts) else { return };
