@@ -10,6 +10,7 @@
 //! and client sides, nginx's server side, and nothing of the client outside
 //! the pod): eBPF time per exchange is the time per request / 3.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -65,6 +66,8 @@ struct Window {
     lost: f64,
     counted: f64,
     rss_mib: f64,
+    /// Per http program: run time (ns) and runs in the window.
+    programs: BTreeMap<String, (f64, f64)>,
 }
 
 impl Window {
@@ -92,6 +95,7 @@ fn window(pod: &Pod, o: &Opts, arm: Arm) -> Result<Window> {
             lost: 0.0,
             counted: 0.0,
             rss_mib: 0.0,
+            programs: BTreeMap::new(),
         });
     }
     let collectors = arm.collectors();
@@ -130,7 +134,35 @@ fn window(pod: &Pod, o: &Opts, arm: Arm) -> Result<Window> {
         lost,
         counted,
         rss_mib: rss,
+        programs: per_program(&l.before, &l.after),
     })
+}
+
+/// Run time (ns) and runs of each http program between two scrapes.
+fn per_program(before: &str, after: &str) -> BTreeMap<String, (f64, f64)> {
+    let read = |body: &str| {
+        let mut m: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        for (name, scale, slot) in
+            [("pmoas_ebpf_program_run_seconds_total", 1e9, 0), ("pmoas_ebpf_program_runs_total", 1.0, 1)]
+        {
+            for line in samples(body, name).filter(|l| l.contains(HTTP[0])) {
+                let Some(program) = line.split("program=\"").nth(1).and_then(|r| r.split('"').next()) else {
+                    continue;
+                };
+                let v = line.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()).unwrap_or(0.0) * scale;
+                let e = m.entry(program.to_string()).or_default();
+                if slot == 0 { e.0 += v } else { e.1 += v }
+            }
+        }
+        m
+    };
+    let (b, a) = (read(before), read(after));
+    a.into_iter()
+        .map(|(k, (ns, runs))| {
+            let (ns0, runs0) = b.get(&k).copied().unwrap_or_default();
+            (k, (ns - ns0, runs - runs0))
+        })
+        .collect()
 }
 
 pub fn run(o: &Opts) -> Result<()> {
@@ -224,6 +256,23 @@ fn render(o: &Opts, windows: &[(Arm, Window)]) -> String {
             if http { format!("{:.0}", of(arm).map(|w| w.lost).sum::<f64>()) } else { "-".into() },
             if http { format!("{:.4}", counted / served.max(1.0)) } else { "-".into() },
         );
+    }
+    let mut programs: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for w in of(Arm::Http) {
+        for (p, (ns, runs)) in &w.programs {
+            let e = programs.entry(p.as_str()).or_default();
+            e.0 += ns;
+            e.1 += runs;
+        }
+    }
+    let requests: f64 = of(Arm::Http).map(|w| w.requests()).sum::<f64>().max(1.0);
+    let _ = writeln!(
+        t,
+        "\nPer http program (arm with bpf stats, all rounds): where the run time per request goes.\n\n\
+         | program | runs / request | ns / run | ns / request |\n|---|---|---|---|"
+    );
+    for (p, (ns, runs)) in programs.iter().filter(|(_, (_, runs))| *runs > 0.0) {
+        let _ = writeln!(t, "| {p} | {:.2} | {:.0} | {:.0} |", runs / requests, ns / runs, ns / requests);
     }
     let share = avg(Arm::Http, &|w| w.bpf_ns_per_request()) / 1000.0 / cpu(Arm::None) * 100.0;
     let _ = writeln!(

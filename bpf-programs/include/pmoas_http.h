@@ -21,8 +21,6 @@
 #define PMOAS_HTTP_WATCHED_MAP_SIZE 16384
 /* Sockets seen with their protocol, LRU: the least recently used goes. */
 #define PMOAS_HTTP_CONN_MAP_SIZE 65536
-/* Threads inside a socket read or write (entry -> exit). */
-#define PMOAS_HTTP_ACTIVE_MAP_SIZE 16384
 /* The ring buffer that carries chunks to user space (drained continuously). */
 #define PMOAS_HTTP_RING_BYTES 8388608 /* 8 MiB */
 /* A connection whose first chunks look like no HTTP is given up after this
@@ -57,10 +55,18 @@
 #define PMOAS_HTTP_DIR_INGRESS 0
 #define PMOAS_HTTP_DIR_EGRESS 1
 
+/* ---- event flags ---- */
+/* saddr..netns are filled. A data event carries them until one that does
+ * has been taken by the ring (they do not change; reading them is a third
+ * of a chunk's cost); user space keeps them per socket. Closes always
+ * carry them. */
+#define PMOAS_HTTP_FLAG_ENDPOINTS 1
+
 /* ---- lost events: slots of lost_events (names in http.rs) ---- */
 /* 0 is PMOAS_LOST_AGGREGATION_MAP_FULL (pmoas_common.h), unused here. */
 #define PMOAS_HTTP_LOST_RING_FULL 1	 /* a chunk did not fit the ring */
-#define PMOAS_HTTP_LOST_ACTIVE_MAP_FULL 2 /* a call's entry could not be kept */
+#define PMOAS_HTTP_LOST_ACTIVE_MAP_FULL 2 /* a call's entry could not be kept
+					   * (task storage not allocated) */
 #define PMOAS_HTTP_LOST_UNREADABLE 3	 /* the bytes could not be copied */
 #define PMOAS_HTTP_LOST_REASONS 4
 
@@ -79,9 +85,11 @@ struct pmoas_http_event {
 	__u8 direction;	  /* 47: PMOAS_HTTP_DIR_* */
 	__u8 proto;	  /* 48: PMOAS_HTTP_PROTO_* */
 	__u8 call;	  /* 49: PMOAS_HTTP_CALL_* */
-	__u8 pad[2];	  /* 50 */
+	__u8 flags;	  /* 50: PMOAS_HTTP_FLAG_* */
+	__u8 pad;	  /* 51 */
 	__u32 seq;	  /* 52: this record's number in its connection and direction:
 			   * a gap is a record the ring could not take */
+	/* The endpoints: only meaningful with PMOAS_HTTP_FLAG_ENDPOINTS */
 	__u8 saddr[16];	  /* 56: local address (IPv4 as ::ffff:a.b.c.d) */
 	__u8 daddr[16];	  /* 72: remote address */
 	__u16 sport;	  /* 88: local port, host order */

@@ -4,7 +4,8 @@
  * watched pods' processes, at the system call boundary.
  *
  * Entry of read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg keeps
- * the buffer address of a call made by a watched cgroup (http_watched);
+ * the buffer address of a call made by a watched cgroup (http_watched) in
+ * the thread's task storage;
  * exit resolves the file descriptor to its socket (TCP only), decides
  * once per connection whether it carries HTTP/1 or HTTP/2 from the first
  * bytes (so that other protocols never reach user space), and sends the
@@ -38,7 +39,8 @@ struct {
 struct http_conn {
 	__u8 proto;
 	__u8 unknown_chunks;
-	__u8 pad[2];
+	__u8 endpoints_sent; /* a record with the endpoints reached the ring */
+	__u8 pad;
 	__u32 seq[2]; /* next record number, per direction */
 };
 
@@ -53,15 +55,22 @@ struct {
 struct http_call {
 	__u64 buf; /* the buffer, or the iovec array, or the msghdr */
 	__u64 start_ns;
+	__u64 cgroup_id;
 	__u32 fd;
 	__u8 call;
-	__u8 pad[3];
+	__u8 active; /* entered and not exited yet */
+	__u8 pad[2];
 };
 
+/* The call in progress of each thread of a watched cgroup: task storage,
+ * not a hash keyed by thread id, because it is the one lookup every read
+ * and write exit of the machine makes (a task without storage answers
+ * NULL at once), and entry and exit then cost a pointer lookup instead of
+ * a hash insert and delete. Freed with the task. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, PMOAS_HTTP_ACTIVE_MAP_SIZE);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct http_call);
 } http_active SEC(".maps");
 
@@ -90,17 +99,22 @@ struct {
 static __always_inline int on_enter(__u32 fd, __u64 buf, __u8 call)
 {
 	__u64 cgroup_id = bpf_get_current_cgroup_id();
-	__u64 id = bpf_get_current_pid_tgid();
-	struct http_call c = {};
+	struct http_call *c;
 
 	if (!bpf_map_lookup_elem(&http_watched, &cgroup_id))
 		return 0;
-	c.buf = buf;
-	c.fd = fd;
-	c.call = call;
-	c.start_ns = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&http_active, &id, &c, BPF_ANY))
+	c = bpf_task_storage_get(&http_active, bpf_get_current_task_btf(), 0,
+				 BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!c) {
 		pmoas_count_lost(PMOAS_HTTP_LOST_ACTIVE_MAP_FULL);
+		return 0;
+	}
+	c->buf = buf;
+	c->fd = fd;
+	c->call = call;
+	c->cgroup_id = cgroup_id;
+	c->start_ns = bpf_ktime_get_ns();
+	c->active = 1;
 	return 0;
 }
 
@@ -108,20 +122,23 @@ static __always_inline int on_enter(__u32 fd, __u64 buf, __u8 call)
 
 /* The TCP socket behind this task's descriptor `fd`, or NULL (not a
  * socket, not TCP, or the descriptor is gone). */
-static __always_inline struct sock *tcp_sock_of_fd(__u32 fd)
+/* The socket behind this task's descriptor `fd`, or NULL (not a socket,
+ * or the descriptor is gone). Whether it is TCP is for the caller to ask
+ * (is_tcp), once per connection. */
+static __always_inline struct sock *sock_of_fd(__u32 fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	struct file **fds;
+	/* A BTF pointer: task->files->fdt are direct loads, not helper calls. */
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = task->files->fdt;
 	struct file *file = NULL;
 	struct socket *sock;
 	struct sock *sk;
 	umode_t mode;
 
-	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+	if (fd >= fdt->max_fds)
 		return NULL;
-	fds = BPF_CORE_READ(fdt, fd);
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+	/* Variable index and untyped private_data: read, not walked. */
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fdt->fd[fd]) || !file)
 		return NULL;
 	mode = BPF_CORE_READ(file, f_inode, i_mode);
 	if ((mode & S_IFMT) != S_IFSOCK)
@@ -130,11 +147,12 @@ static __always_inline struct sock *tcp_sock_of_fd(__u32 fd)
 	if (!sock)
 		return NULL;
 	sk = BPF_CORE_READ(sock, sk);
-	if (!sk)
-		return NULL;
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP || BPF_CORE_READ(sk, sk_type) != SOCK_STREAM)
-		return NULL;
 	return sk;
+}
+
+static __always_inline bool is_tcp(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP && BPF_CORE_READ(sk, sk_type) == SOCK_STREAM;
 }
 
 /* Copies up to `len` bytes from user memory at `from` to data[off..];
@@ -251,30 +269,34 @@ static __always_inline void read_endpoints(struct pmoas_http_event *ev, const st
 	ev->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 }
 
-static __always_inline int on_exit(long ret)
+/* `class`: the exiting call's PMOAS_HTTP_CALL_* (an entry of another call
+ * is not this exit's: entries attached before their exits). */
+static __always_inline int on_exit(long ret, __u8 class)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct http_call *c = bpf_map_lookup_elem(&http_active, &id);
+	struct http_call *c = bpf_task_storage_get(&http_active, bpf_get_current_task_btf(), 0, 0);
 	struct http_conn *conn, fresh = {};
 	struct http_scratch *s;
 	struct sock *sk;
 	__u32 zero = 0, got = 0, size;
-	__u64 sock_key, buf;
+	__u64 sock_key, buf, id;
 	__u8 call;
 
-	if (!c)
+	if (!c || !c->active)
 		return 0;
+	c->active = 0;
 	buf = c->buf;
 	call = c->call;
-	bpf_map_delete_elem(&http_active, &id);
-	if (ret <= 0)
+	if (ret <= 0 || call != class)
 		return 0;
-	sk = tcp_sock_of_fd(c->fd);
+	sk = sock_of_fd(c->fd);
 	if (!sk)
 		return 0;
 	sock_key = (__u64)sk;
 	conn = bpf_map_lookup_elem(&http_conns, &sock_key);
 	if (conn && conn->proto == PMOAS_HTTP_PROTO_OTHER)
+		return 0;
+	/* Only TCP sockets enter http_conns: a known one is TCP. */
+	if (!conn && !is_tcp(sk))
 		return 0;
 	s = bpf_map_lookup_elem(&http_scratch, &zero);
 	if (!s)
@@ -325,8 +347,9 @@ static __always_inline int on_exit(long ret)
 		}
 	}
 
+	id = bpf_get_current_pid_tgid();
 	s->ev.sock = sock_key;
-	s->ev.cgroup_id = bpf_get_current_cgroup_id();
+	s->ev.cgroup_id = c->cgroup_id;
 	s->ev.start_ns = c->start_ns;
 	s->ev.end_ns = bpf_ktime_get_ns();
 	s->ev.tgid = id >> 32;
@@ -339,12 +362,20 @@ static __always_inline int on_exit(long ret)
 	s->ev.call = call;
 	/* Numbered whether or not the ring takes it: user space sees the gap. */
 	s->ev.seq = conn->seq[s->ev.direction & 1]++;
-	read_endpoints(&s->ev, sk);
+	if (conn->endpoints_sent) {
+		s->ev.flags = 0;
+	} else {
+		s->ev.flags = PMOAS_HTTP_FLAG_ENDPOINTS;
+		read_endpoints(&s->ev, sk);
+	}
 	size = got;
 	if (size > PMOAS_HTTP_CAPTURE_BYTES)
 		size = PMOAS_HTTP_CAPTURE_BYTES;
-	if (bpf_ringbuf_output(&http_events, &s->ev, PMOAS_HTTP_EVENT_HEADER_BYTES + size, 0))
+	/* No wakeup: user space polls the ring (every 20 ms), nobody waits. */
+	if (bpf_ringbuf_output(&http_events, &s->ev, PMOAS_HTTP_EVENT_HEADER_BYTES + size, BPF_RB_NO_WAKEUP))
 		pmoas_count_lost(PMOAS_HTTP_LOST_RING_FULL);
+	else if (s->ev.flags & PMOAS_HTTP_FLAG_ENDPOINTS)
+		conn->endpoints_sent = 1;
 	return 0;
 }
 
@@ -411,21 +442,21 @@ int http_sendmsg_enter(struct trace_event_raw_sys_enter *ctx)
 
 /* Hooks: the exits of the eight calls above (ret: bytes moved). */
 SEC("tracepoint/syscalls/sys_exit_read")
-int http_read_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+int http_read_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret, PMOAS_HTTP_CALL_READ); }
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int http_recvfrom_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+int http_recvfrom_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret, PMOAS_HTTP_CALL_READ); }
 SEC("tracepoint/syscalls/sys_exit_write")
-int http_write_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+int http_write_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret, PMOAS_HTTP_CALL_WRITE); }
 SEC("tracepoint/syscalls/sys_exit_sendto")
-int http_sendto_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+int http_sendto_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret, PMOAS_HTTP_CALL_WRITE); }
 SEC("tracepoint/syscalls/sys_exit_readv")
-int http_readv_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+int http_readv_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret, PMOAS_HTTP_CALL_READV); }
 SEC("tracepoint/syscalls/sys_exit_writev")
-int http_writev_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+int http_writev_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret, PMOAS_HTTP_CALL_WRITEV); }
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int http_recvmsg_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+int http_recvmsg_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret, PMOAS_HTTP_CALL_RECVMSG); }
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int http_sendmsg_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret); }
+int http_sendmsg_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret, PMOAS_HTTP_CALL_SENDMSG); }
 
 /* Hook: sock:inet_sock_set_state, to CLOSE. A connection seen as HTTP
  * tells user space it ended; every closed socket leaves http_conns. */
@@ -450,12 +481,14 @@ int BPF_PROG(http_close, const struct sock *sk, int oldstate, int newstate)
 			s->ev.cgroup_id = pmoas_sock_cgroup_id(sk);
 			s->ev.start_ns = s->ev.end_ns = bpf_ktime_get_ns();
 			s->ev.kind = PMOAS_HTTP_EVENT_CLOSE;
+			s->ev.flags = PMOAS_HTTP_FLAG_ENDPOINTS;
 			s->ev.proto = conn->proto;
 			pmoas_sock_addrs(sk, s->ev.saddr, s->ev.daddr);
 			s->ev.sport = sk->__sk_common.skc_num;
 			s->ev.dport = bpf_ntohs(sk->__sk_common.skc_dport);
 			s->ev.netns = pmoas_sock_netns(sk);
-			if (bpf_ringbuf_output(&http_events, &s->ev, PMOAS_HTTP_EVENT_HEADER_BYTES, 0))
+			if (bpf_ringbuf_output(&http_events, &s->ev, PMOAS_HTTP_EVENT_HEADER_BYTES,
+					       BPF_RB_NO_WAKEUP))
 				pmoas_count_lost(PMOAS_HTTP_LOST_RING_FULL);
 		}
 	}

@@ -12,7 +12,6 @@ use crate::types::c;
 pub const CAPTURE_BYTES: usize = c::PMOAS_HTTP_CAPTURE_BYTES as usize;
 pub const WATCHED_MAP_SIZE: u32 = c::PMOAS_HTTP_WATCHED_MAP_SIZE as u32;
 pub const CONN_MAP_SIZE: u32 = c::PMOAS_HTTP_CONN_MAP_SIZE as u32;
-pub const ACTIVE_MAP_SIZE: u32 = c::PMOAS_HTTP_ACTIVE_MAP_SIZE as u32;
 pub const RING_BYTES: u32 = c::PMOAS_HTTP_RING_BYTES as u32;
 pub const EVENT_HEADER_BYTES: usize = c::PMOAS_HTTP_EVENT_HEADER_BYTES as usize;
 
@@ -25,6 +24,7 @@ pub const EVENT_DATA: u8 = c::PMOAS_HTTP_EVENT_DATA as u8;
 pub const EVENT_CLOSE: u8 = c::PMOAS_HTTP_EVENT_CLOSE as u8;
 pub const DIR_INGRESS: u8 = c::PMOAS_HTTP_DIR_INGRESS as u8;
 pub const DIR_EGRESS: u8 = c::PMOAS_HTTP_DIR_EGRESS as u8;
+pub const FLAG_ENDPOINTS: u8 = c::PMOAS_HTTP_FLAG_ENDPOINTS as u8;
 
 /// The system call behind a chunk, by `PMOAS_HTTP_CALL_*` value.
 pub const CALL_NAMES: [&str; 6] = ["read", "write", "readv", "writev", "recvmsg", "sendmsg"];
@@ -65,7 +65,8 @@ pub struct EventHeader {
     pub direction: u8,
     pub proto: u8,
     pub call: u8,
-    pub pad: [u8; 2],
+    pub flags: u8,
+    pub pad: u8,
     pub seq: u32,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -103,6 +104,7 @@ const _: () = {
     assert!(offset_of!(EventHeader, total_len) == 40);
     assert!(offset_of!(EventHeader, captured) == 44);
     assert!(offset_of!(EventHeader, call) == 49);
+    assert!(offset_of!(EventHeader, flags) == 50);
     assert!(offset_of!(EventHeader, seq) == 52);
     assert!(offset_of!(EventHeader, saddr) == 56);
     assert!(offset_of!(EventHeader, sport) == 88);
@@ -126,6 +128,7 @@ pub const LAYOUTS: &[crate::types::Layout] = &[crate::layout!(
     direction,
     proto,
     call,
+    flags,
     pad,
     seq,
     saddr,
@@ -152,7 +155,8 @@ struct EventFlat {
     direction: u8,
     proto: u8,
     call: u8,
-    pad: [u8; 2],
+    flags: u8,
+    pad: u8,
     seq: u32,
     saddr: [u8; 16],
     daddr: [u8; 16],

@@ -200,6 +200,9 @@ fn load_object(
     // parsed copies side by side would double the exporter's peak memory.
     let mut ebpf = {
         let mut loader = EbpfLoader::new();
+        // Maps aya has no type for (the http collector's task storage) are
+        // created all the same; only the programs use them.
+        loader.allow_unsupported_maps();
         for (map, size) in map_sizes {
             loader.map_max_entries(map, *size);
         }

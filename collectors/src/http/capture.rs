@@ -106,7 +106,9 @@ fn ip(b: [u8; 16]) -> IpAddr {
 pub struct Chunk {
     /// The kernel's struct sock address: the connection, while it lives.
     pub sock: u64,
-    pub endpoints: Endpoints,
+    /// Sent until a chunk of the connection carrying them has reached the
+    /// ring (they do not change): user space keeps them per socket.
+    pub endpoints: Option<Endpoints>,
     pub cgroup_id: u64,
     pub tgid: u32,
     pub tid: u32,
@@ -163,7 +165,7 @@ impl Event {
         };
         Some(Event::Data(Chunk {
             sock: hd.sock,
-            endpoints: Endpoints::of(&hd),
+            endpoints: (hd.flags & h::FLAG_ENDPOINTS != 0).then(|| Endpoints::of(&hd)),
             cgroup_id: hd.cgroup_id,
             tgid: hd.tgid,
             tid: hd.tid,

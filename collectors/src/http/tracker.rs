@@ -112,7 +112,8 @@ pub struct Aggregates {
 
 struct Conn {
     parser: Option<Connection>,
-    endpoints: Endpoints,
+    /// None until a chunk of the socket has carried them.
+    endpoints: Option<Endpoints>,
     cgroup_id: u64,
     /// The thread of the last chunk: the one serving the connection.
     tid: u32,
@@ -123,12 +124,19 @@ struct Conn {
     next_seq: [Option<u32>; 2],
 }
 
+#[derive(Default)]
+struct Sock {
+    tgids: Vec<u32>,
+    endpoints: Option<Endpoints>,
+}
+
 /// Per-process view of the pod's HTTP connections.
 pub struct Tracker {
     conns: HashMap<(u64, u32), Conn>,
     /// The processes with a parser on each socket, so that a close finds
-    /// its connections without a walk of all of them.
-    by_sock: HashMap<u64, Vec<u32>>,
+    /// its connections without a walk of all of them, and the socket's
+    /// endpoints (the kernel sends them until they reached user space once).
+    by_sock: HashMap<u64, Sock>,
     /// (netns, local endpoint) and (netns, remote endpoint) -> connection,
     /// to find the other end of a connection inside a pod.
     by_local: HashMap<(u32, SocketAddr), (u64, u32)>,
@@ -180,14 +188,16 @@ impl Tracker {
         match e {
             Event::Data(c) => self.chunk(c, owner),
             Event::Close { sock, at_ns, .. } => {
-                let tgids = self.by_sock.remove(&sock).unwrap_or_default();
+                let tgids = self.by_sock.remove(&sock).unwrap_or_default().tgids;
                 for key in tgids.into_iter().map(|tgid| (sock, tgid)) {
                     if let Some(mut conn) = self.conns.remove(&key) {
                         let mut out = std::mem::take(&mut self.scratch);
                         if let Some(parser) = conn.parser.as_mut() {
                             parser.close(at_ns, &mut out, &mut self.agg.losses);
                         }
-                        self.unindex(&conn.endpoints, key);
+                        if let Some(ep) = conn.endpoints {
+                            self.unindex(&ep, key);
+                        }
                         let (cg, tid, ep, role) = (conn.cgroup_id, conn.tid, conn.endpoints, conn.role);
                         for x in out.drain(..) {
                             self.exchange(key, cg, tid, ep, role, x, owner);
@@ -216,20 +226,30 @@ impl Tracker {
                 self.agg.connections_dropped += 1;
                 return;
             }
-            self.by_sock.entry(c.sock).or_default().push(c.tgid);
+            self.by_sock.entry(c.sock).or_default().tgids.push(c.tgid);
             self.conns.insert(
                 key,
                 Conn {
                     parser: None,
-                    endpoints: c.endpoints,
+                    endpoints: None,
                     cgroup_id: c.cgroup_id,
                     tid: c.tid,
                     role: None,
                     next_seq: [None, None],
                 },
             );
-            self.by_local.insert((c.endpoints.netns, c.endpoints.local), key);
-            self.by_remote.insert((c.endpoints.netns, c.endpoints.remote), key);
+        }
+        let sock = self.by_sock.get_mut(&c.sock).expect("a tracked connection's socket is indexed");
+        if c.endpoints.is_some() {
+            sock.endpoints = c.endpoints;
+        }
+        let conn = self.conns.get_mut(&key).expect("inserted above");
+        if conn.endpoints.is_none()
+            && let Some(ep) = sock.endpoints
+        {
+            conn.endpoints = Some(ep);
+            self.by_local.insert((ep.netns, ep.local), key);
+            self.by_remote.insert((ep.netns, ep.remote), key);
         }
         let limits = self.limits;
         let conn = self.conns.get_mut(&key).expect("inserted above");
@@ -282,7 +302,8 @@ impl Tracker {
     /// The process on the other end of a connection, inside the same
     /// network namespace: found by the endpoint that is unique to it (the
     /// connecting side's local port).
-    fn peer(&self, ep: &Endpoints, role: Role) -> Option<&Conn> {
+    fn peer(&self, ep: Option<Endpoints>, role: Role) -> Option<&Conn> {
+        let ep = ep?;
         let key = match role {
             Role::Server => self.by_local.get(&(ep.netns, ep.remote))?,
             Role::Client => self.by_remote.get(&(ep.netns, ep.local))?,
@@ -296,7 +317,7 @@ impl Tracker {
         _key: (u64, u32),
         cgroup_id: u64,
         tid: u32,
-        ep: Endpoints,
+        ep: Option<Endpoints>,
         role: Option<Role>,
         x: Exchange,
         owner: &dyn Fn(u64) -> Option<Owner>,
@@ -346,14 +367,14 @@ impl Tracker {
         &mut self,
         cgroup_id: u64,
         tid: u32,
-        ep: Endpoints,
+        ep: Option<Endpoints>,
         role: Role,
         x: &Exchange,
         owner: &dyn Fn(u64) -> Option<Owner>,
     ) {
         let Some(me) = owner(cgroup_id) else { return };
         let Some(pod_uid) = me.pod_uid.clone() else { return };
-        let peer = self.peer(&ep, role).map(|c| (c.cgroup_id, c.tid));
+        let peer = self.peer(ep, role).map(|c| (c.cgroup_id, c.tid));
         let peer_owner = peer.and_then(|(cg, _)| owner(cg));
         let peer_is = |sidecar: bool| {
             peer_owner
@@ -428,7 +449,7 @@ mod tests {
         let addr = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
         Event::Data(Chunk {
             sock: 1,
-            endpoints: Endpoints { local: addr(8080), remote: addr(40000), netns: 1 },
+            endpoints: Some(Endpoints { local: addr(8080), remote: addr(40000), netns: 1 }),
             cgroup_id: 7,
             tgid: 100,
             tid: 100,
@@ -476,7 +497,7 @@ mod tests {
                 response_start_ns: 2,
                 response_end_ns: 3,
             };
-            t.exchange((1, 1), 7, 1, ep, Some(Role::Server), x, &names);
+            t.exchange((1, 1), 7, 1, Some(ep), Some(Role::Server), x, &names);
         }
         assert_eq!(t.agg.grpc.len(), MAX_GRPC_METHODS + 1, "the cap plus one _OTHER series");
         assert_eq!(t.agg.grpc_overflow, 3);
