@@ -136,7 +136,7 @@ fn chunks_of_curl_envoy_and_nginx_match_what_they_sent() {
                     let ep = c.endpoints.unwrap_or_else(|| panic!("no endpoints on curl's request {c:?}"));
                     assert_eq!(ep.remote, pod_envoy, "{c:?}");
                     assert!(ep.local.port() != 0 && ep.netns != 0, "{c:?}");
-                    curl_requests.push((c.data.clone(), c.total_len, c.call));
+                    curl_requests.push((c.data.to_vec(), c.total_len, c.call));
                 }
             }
             Event::Close { sock, cgroup_id, endpoints, .. } => {

@@ -103,7 +103,7 @@ fn ip(b: [u8; 16]) -> IpAddr {
 
 /// One read or write of a socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Chunk {
+pub struct Chunk<'a> {
     /// The kernel's struct sock address: the connection, while it lives.
     pub sock: u64,
     /// Sent until a chunk of the connection carrying them has reached the
@@ -125,12 +125,12 @@ pub struct Chunk {
     /// ring buffer could not take).
     pub seq: u32,
     /// Its first bytes (up to `CAPTURE_BYTES`).
-    pub data: Vec<u8>,
+    pub data: &'a [u8],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    Data(Chunk),
+pub enum Event<'a> {
+    Data(Chunk<'a>),
     /// The connection closed (TCP state CLOSE).
     Close {
         sock: u64,
@@ -140,10 +140,10 @@ pub enum Event {
     },
 }
 
-impl Event {
+impl<'a> Event<'a> {
     /// One ring record; None for one that does not parse (a build
     /// mismatch), which the caller counts.
-    pub fn parse(record: &[u8]) -> Option<Event> {
+    pub fn parse(record: &'a [u8]) -> Option<Event<'a>> {
         let (hd, data) = EventHeader::parse(record)?;
         if hd.kind == h::EVENT_CLOSE {
             return Some(Event::Close {
@@ -176,7 +176,7 @@ impl Event {
             call: h::CALL_NAMES.get(usize::from(hd.call))?,
             total_len: hd.total_len,
             seq: hd.seq,
-            data: data.to_vec(),
+            data,
         }))
     }
 }
@@ -241,7 +241,7 @@ impl Capture {
     }
 
     /// Hands every record waiting in the ring to `f`.
-    pub fn drain(&mut self, mut f: impl FnMut(Event)) {
+    pub fn drain(&mut self, mut f: impl FnMut(Event<'_>)) {
         while let Some(record) = self.ring.next() {
             match Event::parse(&record) {
                 Some(e) => f(e),

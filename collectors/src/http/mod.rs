@@ -20,7 +20,8 @@ pub mod capture;
 pub mod pairing;
 pub mod tracker;
 
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -157,7 +158,9 @@ fn spawn_capture(
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name("http-capture".into()).spawn(move || {
         let mut last_watch: Option<Instant> = None;
-        let mut events = Vec::new();
+        // Owners of the cgroups seen, asked of discovery once per watch
+        // interval (a lookup takes its lock; every exchange needs one).
+        let owners: RefCell<HashMap<u64, Option<Owner>>> = RefCell::default();
         while !stop.load(Ordering::Relaxed) {
             if last_watch.is_none_or(|t| t.elapsed() >= WATCH_INTERVAL) {
                 let ids = watched(&discovery);
@@ -166,16 +169,16 @@ fn spawn_capture(
                 if left_out > 0 {
                     tracing::warn!(left_out, "more pod containers than the http collector's watched map holds");
                 }
+                owners.borrow_mut().clear();
                 last_watch = Some(Instant::now());
             }
-            capture.drain(|e| events.push(e));
-            if !events.is_empty() {
-                let names = |id: u64| owner(&discovery, id);
-                let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
-                for e in events.drain(..) {
-                    t.event(e, &names);
-                }
-            }
+            let names = |id: u64| owners.borrow_mut().entry(id).or_insert_with(|| owner(&discovery, id)).clone();
+            // Records are parsed where they lie in the ring, under the
+            // tracker's lock (a scrape waits for at most one drain).
+            let mut t: Option<std::sync::MutexGuard<'_, Tracker>> = None;
+            capture
+                .drain(|e| t.get_or_insert_with(|| tracker.lock().unwrap_or_else(|p| p.into_inner())).event(e, &names));
+            drop(t);
             std::thread::sleep(DRAIN_INTERVAL);
         }
     })?;
