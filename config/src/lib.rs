@@ -321,6 +321,8 @@ impl Config {
             return Err(ConfigError::Key { key: "push.job", reason: "the job label may not be empty".into() });
         }
         pmoas_discovery::Targets::new(&self.target).map_err(|reason| ConfigError::Key { key: "target", reason })?;
+        pmoas_collectors::http::routes::Routes::new(&self.collector.http.routes)
+            .map_err(|reason| ConfigError::Key { key: "collector.http.routes", reason })?;
         self.check_bounds()
     }
 

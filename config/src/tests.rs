@@ -175,6 +175,7 @@ fn settings_table_covers_every_key() {
         "target.namespace",
         "target.pod",
         "target.pod_label",
+        "collector.http.routes",
     ] {
         keys.insert(optional.into());
     }
@@ -333,4 +334,12 @@ fn example_collector_sections_come_from_the_collectors() {
             assert!(s.key.starts_with(&format!("collector.{}.", spec.info.name)), "{} outside its section", s.key);
         }
     }
+}
+
+#[test]
+fn http_route_patterns_from_a_flag_and_bad_ones_refused() {
+    let c = Config::load(None, &[], &vec![("collector.http.routes", "/users/{id},/static/*".into())]).unwrap();
+    assert_eq!(c.collector.http.routes, vec!["/users/{id}".to_string(), "/static/*".to_string()]);
+    let err = Config::load(None, &[], &vec![("collector.http.routes", "/a,users".into())]).unwrap_err().to_string();
+    assert!(err.contains("collector.http.routes") && err.contains("`users`: must start with `/`"), "{err}");
 }

@@ -18,6 +18,7 @@
 
 pub mod capture;
 pub mod pairing;
+pub mod routes;
 pub mod tracker;
 
 use std::cell::RefCell;
@@ -82,23 +83,35 @@ pub struct HttpConfig {
     /// Connections followed at once (a parser each); beyond it new ones are
     /// not followed (counted as `connection_table_full`).
     pub max_connections: u32,
+    /// Route patterns ([`routes`]): with any, the HTTP histograms get a
+    /// `route` label (the matching pattern, or `_OTHER`).
+    #[serde(deserialize_with = "pmoas_discovery::target::list_or_csv", skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { enabled: None, max_connections: 16384 }
+        HttpConfig { enabled: None, max_connections: 16384, routes: Vec::new() }
     }
 }
 
 /// The `[collector.http]` section.
 pub type Config = HttpConfig;
 
-pub const SETTINGS: &[Setting] = &[Setting::count(
-    "collector.http.max_connections",
-    16,
-    setting::MAX_MAP_ENTRIES,
-    "HTTP connections followed at once in user space (a parser each, at most ~200 KiB); beyond it new ones are not followed, and counted",
-)];
+pub const SETTINGS: &[Setting] = &[
+    Setting::count(
+        "collector.http.max_connections",
+        16,
+        setting::MAX_MAP_ENTRIES,
+        "HTTP connections followed at once in user space (a parser each, at most ~200 KiB); beyond it new ones are not followed, and counted",
+    ),
+    Setting::repeated(
+        "collector.http.routes",
+        "PATTERNS",
+        ",",
+        "Route patterns, first match wins: with any, the HTTP histograms get a `route` label (the pattern, or _OTHER); /users/{id} or /users/:id match one segment, a last /* the rest (at most 256; paths are never labels otherwise)",
+    ),
+];
 
 pub const SPEC: CollectorSpec = CollectorSpec {
     info: INFO,
@@ -121,7 +134,11 @@ impl HttpCollector {
         let kernel = Arc::new(Kernel::load(&SPEC, ctx, &[], capture::PROGRAMS, None)?);
         let fail = |message: String| BuildError::Failed { message, programs: kernel.programs().to_vec() };
         let capture = Capture::from_maps(kernel.take_map("http_events")?, kernel.take_map("http_watched")?);
-        let tracker = Arc::new(Mutex::new(Tracker::new(ctx.config.http.max_connections as usize)));
+        let routes = routes::Routes::new(&ctx.config.http.routes)
+            .map_err(|reason| fail(format!("collector.http.routes: {reason}")))?;
+        let mut tracker = Tracker::new(ctx.config.http.max_connections as usize);
+        tracker.routes = routes;
+        let tracker = Arc::new(Mutex::new(tracker));
         let stop = Arc::new(AtomicBool::new(false));
         spawn_capture(capture, ctx.discovery.clone(), tracker.clone(), stop.clone())
             .map_err(|e| fail(format!("starting the http capture thread: {e}")))?;
@@ -206,6 +223,9 @@ impl Collector for HttpCollector {
             let mut labels = w.labels();
             labels.push(("method", k.method.to_string()));
             labels.push(("status_code", k.status_code.to_string()));
+            if t.routes.is_enabled() {
+                labels.push(("route", t.routes.label(k.route).to_string()));
+            }
             out.histogram(if k.server { &HTTP_SERVER } else { &HTTP_CLIENT }, labels, histogram(h, DURATION_BUCKETS));
         }
         for (k, h) in &t.agg.grpc {

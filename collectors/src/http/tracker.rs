@@ -13,6 +13,7 @@ use pmoas_protocols::{self as p, Connection, Exchange, Losses, Role};
 
 use super::capture::{Chunk, Direction, Endpoints, Event};
 use super::pairing::{self, Domain, Outcome, Pairer, RequestKey};
+use super::routes::{Route, Routes};
 
 /// Bucket bounds (s) of request durations: OTel's HTTP buckets below
 /// 10 s, with sub-millisecond ones for the hops inside a pod.
@@ -75,6 +76,8 @@ pub struct HttpKey {
     pub server: bool,
     pub method: &'static str,
     pub status_code: u16,
+    /// The matching route pattern (with no patterns configured: none).
+    pub route: Route,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -147,6 +150,7 @@ pub struct Tracker {
     by_remote: FastMap<(u32, SocketAddr), (u64, u32)>,
     pairer: Pairer,
     max_connections: usize,
+    pub routes: Routes,
     limits: p::Limits,
     pub agg: Aggregates,
     scratch: Vec<Exchange>,
@@ -175,6 +179,7 @@ impl Tracker {
             by_remote: FastMap::default(),
             pairer: Pairer::new(),
             max_connections,
+            routes: Routes::default(),
             limits: p::Limits::default(),
             agg: Aggregates::default(),
             scratch: Vec::new(),
@@ -357,7 +362,8 @@ impl Tracker {
                 self.agg.grpc.entry(k).or_default().observe(DURATION_BUCKETS, seconds);
             }
             (None, Some(status)) => {
-                let k = HttpKey { cgroup_id, server, method: x.method.as_str(), status_code: status };
+                let route = self.routes.route(x.path.as_deref());
+                let k = HttpKey { cgroup_id, server, method: x.method.as_str(), status_code: status, route };
                 self.agg.http.entry(k).or_default().observe(DURATION_BUCKETS, seconds);
             }
             // A stream reset before its response: no status to label it by.
