@@ -67,6 +67,9 @@ def record(request, transport, out):
                             "trace_id": span.trace_id.hex(),
                             "span_id": span.span_id.hex(),
                             "parent_span_id": span.parent_span_id.hex(),
+                            # trace flags (bit 0: sampled) | 0x100: whether
+                            # the parent is remote is known | 0x200: it is.
+                            "flags": span.flags,
                             "name": span.name,
                             "kind": span.kind,
                             "start_unix_nano": span.start_time_unix_nano,

@@ -6,8 +6,11 @@
 //! times, attributes and parents given as indices within the trace, and the
 //! [`Pod`] it belongs to. The pipeline gives the spans of a trace one trace
 //! id, exports them in batches over OTLP/gRPC or OTLP/HTTP (protobuf) and
-//! counts what it could not deliver ([`Stats`]). Nothing here exposes an
-//! OpenTelemetry SDK type, so collectors do not depend on its versions.
+//! counts what it could not deliver ([`Stats`]). A trace that continues a
+//! caller's (a request's W3C `traceparent`, [`RemoteParent`]) takes its
+//! trace id, and its root spans become children of the caller's span.
+//! Nothing here exposes an OpenTelemetry SDK type, so collectors do not
+//! depend on its versions.
 //!
 //! # Settings
 //!
@@ -40,10 +43,12 @@
 //! OpenSSL), so an `https://` endpoint is refused at start with a message.
 
 mod config;
+mod context;
 pub mod metrics;
 mod pipeline;
 
 pub use config::{DEFAULT_METRICS_INTERVAL, DEFAULT_TIMEOUT, Destination, OtlpConfig, Protocol, Signal, parse_headers};
+pub use context::{RemoteParent, TraceparentError};
 pub use pipeline::{
     AttrValue, Attributes, DropReason, Pipeline, Pod, Span, SpanKind, Stats, Trace, attr, node_resource,
 };

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use opentelemetry::trace::{SpanContext, SpanId, Status, TraceFlags, TraceState};
+use opentelemetry::trace::{SpanContext, SpanId, Status, TraceFlags, TraceId, TraceState};
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::Error;
 use crate::config::{Destination, OtlpConfig, Protocol};
+use crate::context::RemoteParent;
 
 /// An attribute value: what the OTLP `AnyValue` carries that pmoas uses.
 #[derive(Clone, Debug, PartialEq)]
@@ -145,6 +146,12 @@ impl Pod {
 pub struct Trace {
     pub pod: Option<Pod>,
     pub spans: Vec<Span>,
+    /// The caller's span this trace continues (from a valid W3C
+    /// `traceparent`, see [`RemoteParent::from_traceparent`]): the spans
+    /// take its trace id, and the root spans (`parent: None`) become its
+    /// children, with the parent marked remote. None: a new trace, with a
+    /// random trace id.
+    pub remote_parent: Option<RemoteParent>,
 }
 
 /// Why spans were lost; the `reason` label of `pmoas_otlp_spans_dropped_total`.
@@ -495,8 +502,9 @@ fn key_value((key, value): (String, AttrValue)) -> KeyValue {
     KeyValue::new(key, value)
 }
 
-/// The OTel form of one trace: fresh ids, parents linked, the pod's
-/// resource attributes after the exporter's own.
+/// The OTel form of one trace: fresh span ids, parents linked, the pod's
+/// resource attributes after the exporter's own. The trace id is the
+/// remote parent's, or a fresh one.
 pub(crate) fn to_span_data(
     trace: Trace,
     node: &[KeyValue],
@@ -505,32 +513,49 @@ pub(crate) fn to_span_data(
 ) -> Batch {
     let mut resource = node.to_vec();
     resource.extend(trace.pod.as_ref().map(Pod::attributes).unwrap_or_default());
-    let trace_id = ids.new_trace_id();
-    let span_ids: Vec<SpanId> = trace.spans.iter().map(|_| ids.new_span_id()).collect();
+    let remote = trace.remote_parent.map(|p| (TraceId::from_bytes(p.trace_id), SpanId::from_bytes(p.span_id)));
+    let trace_id = remote.map_or_else(|| ids.new_trace_id(), |(t, _)| t);
+    let remote_span = remote.map_or(SpanId::INVALID, |(_, s)| s);
+    let span_ids: Vec<SpanId> = trace
+        .spans
+        .iter()
+        .map(|_| {
+            loop {
+                // A span id equal to the caller's would make the trace a cycle.
+                let id = ids.new_span_id();
+                if id != remote_span {
+                    break id;
+                }
+            }
+        })
+        .collect();
     let spans = trace
         .spans
         .into_iter()
         .zip(&span_ids)
-        .map(|(s, id)| SpanData {
-            span_context: SpanContext::new(trace_id, *id, TraceFlags::SAMPLED, false, TraceState::default()),
-            parent_span_id: s.parent.and_then(|p| span_ids.get(p).copied()).unwrap_or(SpanId::INVALID),
-            parent_span_is_remote: false,
-            span_kind: match s.kind {
-                SpanKind::Internal => opentelemetry::trace::SpanKind::Internal,
-                SpanKind::Server => opentelemetry::trace::SpanKind::Server,
-                SpanKind::Client => opentelemetry::trace::SpanKind::Client,
-                SpanKind::Producer => opentelemetry::trace::SpanKind::Producer,
-                SpanKind::Consumer => opentelemetry::trace::SpanKind::Consumer,
-            },
-            name: Cow::Owned(s.name),
-            start_time: s.start,
-            end_time: s.end.max(s.start),
-            attributes: s.attributes.into_iter().map(key_value).collect(),
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: s.error.map_or(Status::Unset, Status::error),
-            instrumentation_scope: scope.clone(),
+        .map(|(s, id)| {
+            let parent = s.parent.and_then(|p| span_ids.get(p).copied());
+            SpanData {
+                span_context: SpanContext::new(trace_id, *id, TraceFlags::SAMPLED, false, TraceState::default()),
+                parent_span_id: parent.unwrap_or(remote_span),
+                parent_span_is_remote: parent.is_none() && remote.is_some(),
+                span_kind: match s.kind {
+                    SpanKind::Internal => opentelemetry::trace::SpanKind::Internal,
+                    SpanKind::Server => opentelemetry::trace::SpanKind::Server,
+                    SpanKind::Client => opentelemetry::trace::SpanKind::Client,
+                    SpanKind::Producer => opentelemetry::trace::SpanKind::Producer,
+                    SpanKind::Consumer => opentelemetry::trace::SpanKind::Consumer,
+                },
+                name: Cow::Owned(s.name),
+                start_time: s.start,
+                end_time: s.end.max(s.start),
+                attributes: s.attributes.into_iter().map(key_value).collect(),
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links: SpanLinks::default(),
+                status: s.error.map_or(Status::Unset, Status::error),
+                instrumentation_scope: scope.clone(),
+            }
         })
         .collect();
     Batch { resource, spans }

@@ -30,7 +30,7 @@ fn off_without_any_endpoint() {
     assert_eq!(OtlpConfig::default().resolve(&e).unwrap(), None);
     let p = Pipeline::start_with_env(&OtlpConfig::default(), &[], vec![]).unwrap();
     assert!(!p.is_enabled());
-    assert!(!p.submit(Trace { pod: None, spans: vec![Span::new("x", UNIX_EPOCH, UNIX_EPOCH)] }));
+    assert!(!p.submit(Trace { spans: vec![Span::new("x", UNIX_EPOCH, UNIX_EPOCH)], ..Trace::default() }));
     assert_eq!(p.stats(), Stats { dropped: p.stats().dropped, ..Stats::default() });
     assert_eq!(p.stats().dropped_total(), 0);
 }
@@ -222,6 +222,7 @@ fn journey() -> Trace {
             container: Some("app".into()),
         }),
         spans: vec![root, child, grandchild],
+        remote_parent: None,
     }
 }
 
@@ -348,4 +349,91 @@ fn export_failures_warn_at_most_once_a_minute() {
     assert_eq!(w.failure(t0 + s(60)), Some(3), "a minute on: warns, with the failures kept quiet");
     assert_eq!(w.failure(t0 + s(61)), None);
     assert_eq!(w.failure(t0 + s(200)), Some(1));
+}
+
+const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+#[test]
+fn a_valid_traceparent_is_parsed() {
+    let p = RemoteParent::from_traceparent(GOOD).unwrap();
+    assert_eq!(p.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(p.span_id, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+    assert!(p.sampled());
+    assert_eq!(p.to_traceparent(), GOOD, "round trip");
+    let unsampled = RemoteParent::from_traceparent(&GOOD.replace("-01", "-00")).unwrap();
+    assert!(!unsampled.sampled());
+    // Other flag bits are kept, only bit 0 means sampled.
+    let other = RemoteParent::from_traceparent(&GOOD.replace("-01", "-fe")).unwrap();
+    assert_eq!((other.flags, other.sampled()), (0xfe, false));
+    // HTTP's optional whitespace around the value.
+    assert_eq!(RemoteParent::from_traceparent(&format!(" {GOOD}\t")), Ok(p));
+    // A later version: the first 55 characters as version 00, then `-` and more.
+    let v1 = RemoteParent::from_traceparent(&format!("{}-what-comes-next", GOOD.replacen("00", "cc", 1))).unwrap();
+    assert_eq!((v1.trace_id, v1.span_id), (p.trace_id, p.span_id));
+    assert_eq!(RemoteParent::from_traceparent(&GOOD.replacen("00", "01", 1)).map(|x| x.span_id), Ok(p.span_id));
+}
+
+#[test]
+fn invalid_traceparents_are_refused_with_their_reason() {
+    use TraceparentError as E;
+    let cases: Vec<(String, E)> = vec![
+        (String::new(), E::Length),
+        ("garbage".into(), E::Length),
+        (GOOD[..54].into(), E::Length),
+        (format!("{GOOD}-"), E::Length),
+        (format!("{GOOD}00"), E::Length),
+        (GOOD.replacen("00", "ff", 1), E::Version),
+        (GOOD.replacen("00", "0G", 1), E::Version),
+        (GOOD.replacen("00", "AB", 1), E::Version),
+        (format!("{}x", GOOD.replacen("00", "01", 1)), E::Separator),
+        (GOOD.replacen('-', "_", 1), E::Separator),
+        (GOOD.replace("-00f0", "_00f0"), E::Separator),
+        (GOOD.replace("-01", "+01"), E::Separator),
+        (GOOD.replace("4bf9", "4BF9"), E::TraceId),
+        (GOOD.replace("4bf9", "4bz9"), E::TraceId),
+        (GOOD.replace("4bf92f3577b34da6a3ce929d0e0e4736", &"0".repeat(32)), E::ZeroTraceId),
+        (GOOD.replace("00f067aa", "00F067AA"), E::ParentId),
+        (GOOD.replace("00f067aa0ba902b7", &"0".repeat(16)), E::ZeroParentId),
+        (GOOD.replace("-01", "-0x"), E::Flags),
+        (GOOD.replace("-01", "-0A"), E::Flags),
+    ];
+    for (value, want) in cases {
+        assert_eq!(RemoteParent::from_traceparent(&value), Err(want), "{value:?}");
+    }
+    // Anything at all: never a panic (multi-byte characters at the cut points too).
+    for value in ["00-é", "é".repeat(40).as_str(), &format!("00-{}-{}-01", "é".repeat(16), "0".repeat(16)), "\u{0}"]
+    {
+        assert!(RemoteParent::from_traceparent(value).is_err(), "{value:?}");
+    }
+    for n in 0..80 {
+        let _ = RemoteParent::from_traceparent(&"-".repeat(n));
+        let _ = RemoteParent::from_traceparent(&"ab-".repeat(n));
+    }
+}
+
+#[test]
+fn a_trace_with_a_remote_parent_joins_its_trace() {
+    let node = vec![KeyValue::new("service.name", "pmoas")];
+    let scope = InstrumentationScope::builder("pmoas").build();
+    let caller = RemoteParent::from_traceparent(GOOD).unwrap();
+    let mut t = journey();
+    // A second root, beside the first.
+    let mut other_root = Span::new("other", at(1), at(2));
+    other_root.parent = None;
+    t.spans.push(other_root);
+    t.remote_parent = Some(caller);
+    let batch = to_span_data(t, &node, &RandomIdGenerator::default(), &scope);
+    let s = &batch.spans;
+    let caller_span = SpanId::from_bytes(caller.span_id);
+    assert!(s.iter().all(|x| x.span_context.trace_id().to_bytes() == caller.trace_id), "the caller's trace id");
+    assert_eq!((s[0].parent_span_id, s[0].parent_span_is_remote), (caller_span, true));
+    assert_eq!((s[3].parent_span_id, s[3].parent_span_is_remote), (caller_span, true), "every root");
+    assert_eq!((s[1].parent_span_id, s[1].parent_span_is_remote), (s[0].span_context.span_id(), false));
+    assert_eq!((s[2].parent_span_id, s[2].parent_span_is_remote), (s[1].span_context.span_id(), false));
+    assert!(s.iter().all(|x| x.span_context.span_id() != caller_span && x.span_context.is_sampled()));
+
+    // Without one: a fresh trace id, roots without a parent.
+    let fresh = to_span_data(journey(), &node, &RandomIdGenerator::default(), &scope);
+    assert_ne!(fresh.spans[0].span_context.trace_id().to_bytes(), caller.trace_id);
+    assert_eq!((fresh.spans[0].parent_span_id, fresh.spans[0].parent_span_is_remote), (SpanId::INVALID, false));
 }

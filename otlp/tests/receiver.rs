@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pmoas_otlp::{DropReason, OtlpConfig, Pipeline, Pod, Protocol, Span, SpanKind, Trace, attr, node_resource};
+use pmoas_otlp::{
+    DropReason, OtlpConfig, Pipeline, Pod, Protocol, RemoteParent, Span, SpanKind, Trace, attr, node_resource,
+};
 use pmoas_testbed::otlp_receiver::{Receiver, can_run};
 use serde_json::Value;
 
@@ -41,7 +43,14 @@ fn journey(t: usize, base: SystemTime) -> Trace {
             span(2, Some(0), SpanKind::Client, 12, 30),
             span(3, Some(2), SpanKind::Internal, 13, 15),
         ],
+        // Trace 1 continues a caller's trace.
+        remote_parent: (t == 1).then(caller),
     }
+}
+
+/// The caller's span trace 1 continues, as its request's `traceparent` said.
+fn caller() -> RemoteParent {
+    RemoteParent::from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap()
 }
 
 fn nanos(t: SystemTime) -> u64 {
@@ -86,10 +95,21 @@ fn journeys_arrive_and_losses_are_counted(test: &str, protocol: Protocol) {
         assert_eq!(trace_id.len(), 32);
         assert!(spans.iter().all(|s| s["trace_id"] == trace_id), "one trace id per trace: {spans:#?}");
         trace_ids.push(trace_id.to_string());
+        if let Some(caller) = trace.remote_parent {
+            assert_eq!(trace_id, caller.trace_id_hex(), "the caller's trace id");
+        }
         for (s, given) in spans.iter().zip(&trace.spans) {
             assert_eq!(s["transport"], if protocol == Protocol::Grpc { "grpc" } else { "http" });
-            let parent = given.parent.map(|p| spans[p]["span_id"].as_str().unwrap()).unwrap_or("");
-            assert_eq!(s["parent_span_id"], parent, "parent of {}", given.name);
+            // The root's parent: the caller's span, remote; none without a caller.
+            let caller_span = trace.remote_parent.map(|c| c.to_traceparent()[36..52].to_string());
+            let parent = match given.parent {
+                Some(p) => spans[p]["span_id"].as_str().unwrap().to_string(),
+                None => caller_span.clone().unwrap_or_default(),
+            };
+            assert_eq!(s["parent_span_id"], parent.as_str(), "parent of {}", given.name);
+            let remote = given.parent.is_none() && caller_span.is_some();
+            // Sampled, "is the parent remote" known, and whether it is.
+            assert_eq!(s["flags"], 0x101 | if remote { 0x200 } else { 0 }, "flags of {}", given.name);
             assert_eq!(s["start_unix_nano"].as_u64(), Some(nanos(given.start)), "{}", given.name);
             assert_eq!(s["end_unix_nano"].as_u64(), Some(nanos(given.end)), "{}", given.name);
             let kind = match given.kind {

@@ -95,7 +95,7 @@ pub fn to_trace(j: &n::Journey, pod: Option<pmoas_otlp::Pod>, clock: &Clock) -> 
         });
         previous = ts;
     }
-    Some(Trace { pod, spans })
+    Some(Trace { pod, spans, remote_parent: None })
 }
 
 #[cfg(test)]
