@@ -16,6 +16,7 @@
 //! Adding one: CONTRIBUTING.md ("Adding a collector").
 
 pub mod cgroup;
+pub mod clock;
 pub mod ebpf;
 pub mod fold;
 pub mod histogram;

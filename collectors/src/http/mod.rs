@@ -15,10 +15,14 @@
 //!
 //! Watched: every container of a pod (under `--target.*`, the selected
 //! ones); processes outside pods are not captured.
+//!
+//! With `--otlp.endpoint`, sampled requests through the sidecar become
+//! traces: the sidecar's spans and the app's, parent and child ([`traces`]).
 
 pub mod capture;
 pub mod pairing;
 pub mod routes;
+pub mod traces;
 pub mod tracker;
 
 use std::cell::RefCell;
@@ -30,11 +34,13 @@ use std::time::{Duration, Instant};
 use pmoas_discovery::{Discovery, Lookup, Role as WorkloadRole};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Clock;
 use crate::ebpf::{Kernel, ProgramStatus};
 use crate::metrics::{Desc, Histogram, MetricSet, WorkloadLabels};
 use crate::setting::{self, Setting};
 use crate::{BuildContext, BuildError, Collector, CollectorInfo, CollectorSpec};
 use capture::Capture;
+use traces::{Context, DEFAULT_TRACE_SAMPLE_RATE, Names};
 use tracker::{ADDED_BUCKETS, DURATION_BUCKETS, Hist, Owner, Tracker};
 
 pub const INFO: CollectorInfo = CollectorInfo {
@@ -69,6 +75,17 @@ pub const SIDECAR_PAIRING: Desc = Desc::counter(
      that were not: no_forward (the sidecar answered itself, or the forward was not seen), forward_unclaimed.",
 );
 pub const TRACKED: Desc = Desc::gauge("pmoas_http_connections_tracked", "HTTP connections followed now.");
+pub const TRACES: Desc = Desc::counter(
+    "pmoas_http_traces_total",
+    "Sampled sidecar requests handed to the OTLP pipeline as traces (with --otlp.endpoint), by direction and \
+     where the trace id came from: traceparent (the request's, continued), new (none), invalid_traceparent \
+     (one that did not parse: ignored, a new trace).",
+);
+pub const TRACE_SPANS_MISSING: Desc = Desc::counter(
+    "pmoas_http_trace_spans_missing_total",
+    "Traces handed over without the far end of the sidecar-app hop (inbound: the app's server span; outbound: \
+     the sidecar's server span), not seen within 200 ms of the request's end.",
+);
 
 /// How often the capture thread drains the ring buffer.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
@@ -87,11 +104,23 @@ pub struct HttpConfig {
     /// `route` label (the matching pattern, or `_OTHER`).
     #[serde(deserialize_with = "pmoas_discovery::target::list_or_csv", skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<String>,
+    /// With `--otlp.endpoint`: 1 in this many requests through a sidecar
+    /// becomes a trace (1: all).
+    pub trace_sample_rate: u32,
+    /// With `--otlp.endpoint`: also trace every request whose valid W3C
+    /// `traceparent` has the sampled flag, whatever `trace_sample_rate`.
+    pub trace_parent_based: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { enabled: None, max_connections: 16384, routes: Vec::new() }
+        HttpConfig {
+            enabled: None,
+            max_connections: 16384,
+            routes: Vec::new(),
+            trace_sample_rate: DEFAULT_TRACE_SAMPLE_RATE,
+            trace_parent_based: false,
+        }
     }
 }
 
@@ -110,6 +139,17 @@ pub const SETTINGS: &[Setting] = &[
         "PATTERNS",
         ",",
         "Route patterns, first match wins: with any, the HTTP histograms get a `route` label (the pattern, or _OTHER); /users/{id} or /users/:id match one segment, a last /* the rest (at most 256; paths are never labels otherwise)",
+    ),
+    Setting::count(
+        "collector.http.trace_sample_rate",
+        1,
+        1 << 30,
+        "With --otlp.endpoint, 1 in N requests through a sidecar becomes a trace: the sidecar's spans and the app's, parent and child, continuing the request's W3C traceparent (1: all)",
+    ),
+    Setting::value(
+        "collector.http.trace_parent_based",
+        "BOOL",
+        "With --otlp.endpoint, also trace every request whose W3C traceparent has the sampled flag, whatever the sample rate (true): callers then decide how many, up to the OTLP queue; or not (false)",
     ),
 ];
 
@@ -138,9 +178,14 @@ impl HttpCollector {
             .map_err(|reason| fail(format!("collector.http.routes: {reason}")))?;
         let mut tracker = Tracker::new(ctx.config.http.max_connections as usize);
         tracker.routes = routes;
+        let cfg = &ctx.config.http;
+        let otlp = ctx.otlp.is_enabled().then(|| ctx.otlp.clone());
+        if otlp.is_some() {
+            tracker.enable_tracing(cfg.trace_sample_rate, cfg.trace_parent_based);
+        }
         let tracker = Arc::new(Mutex::new(tracker));
         let stop = Arc::new(AtomicBool::new(false));
-        spawn_capture(capture, ctx.discovery.clone(), tracker.clone(), stop.clone())
+        spawn_capture(capture, ctx.discovery.clone(), tracker.clone(), otlp, stop.clone())
             .map_err(|e| fail(format!("starting the http capture thread: {e}")))?;
         Ok(HttpCollector { kernel, discovery: ctx.discovery.clone(), tracker, stop })
     }
@@ -167,10 +212,24 @@ fn owner(discovery: &Discovery, id: u64) -> Option<Owner> {
     Some(Owner { pod_uid: w.pod_uid.clone(), is_sidecar: w.role == WorkloadRole::Sidecar })
 }
 
+/// What discovery says of a cgroup, for the spans of a trace.
+fn span_names(discovery: &Discovery, id: u64) -> Option<Names> {
+    let lookup = discovery.lookup(id);
+    let w = lookup.workload()?;
+    Some(Names {
+        namespace: w.namespace.clone(),
+        pod: w.pod.clone(),
+        pod_uid: w.pod_uid.clone().unwrap_or_default(),
+        container: w.container.clone(),
+        role: w.role.as_label(),
+    })
+}
+
 fn spawn_capture(
     mut capture: Capture,
     discovery: Arc<Discovery>,
     tracker: Arc<Mutex<Tracker>>,
+    otlp: Option<Arc<pmoas_otlp::Pipeline>>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name("http-capture".into()).spawn(move || {
@@ -196,6 +255,14 @@ fn spawn_capture(
             capture
                 .drain(|e| t.get_or_insert_with(|| tracker.lock().unwrap_or_else(|p| p.into_inner())).event(e, &names));
             drop(t);
+            if let Some(otlp) = &otlp {
+                // Taken after the drain: no event of the ring is newer.
+                let clock = Clock::now();
+                let ready = tracker.lock().unwrap_or_else(|p| p.into_inner()).take_traces(clock.mono_ns());
+                for r in &ready {
+                    otlp.submit(traces::to_trace(r, &|id| span_names(&discovery, id), &clock));
+                }
+            }
             std::thread::sleep(DRAIN_INTERVAL);
         }
     })?;
@@ -276,6 +343,21 @@ impl Collector for HttpCollector {
             );
         }
         out.gauge(&TRACKED, vec![], t.connections() as f64);
+        if let Some(stats) = t.trace_stats() {
+            for direction in [pairing::Direction::Inbound, pairing::Direction::Outbound] {
+                let d = direction.as_label().to_string();
+                for context in Context::ALL {
+                    let n = stats.traces.get(&(direction, context)).copied().unwrap_or(0);
+                    out.counter(
+                        &TRACES,
+                        vec![("direction", d.clone()), ("context", context.as_label().into())],
+                        n as f64,
+                    );
+                }
+                let missing = stats.missing.get(&direction).copied().unwrap_or(0);
+                out.counter(&TRACE_SPANS_MISSING, vec![("direction", d)], missing as f64);
+            }
+        }
         Ok(())
     }
 

@@ -73,16 +73,19 @@ pub struct RequestKey {
     pub request_id: Option<String>,
 }
 
-/// One completed exchange: its key and its span (ns).
+/// One completed exchange: its key, its span (ns), and what its user keeps
+/// with it (`data`; the tracker: the whole exchange while tracing).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Exchange {
+pub struct Exchange<T = ()> {
     pub key: RequestKey,
     pub start_ns: u64,
     pub end_ns: u64,
+    pub data: T,
 }
 
-impl Exchange {
-    fn span(&self) -> u64 {
+impl<T> Exchange<T> {
+    /// Its length (ns).
+    pub fn span(&self) -> u64 {
         self.end_ns.saturating_sub(self.start_ns)
     }
 }
@@ -96,6 +99,17 @@ pub enum How {
     Unique,
     /// The first of several identical candidates.
     Ordered,
+}
+
+impl How {
+    /// The `outcome` label of `pmoas_sidecar_pairing_total`.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            How::RequestId => "request_id",
+            How::Unique => "unique",
+            How::Ordered => "ordered",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,19 +127,24 @@ pub struct Unpaired {
     pub forward_unclaimed: u64,
 }
 
-#[derive(Default)]
-pub struct Pairer {
-    waiting: HashMap<Domain, VecDeque<Exchange>>,
+pub struct Pairer<T = ()> {
+    waiting: HashMap<Domain, VecDeque<Exchange<T>>>,
     pub unpaired: Unpaired,
 }
 
-impl Pairer {
-    pub fn new() -> Pairer {
+impl<T> Default for Pairer<T> {
+    fn default() -> Self {
+        Pairer { waiting: HashMap::new(), unpaired: Unpaired::default() }
+    }
+}
+
+impl<T> Pairer<T> {
+    pub fn new() -> Pairer<T> {
         Pairer::default()
     }
 
     /// An inner exchange (the sidecar's forward) completed.
-    pub fn inner(&mut self, domain: Domain, exchange: Exchange) {
+    pub fn inner(&mut self, domain: Domain, exchange: Exchange<T>) {
         let queue = self.waiting.entry(domain).or_default();
         if queue.len() >= MAX_WAITING {
             queue.pop_front();
@@ -136,14 +155,24 @@ impl Pairer {
         queue.insert(at, exchange);
     }
 
+    /// An outer exchange completed: the time it spent in the sidecar, or
+    /// why it was not paired.
+    pub fn outer<U>(&mut self, domain: &Domain, outer: &Exchange<U>) -> Outcome {
+        match self.claim(domain, outer) {
+            Some((inner, how)) => Outcome::Paired { added_ns: outer.span().saturating_sub(inner.span()), how },
+            None => Outcome::NoForward,
+        }
+    }
+
     /// An outer exchange completed: its pair, taken out of the waiting
-    /// ones, or why there is none.
-    pub fn outer(&mut self, domain: &Domain, outer: &Exchange) -> Outcome {
+    /// ones, and how it was chosen; None (counted as `no_forward`) when
+    /// there is none.
+    pub fn claim<U>(&mut self, domain: &Domain, outer: &Exchange<U>) -> Option<(Exchange<T>, How)> {
         let Some(queue) = self.waiting.get_mut(domain) else {
             self.unpaired.no_forward += 1;
-            return Outcome::NoForward;
+            return None;
         };
-        let fits = |i: &Exchange| {
+        let fits = |i: &Exchange<T>| {
             i.start_ns >= outer.start_ns
                 && i.end_ns <= outer.end_ns
                 && i.key.method == outer.key.method
@@ -162,7 +191,7 @@ impl Pairer {
             (Some(&n), _) => (n, How::RequestId),
             (None, 0) => {
                 self.unpaired.no_forward += 1;
-                return Outcome::NoForward;
+                return None;
             }
             (None, 1) => (candidates[0], How::Unique),
             // Candidates are in start order: the first one started first.
@@ -172,7 +201,7 @@ impl Pairer {
         if queue.is_empty() {
             self.waiting.remove(domain);
         }
-        Outcome::Paired { added_ns: outer.span().saturating_sub(inner.span()), how }
+        Some((inner, how))
     }
 
     /// Drops inner exchanges that ended before `now_ns - MAX_AGE_NS`.
@@ -209,6 +238,7 @@ mod tests {
             key: RequestKey { method: "GET".into(), path: path.into(), request_id: id.map(str::to_string) },
             start_ns: start * MS,
             end_ns: end * MS,
+            data: (),
         }
     }
 

@@ -12,8 +12,9 @@ use std::net::SocketAddr;
 use pmoas_protocols::{self as p, Connection, Exchange, Losses, Role};
 
 use super::capture::{Chunk, Direction, Endpoints, Event};
-use super::pairing::{self, Domain, Outcome, Pairer, RequestKey};
+use super::pairing::{self, Domain, Pairer, RequestKey};
 use super::routes::{Route, Routes};
+use super::traces::{Ready, Seen, TraceStats, Tracing};
 
 /// Bucket bounds (s) of request durations: OTel's HTTP buckets below
 /// 10 s, with sub-millisecond ones for the hops inside a pod.
@@ -148,7 +149,11 @@ pub struct Tracker {
     /// to find the other end of a connection inside a pod.
     by_local: FastMap<(u32, SocketAddr), (u64, u32)>,
     by_remote: FastMap<(u32, SocketAddr), (u64, u32)>,
-    pairer: Pairer,
+    /// Each forward waiting for its outer request keeps, while tracing,
+    /// the whole exchange for the trace.
+    pairer: Pairer<Option<Box<Seen>>>,
+    /// Sampled requests as traces; None without an OTLP endpoint.
+    tracing: Option<Tracing>,
     max_connections: usize,
     pub routes: Routes,
     limits: p::Limits,
@@ -178,12 +183,31 @@ impl Tracker {
             by_local: FastMap::default(),
             by_remote: FastMap::default(),
             pairer: Pairer::new(),
+            tracing: None,
             max_connections,
             routes: Routes::default(),
             limits: p::Limits::default(),
             agg: Aggregates::default(),
             scratch: Vec::new(),
         }
+    }
+
+    /// Turns sampled requests into traces: 1 in `rate`, and with
+    /// `parent_based` every one whose `traceparent` says sampled (see
+    /// [`super::traces`]); [`Tracker::take_traces`] hands them out.
+    pub fn enable_tracing(&mut self, rate: u32, parent_based: bool) {
+        self.tracing = Some(Tracing::new(rate, parent_based));
+    }
+
+    /// The sampled requests done by `now_ns` (CLOCK_MONOTONIC), to be
+    /// named and submitted; nothing when tracing is off.
+    pub fn take_traces(&mut self, now_ns: u64) -> Vec<Ready> {
+        self.tracing.as_mut().map(|t| t.take(now_ns)).unwrap_or_default()
+    }
+
+    /// Counts of the traces made, when tracing is on.
+    pub fn trace_stats(&self) -> Option<&TraceStats> {
+        self.tracing.as_ref().map(|t| &t.stats)
     }
 
     /// Connections followed now.
@@ -372,7 +396,8 @@ impl Tracker {
         self.sidecar_latency(cgroup_id, tid, ep, role, &x, owner);
     }
 
-    /// Feeds the pairing: see [`super::pairing`] for what is paired.
+    /// Feeds the pairing: see [`super::pairing`] for what is paired; and,
+    /// while tracing, the traces ([`super::traces`]).
     fn sidecar_latency(
         &mut self,
         cgroup_id: u64,
@@ -391,20 +416,28 @@ impl Tracker {
                 .as_ref()
                 .is_some_and(|o| o.pod_uid.as_deref() == Some(pod_uid.as_str()) && o.is_sidecar == sidecar)
         };
+        let tracing = self.tracing.is_some();
+        let seen = || Seen { cgroup_id, tid, role, endpoints: ep, exchange: x.clone() };
         let key = RequestKey {
             method: x.method.as_str().to_string(),
             path: x.path.clone().unwrap_or_default(),
             request_id: x.x_request_id.clone(),
         };
         let protocol = if x.grpc.is_some() { "grpc" } else { "http" };
-        let span = pairing::Exchange { key, start_ns: x.request_start_ns, end_ns: x.response_end_ns };
+        let span = pairing::Exchange { key, start_ns: x.request_start_ns, end_ns: x.response_end_ns, data: () };
         let domain = |direction, sidecar_tid| Domain { pod_uid: pod_uid.clone(), direction, sidecar_tid };
         use pairing::Direction::{Inbound, Outbound};
         let outer = match (me.is_sidecar, role) {
             // The sidecar's forward to the app, or to the outside.
             (true, Role::Client) => {
                 let direction = if peer_is(false) { Inbound } else { Outbound };
-                self.pairer.inner(domain(direction, tid), span);
+                let inner = pairing::Exchange {
+                    key: span.key,
+                    start_ns: span.start_ns,
+                    end_ns: span.end_ns,
+                    data: tracing.then(|| Box::new(seen())),
+                };
+                self.pairer.inner(domain(direction, tid), inner);
                 return;
             }
             // A downstream request of the sidecar: from outside (inbound);
@@ -416,21 +449,29 @@ impl Tracker {
                 let (_, sidecar_tid) = peer.expect("peer_is implies a peer");
                 (domain(Outbound, sidecar_tid), Outbound)
             }
+            // The far ends of the hop between sidecar and app, for traces:
+            // the sidecar serving its app (outbound), the app serving its
+            // sidecar (inbound).
+            (_, Role::Server) if peer_is(!me.is_sidecar) => {
+                if let Some(t) = self.tracing.as_mut() {
+                    t.keep(seen());
+                }
+                return;
+            }
             _ => return,
         };
         let (domain, direction) = outer;
-        match self.pairer.outer(&domain, &span) {
-            Outcome::Paired { added_ns, how } => {
-                let k = AddedKey { pod_uid, cgroup_id, direction, protocol };
-                self.agg.added.entry(k).or_default().observe(ADDED_BUCKETS, added_ns as f64 / 1e9);
-                let how = match how {
-                    pairing::How::RequestId => "request_id",
-                    pairing::How::Unique => "unique",
-                    pairing::How::Ordered => "ordered",
-                };
-                *self.agg.paired.entry(how).or_default() += 1;
-            }
-            Outcome::NoForward => {}
+        let claimed = self.pairer.claim(&domain, &span);
+        let mut paired = None;
+        if let Some((inner, how)) = claimed {
+            let added_ns = span.span().saturating_sub(inner.span());
+            let k = AddedKey { pod_uid, cgroup_id, direction, protocol };
+            self.agg.added.entry(k).or_default().observe(ADDED_BUCKETS, added_ns as f64 / 1e9);
+            *self.agg.paired.entry(how.as_label()).or_default() += 1;
+            paired = inner.data.map(|seen| (*seen, how, added_ns));
+        }
+        if let Some(t) = self.tracing.as_mut() {
+            t.outer(direction, seen(), paired);
         }
     }
 
