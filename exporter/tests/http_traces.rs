@@ -44,6 +44,10 @@ struct Setup {
 }
 
 fn setup(test: &str, opts: PodOptions) -> Option<Setup> {
+    setup_with(test, opts, &["--collector.http.trace-sample-rate", "1"])
+}
+
+fn setup_with(test: &str, opts: PodOptions, sampling: &[&str]) -> Option<Setup> {
     if !can_run(test, &testbed_problems()) {
         return None;
     }
@@ -51,16 +55,9 @@ fn setup(test: &str, opts: PodOptions) -> Option<Setup> {
     let receiver = Receiver::start(&python);
     let pod = Pod::up(&opts).expect("testbed up");
     let endpoint = format!("http://127.0.0.1:{}", receiver.grpc);
-    let exp = Exporter::start(&[
-        "--collectors",
-        "http",
-        "--collector.http.trace-sample-rate",
-        "1",
-        "--otlp.endpoint",
-        &endpoint,
-        "--otlp.batch-delay",
-        "100ms",
-    ]);
+    let mut args = vec!["--collectors", "http", "--otlp.endpoint", &endpoint, "--otlp.batch-delay", "100ms"];
+    args.extend_from_slice(sampling);
+    let exp = Exporter::start(&args);
     let m = exp.scrape();
     if m.get("pmoas_scrape_collector_success", &[("collector", "http")]) != Some(1.0) {
         let why = format!("the http collector does not run:\n{}", exp.log_text());
@@ -464,4 +461,38 @@ fn grpc_calls_become_traces_with_rpc_attributes() {
     }
     assert_eq!(codes, HashMap::from([(0, 15), (14, 5)]));
     assert_eq!(exp.scrape().sum("pmoas_http_trace_spans_missing_total", &[]), 0.0);
+}
+
+#[test]
+fn parent_based_sampling_traces_what_the_caller_sampled() {
+    let _one = serialize();
+    let test = "parent_based_sampling_traces_what_the_caller_sampled";
+    // 1 in 2^30: none by chance (1 in 10^8 odds for this test).
+    let sampling = ["--collector.http.trace-sample-rate", "1073741824", "--collector.http.trace-parent-based", "true"];
+    let Some(Setup { receiver, pod, exp }) = setup_with(test, PodOptions::default(), &sampling) else { return };
+    let url = format!("http://{}/", pod.envoy_addr());
+    let given: Vec<(String, String, String)> = (1..=8).map(traceparent).collect();
+    // Odd ones: the caller did not sample (flags 00).
+    let tps: Vec<String> = given
+        .iter()
+        .enumerate()
+        .map(|(i, g)| if i % 2 == 0 { g.0.clone() } else { g.0.replace("-01", "-00") })
+        .collect();
+    let mut requests: Vec<Option<&str>> = tps.iter().map(|t| Some(t.as_str())).collect();
+    requests.extend([None, None]);
+    assert_eq!(curl(&pod, &url, &requests), [200; 10]);
+    let spans = receive(&receiver, 4 * 3, &exp);
+    let chains = chains(&spans);
+    assert_eq!(chains.len(), 4, "the 4 sampled by their caller, no other");
+    let sampled: HashSet<&str> = given.iter().step_by(2).map(|g| g.1.as_str()).collect();
+    for chain in &chains {
+        check_inbound(chain, &pod, "/", 200);
+        let trace_id = chain[0]["trace_id"].as_str().unwrap();
+        assert!(sampled.contains(trace_id), "{trace_id} was not sampled by its caller");
+        let parent = &given.iter().find(|g| g.1 == trace_id).unwrap().2;
+        check_parent(chain[0], Some((trace_id, parent)));
+    }
+    let m = exp.scrape();
+    assert_eq!(traces_total(&m, "inbound", "traceparent"), 4.0);
+    assert_eq!(traces_total(&m, "inbound", "new"), 0.0);
 }
