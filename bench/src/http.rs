@@ -228,11 +228,7 @@ fn render(o: &Opts, windows: &[(Load, Arm, Window)]) -> String {
          (Envoy's server and client sides, the app's server side; the client is outside the pod). CPU per request \
          is the whole machine's busy time over the requests served. The arm without bpf stats is what users run.\n"
     );
-    let _ = writeln!(
-        t,
-        "### HTTP/1.1: wrk `-t2 -c{} -d{}s` keep-alive into nginx\n",
-        o.connections, o.seconds
-    );
+    let _ = writeln!(t, "### HTTP/1.1: wrk `-t2 -c{} -d{}s` keep-alive into nginx\n", o.connections, o.seconds);
     table(&mut t, windows, Load::Wrk, "nginx");
     let _ = writeln!(
         t,
@@ -309,7 +305,8 @@ fn table(t: &mut String, windows: &[(Load, Arm, Window)], load: Load, app: &str)
         let _ = writeln!(t, "| {p} | {:.2} | {:.0} | {:.0} |", runs / requests, ns / runs, ns / requests);
     }
     let share = avg(Arm::Http, &|w| w.bpf_ns_per_request()) / 1000.0 / cpu(Arm::None) * 100.0;
-    let user = (avg(Arm::HttpNoStats, &|w| w.exporter_cpu) - avg(Arm::Default, &|w| w.exporter_cpu)) / 100.0
+    let user = (avg(Arm::HttpNoStats, &|w| w.exporter_cpu) - avg(Arm::Default, &|w| w.exporter_cpu))
+        / 100.0
         / avg(Arm::HttpNoStats, &|w| w.wrk.requests_per_sec).max(1.0)
         * 1e6;
     let _ = writeln!(
