@@ -28,7 +28,7 @@ pub enum Kind {
 
 /// The values a number or duration setting may take, both ends included.
 /// Every such setting has one (a test checks it), and
-/// [`crate::Config::validate`] checks them all in one place: a zero or
+/// `pmoas_config::Config::validate` checks them all in one place: a zero or
 /// absurd value is refused at start-up and by `--config.check`, never met
 /// at run time as a busy loop or a panic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

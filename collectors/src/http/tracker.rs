@@ -4,7 +4,7 @@
 //! socket of each connection inside a pod (to tell a sidecar's downstream
 //! from its upstream), and the pairing of [`super::pairing`] for the
 //! latency the sidecar adds. No I/O: the collector feeds it [`Event`]s and
-//! workload names, and reads [`Tracker::aggregates`].
+//! workload names, and reads its [`Aggregates`] (`Tracker::agg`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
