@@ -496,3 +496,82 @@ fn parent_based_sampling_traces_what_the_caller_sampled() {
     assert_eq!(traces_total(&m, "inbound", "traceparent"), 4.0);
     assert_eq!(traces_total(&m, "inbound", "new"), 0.0);
 }
+
+/// The sidecar-added latency check, per request: with an Envoy
+/// fault delay D, the median of the `pmoas.sidecar.added_latency_ns` of
+/// the sidecar's spans, sequentially and with 16 connections at once. The
+/// histogram cannot give an exact median; each request's trace can.
+#[test]
+fn the_median_added_latency_per_request_is_the_fault_delay() {
+    let _one = serialize();
+    let test = "the_median_added_latency_per_request_is_the_fault_delay";
+    let delay = Duration::from_millis(20);
+    let Some(Setup { receiver, pod, exp }) = setup(test, PodOptions { fault_delay: Some(delay), ..Default::default() })
+    else {
+        return;
+    };
+    let addr = pod.envoy_addr().to_string();
+    let d = delay.as_nanos() as f64;
+    let mut seen = 0;
+    for (n, concurrency) in [(21usize, "1"), (64, "16")] {
+        let r = tool(
+            &pod,
+            Place::Client,
+            &["http", "--connect", &addr, "--count", &n.to_string(), "--concurrency", concurrency],
+        );
+        assert_eq!(r["statuses"], serde_json::json!([[200, n]]), "{r}");
+        let spans = receive(&receiver, n * 3, &exp);
+        let chains = chains(&spans);
+        assert_eq!(chains.len(), n, "one trace per request");
+        let mut added: Vec<f64> = chains
+            .iter()
+            .map(|c| attr(c[0], "pmoas.sidecar.added_latency_ns").as_u64().expect("paired") as f64)
+            .collect();
+        added.sort_by(f64::total_cmp);
+        let median = added[n / 2];
+        eprintln!(
+            "{test}: {concurrency} at once: added latency min {:.2} median {:.2} max {:.2} ms for D = {} ms",
+            added[0] / 1e6,
+            median / 1e6,
+            added[n - 1] / 1e6,
+            d / 1e6
+        );
+        // Envoy's timers run on a coarse clock: a delay may end up to one
+        // 4 ms tick early (docs/testbed.md). With 16 at once requests spent
+        // up to 8 ms more in the testbed's Envoy (median +1.9 to +3.5 ms,
+        // with one worker or two): its upstream pool opens new
+        // connections to nginx, and the timers of a burst fire on the same
+        // tick and are served one after another. That is time in the
+        // sidecar, which the metric rightly counts (Envoy's own account
+        // says +1 ms at the median); the D + 2 ms does not hold for
+        // it on this 2-core VM (docs/http.md).
+        // Envoy's own account of the same requests (its access log, in
+        // microseconds): downstream span less upstream span.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let log = loop {
+            let log = pod.envoy_access_log().expect("Envoy's access log");
+            if log.len() >= seen + n || std::time::Instant::now() > deadline {
+                break log;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(log.len(), seen + n, "Envoy logged every request");
+        let mut envoy: Vec<f64> =
+            log[seen..].iter().map(|r| r.in_sidecar().expect("forwarded").as_nanos() as f64).collect();
+        seen += n;
+        envoy.sort_by(f64::total_cmp);
+        eprintln!(
+            "{test}: {concurrency} at once: Envoy's own account: min {:.2} median {:.2} max {:.2} ms",
+            envoy[0] / 1e6,
+            envoy[n / 2] / 1e6,
+            envoy[n - 1] / 1e6
+        );
+        // Ours begins and ends where Envoy's system calls do; Envoy stamps
+        // its upstream span's end when it gets to the bytes, later under a
+        // burst: ours is the larger by 0.2-1.3 ms here. Within 2 ms.
+        let gap = median - envoy[n / 2];
+        assert!((-0.5e6..=2e6).contains(&gap), "ours {median} ns, Envoy's {} ns", envoy[n / 2]);
+        let above = if concurrency == "1" { 2e6 } else { 6e6 };
+        assert!(median >= d - 4e6 && median <= d + above, "median {median} ns for D = {d} ns, {concurrency} at once");
+    }
+}

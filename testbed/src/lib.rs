@@ -549,6 +549,26 @@ impl Pod {
             .collect())
     }
 
+    /// The inbound requests Envoy has logged so far (it flushes its access
+    /// log about once a second), oldest first.
+    pub fn envoy_access_log(&self) -> Result<Vec<EnvoyRequest>> {
+        let text = fs::read_to_string(self.state.state_dir.join("envoy.log"))?;
+        let us = |v: &str| v.parse::<u64>().ok().map(Duration::from_micros);
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.strip_prefix(ACCESS_LOG_PREFIX)?.split_whitespace();
+                let (path, status, down, up) = (f.next()?, f.next()?, f.next()?, f.next()?);
+                Some(EnvoyRequest {
+                    path: path.to_string(),
+                    status: status.parse().ok()?,
+                    downstream: us(down)?,
+                    upstream: us(up),
+                })
+            })
+            .collect())
+    }
+
     /// nginx's `accepts` counter (stub_status), fetched through Envoy so that
     /// every connection nginx ever accepted came from the sidecar.
     pub fn nginx_accepts(&self) -> Result<u64> {
@@ -873,6 +893,33 @@ pub fn envoy_yaml(opts: &PodOptions, index: u8) -> String {
     envoy_config(&EnvoyPlan { layout: opts.layout, grpc: opts.grpc, fault_delay: opts.fault_delay, outbound, vip })
 }
 
+/// One line per inbound request on Envoy's stdout (envoy.log): its own
+/// account of where the time went, microseconds: downstream first byte in ->
+/// last byte out, and upstream first byte out -> last byte in.
+const ACCESS_LOG_PREFIX: &str = "PMOAS_ACCESS";
+const ACCESS_LOG_FORMAT: &str = "PMOAS_ACCESS %REQ(:PATH)% %RESPONSE_CODE% \
+    %COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)% %COMMON_DURATION(US_TX_BEG:US_RX_END:us)%\\n";
+
+/// An inbound request as Envoy logged it ([`Pod::envoy_access_log`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvoyRequest {
+    pub path: String,
+    pub status: u16,
+    /// Envoy's downstream span: first request byte received -> last
+    /// response byte sent.
+    pub downstream: Duration,
+    /// Its upstream span, if it forwarded: first byte sent -> last received.
+    pub upstream: Option<Duration>,
+}
+
+impl EnvoyRequest {
+    /// Time spent in Envoy, by its own account: the downstream span less the
+    /// upstream one (None for a request it answered itself).
+    pub fn in_sidecar(&self) -> Option<Duration> {
+        Some(self.downstream.saturating_sub(self.upstream?))
+    }
+}
+
 /// What Envoy's configuration holds, beyond the inbound listener -> app.
 struct EnvoyPlan {
     layout: Layout,
@@ -964,6 +1011,11 @@ fn envoy_config(plan: &EnvoyPlan) -> String {
         typed_config:
           "@type": {HCM}
           stat_prefix: inbound
+          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format: {{ text_format_source: {{ inline_string: "{ACCESS_LOG_FORMAT}" }} }}
           route_config:
             virtual_hosts:
             - name: app
