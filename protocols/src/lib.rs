@@ -13,10 +13,11 @@
 //! method and code) was decoded from the bytes.
 //!
 //! Connections older than the exporter are the norm (Envoy keeps upstream
-//! connections for hours). HTTP/1 is measured from the next chunk that
-//! starts with a request or status line ([`http1`]); HTTP/2 from the next
-//! chunk that is a whole sequence of plausible frames, with header fields
-//! decoded as far as the HPACK state allows ([`http2`], [`hpack`]).
+//! connections for hours). Their role is told by [`role_hint`] (on HTTP/2,
+//! from a header block's pseudo-headers). HTTP/1 is measured from the next
+//! chunk that starts with a request or status line ([`http1`]); HTTP/2 from
+//! the next chunk that is a whole sequence of plausible frames, with header
+//! fields decoded as far as the HPACK state allows ([`http2`], [`hpack`]).
 //!
 //! # Timing
 //!
