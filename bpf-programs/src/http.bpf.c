@@ -38,7 +38,7 @@ struct {
 
 struct http_conn {
 	__u8 proto;
-	__u8 unknown_turns; /* turns that did not start like HTTP (see below) */
+	__u8 unknown_turns; /* turns that did not start like HTTP (pmoas_http.h) */
 	__u8 endpoints_sent; /* a record with the endpoints reached the ring */
 	__u8 last_dir;	     /* direction + 1 of the last unknown chunk, 0: none */
 	__u32 seq[2];	     /* next record number, per direction */
@@ -225,12 +225,12 @@ static __always_inline __u32 copy_call(struct http_scratch *s, __u8 call, __u64 
 }
 
 /* Did this call move the first bytes of its direction of the connection?
- * From the TCP socket's counters after the call (RFC 4898's, kept by every
- * kernel since 4.1x): a read began at offset 0 if the bytes the process has
- * taken in all (received less those still queued) are no more than it
- * took now; a write, if the bytes it has written in all (acknowledged plus
- * queued) are no more than it wrote now, give or take our SYN, which
- * bytes_acked counts on an active open. A connection older than the
+ * From the TCP socket's counters after the call (RFC 4898's bytes_received
+ * and bytes_acked, in every kernel since 4.1): a read began at offset 0 if
+ * the bytes the process has taken in all (received less those still
+ * queued) are no more than it took now; a write, if the bytes it has
+ * written in all (acknowledged plus queued) are no more than it wrote now,
+ * give or take our SYN, which bytes_acked counts on an active open. A connection older than the
  * exporter is never at its start; a peek (MSG_PEEK) at the start is. */
 static __always_inline bool at_stream_start(const struct sock *sk, __u8 direction, long ret)
 {
