@@ -8,6 +8,12 @@ calls over one HTTP/2 connection (h2c), CONCURRENCY in flight, FAIL of them
 
     grpc_client.py --target 10.200.1.11:15006 --count 100 --fail 10 --concurrency 8 [--timeout 10]
 
+With --stdin, the channel (one HTTP/2 connection) stays open across batches
+of calls read from stdin, one per line, each answered by a report line:
+
+    calls COUNT FAIL    COUNT calls one after another, FAIL of them failing
+    quit
+
 For load with h2load (Debian nghttp2-client), write one request frame
 (5-byte gRPC prefix + HelloRequest) and send it as the body:
 
@@ -31,6 +37,32 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from grpc_server import METHOD, SERVICE, messages  # noqa: E402
 
 
+def run(call, request, count, fail, concurrency, timeout, first):
+    """COUNT calls, FAIL of them (spread evenly) failing; names from FIRST."""
+    lock = threading.Lock()
+    codes = {}
+    latencies = []
+
+    def one(i):
+        # Call i fails if it moves the count of failures so far up.
+        failing = (i + 1) * fail // count > i * fail // count
+        name = f"fail-{first + i}" if failing else f"ok-{first + i}"
+        start = time.monotonic()
+        try:
+            call(request(name=name), timeout=timeout)
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            code = e.code()
+        elapsed = (time.monotonic() - start) * 1000.0
+        with lock:
+            codes[code.name] = codes.get(code.name, 0) + 1
+            latencies.append(elapsed)
+
+    with futures.ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        list(pool.map(one, range(count)))
+    return codes, latencies
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", help="HOST:PORT")
@@ -40,6 +72,7 @@ def main():
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--write-frame", metavar="PATH", help="write one request frame (for h2load -d) and exit")
     p.add_argument("--name", default="ok", help="the name in --write-frame's request")
+    p.add_argument("--stdin", action="store_true", help="batches of calls from stdin on one channel")
     a = p.parse_args()
 
     request, reply = messages()
@@ -59,27 +92,24 @@ def main():
     call = channel.unary_unary(
         f"/{SERVICE}/{METHOD}", request_serializer=request.SerializeToString, response_deserializer=reply.FromString
     )
-    lock = threading.Lock()
-    codes = {}
-    latencies = []
-
-    def one(i):
-        # Call i fails if it moves the count of failures so far up.
-        failing = (i + 1) * a.fail // a.count > i * a.fail // a.count
-        name = f"fail-{i}" if failing else f"ok-{i}"
-        start = time.monotonic()
-        try:
-            call(request(name=name), timeout=a.timeout)
-            code = grpc.StatusCode.OK
-        except grpc.RpcError as e:
-            code = e.code()
-        elapsed = (time.monotonic() - start) * 1000.0
-        with lock:
-            codes[code.name] = codes.get(code.name, 0) + 1
-            latencies.append(elapsed)
-
-    with futures.ThreadPoolExecutor(max_workers=max(1, a.concurrency)) as pool:
-        list(pool.map(one, range(a.count)))
+    if a.stdin:
+        # Sequential calls; the names go on counting across batches.
+        done = 0
+        for line in sys.stdin:
+            words = line.split()
+            if not words:
+                continue
+            if words[0] == "quit":
+                break
+            if words[0] != "calls" or len(words) != 3:
+                sys.exit(f"unknown command {line.strip()!r}")
+            count, fail = int(words[1]), int(words[2])
+            codes, _ = run(call, request, count, fail, 1, a.timeout, done)
+            done += count
+            print(json.dumps({"calls": count, "codes": codes}), flush=True)
+        channel.close()
+        return
+    codes, latencies = run(call, request, a.count, a.fail, a.concurrency, a.timeout, 0)
     channel.close()
     latencies.sort()
     lat = {"min": 0.0, "p50": 0.0, "max": 0.0}

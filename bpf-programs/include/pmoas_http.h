@@ -23,9 +23,21 @@
 #define PMOAS_HTTP_CONN_MAP_SIZE 65536
 /* The ring buffer that carries chunks to user space (drained continuously). */
 #define PMOAS_HTTP_RING_BYTES 8388608 /* 8 MiB */
-/* A connection whose first chunks look like no HTTP is given up after this
- * many (both directions): it then costs one map lookup per call. */
-#define PMOAS_HTTP_MAX_UNKNOWN_CHUNKS 8
+/* When a connection is given up (it then costs one map lookup per call and
+ * never reaches user space). Its first bytes in a direction (the TCP
+ * socket's own counters say which those are) must start like HTTP: if not,
+ * it is given up at once. A connection older than the exporter is met in
+ * the middle of its streams, where a message body may look like anything:
+ * it is given up only after this many *turns* (a chunk in the other
+ * direction than the last one) whose first chunk did not start like HTTP.
+ * HTTP/1 without pipelining starts a message at every turn (the response
+ * after the request, the next request after the response), so the rest of
+ * a body in flight, however long, costs one turn; HTTP/2 writes start with
+ * a frame header. */
+#define PMOAS_HTTP_MAX_UNKNOWN_TURNS 8
+/* Bytes copied to tell a connection's protocol: a chunk of a connection
+ * still unknown is first copied this far only (most are never sent). */
+#define PMOAS_HTTP_CLASSIFY_BYTES 16
 /* iovecs of a readv/writev/recvmsg/sendmsg copied from at most: nginx
  * writes a chunked response as header, size, data and trailer iovecs,
  * grpc-core an HTTP/2 response as a slice per frame header and payload

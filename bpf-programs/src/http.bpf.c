@@ -38,10 +38,10 @@ struct {
 
 struct http_conn {
 	__u8 proto;
-	__u8 unknown_chunks;
+	__u8 unknown_turns; /* turns that did not start like HTTP (pmoas_http.h) */
 	__u8 endpoints_sent; /* a record with the endpoints reached the ring */
-	__u8 pad;
-	__u32 seq[2]; /* next record number, per direction */
+	__u8 last_dir;	     /* direction + 1 of the last unknown chunk, 0: none */
+	__u32 seq[2];	     /* next record number, per direction */
 };
 
 struct {
@@ -199,6 +199,54 @@ static __always_inline __u32 copy_iovecs(struct http_scratch *s, __u64 vec, __u6
 	return got;
 }
 
+/* Copies the first bytes of the call that moved `moved` bytes (at most
+ * `limit`) to the start of data[]; returns how many. */
+static __always_inline __u32 copy_call(struct http_scratch *s, __u8 call, __u64 buf, __u64 moved, __u64 limit)
+{
+	if (moved > limit)
+		moved = limit;
+	switch (call) {
+	case PMOAS_HTTP_CALL_READ:
+	case PMOAS_HTTP_CALL_WRITE:
+		return copy_at(s, 0, buf, moved);
+	case PMOAS_HTTP_CALL_READV:
+	case PMOAS_HTTP_CALL_WRITEV:
+		/* buf: the iovec array; its count was the third argument, kept
+		 * in the upper bits by the entry (see below). */
+		return copy_iovecs(s, buf & 0x0000ffffffffffffULL, buf >> 48, moved);
+	default: { /* recvmsg, sendmsg: buf is the user msghdr */
+		struct user_msghdr msg;
+
+		if (bpf_probe_read_user(&msg, sizeof(msg), (const void *)buf))
+			return 0;
+		return copy_iovecs(s, (__u64)msg.msg_iov, msg.msg_iovlen, moved);
+	}
+	}
+}
+
+/* Did this call move the first bytes of its direction of the connection?
+ * From the TCP socket's counters after the call (RFC 4898's bytes_received
+ * and bytes_acked, in every kernel since 4.1): a read began at offset 0 if
+ * the bytes the process has taken in all (received less those still
+ * queued) are no more than it took now; a write, if the bytes it has
+ * written in all (acknowledged plus queued) are no more than it wrote now,
+ * give or take our SYN, which bytes_acked counts on an active open. A connection older than the
+ * exporter is never at its start; a peek (MSG_PEEK) at the start is. */
+static __always_inline bool at_stream_start(const struct sock *sk, __u8 direction, long ret)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	__u64 before;
+
+	if (direction == PMOAS_HTTP_DIR_INGRESS) {
+		__u32 queued = BPF_CORE_READ(tp, rcv_nxt) - BPF_CORE_READ(tp, copied_seq);
+
+		before = BPF_CORE_READ(tp, bytes_received) - queued;
+		return before <= (__u64)ret;
+	}
+	before = BPF_CORE_READ(tp, bytes_acked) + (__u32)(BPF_CORE_READ(tp, write_seq) - BPF_CORE_READ(tp, snd_una));
+	return before <= (__u64)ret + 1;
+}
+
 static __always_inline bool is_word(const __u8 *d, char a, char b, char c, char e)
 {
 	return d[0] == a && d[1] == b && d[2] == c && d[3] == e;
@@ -279,6 +327,7 @@ static __always_inline int on_exit(long ret, __u8 class)
 	struct sock *sk;
 	__u32 zero = 0, got = 0, size;
 	__u64 sock_key, buf, id;
+	bool known;
 	__u8 call;
 
 	if (!c || !c->active)
@@ -302,27 +351,10 @@ static __always_inline int on_exit(long ret, __u8 class)
 	if (!s)
 		return 0;
 
-	switch (call) {
-	case PMOAS_HTTP_CALL_READ:
-	case PMOAS_HTTP_CALL_WRITE:
-		got = copy_at(s, 0, buf, ret);
-		break;
-	case PMOAS_HTTP_CALL_READV:
-	case PMOAS_HTTP_CALL_WRITEV: {
-		/* buf: the iovec array; its count was the third argument, kept
-		 * in the upper bits by the entry (see below). */
-		got = copy_iovecs(s, buf & 0x0000ffffffffffffULL, buf >> 48, ret);
-		break;
-	}
-	default: { /* recvmsg, sendmsg: buf is the user msghdr */
-		struct user_msghdr msg;
-
-		if (bpf_probe_read_user(&msg, sizeof(msg), (const void *)buf))
-			break;
-		got = copy_iovecs(s, (__u64)msg.msg_iov, msg.msg_iovlen, ret);
-		break;
-	}
-	}
+	/* A connection still unknown is copied only as far as it takes to tell
+	 * it: most of those chunks are never sent. */
+	known = conn && conn->proto != PMOAS_HTTP_PROTO_UNKNOWN;
+	got = copy_call(s, call, buf, ret, known ? PMOAS_HTTP_CAPTURE_BYTES : PMOAS_HTTP_CLASSIFY_BYTES);
 	if (!got) {
 		pmoas_count_lost(PMOAS_HTTP_LOST_UNREADABLE);
 		return 0;
@@ -335,14 +367,29 @@ static __always_inline int on_exit(long ret, __u8 class)
 			return 0;
 	}
 	if (conn->proto == PMOAS_HTTP_PROTO_UNKNOWN) {
-		if (http1_start(s->ev.data, got))
+		__u8 dir = (call & 1) ? PMOAS_HTTP_DIR_EGRESS : PMOAS_HTTP_DIR_INGRESS;
+
+		if (http1_start(s->ev.data, got)) {
 			conn->proto = PMOAS_HTTP_PROTO_HTTP1;
-		else if (http2_start(s->ev.data, got))
+		} else if (http2_start(s->ev.data, got)) {
 			conn->proto = PMOAS_HTTP_PROTO_HTTP2;
-		else if (++conn->unknown_chunks >= PMOAS_HTTP_MAX_UNKNOWN_CHUNKS) {
-			conn->proto = PMOAS_HTTP_PROTO_OTHER;
-			return 0;
 		} else {
+			/* Enough bytes to have told, at the very start of the
+			 * stream: not HTTP. In the middle (a connection older
+			 * than the exporter): count turns (pmoas_http.h). */
+			if (got >= 9 && at_stream_start(sk, dir, ret))
+				conn->proto = PMOAS_HTTP_PROTO_OTHER;
+			else if (conn->last_dir != dir + 1) {
+				conn->last_dir = dir + 1;
+				if (++conn->unknown_turns >= PMOAS_HTTP_MAX_UNKNOWN_TURNS)
+					conn->proto = PMOAS_HTTP_PROTO_OTHER;
+			}
+			return 0;
+		}
+		/* HTTP: now the whole capture. */
+		got = copy_call(s, call, buf, ret, PMOAS_HTTP_CAPTURE_BYTES);
+		if (!got) {
+			pmoas_count_lost(PMOAS_HTTP_LOST_UNREADABLE);
 			return 0;
 		}
 	}

@@ -3,7 +3,10 @@
 //! (curl: sendto/recvfrom, Envoy: readv/write, nginx: recvfrom/writev)
 //! must show exactly N request starts and N response starts, curl's
 //! requests byte for byte, every connection's close, and nothing of a
-//! connection that never looked like HTTP. Root and real eBPF (skips
+//! connection that never looked like HTTP. And connections older than the
+//! capture: one joined in a response body still shows its next request,
+//! one whose first bytes are not HTTP is given up at once, one joined in
+//! the middle of something else after 8 turns. Root and real eBPF (skips
 //! loudly otherwise, fails under PMOAS_REQUIRE_BPF=1).
 
 use std::collections::{HashMap, HashSet};
@@ -195,6 +198,141 @@ fn chunks_of_curl_envoy_and_nginx_match_what_they_sent() {
     let lost: u64 = cap.lost().unwrap().iter().map(|(_, n)| n).sum();
     assert_eq!(lost, 0, "{:?}", cap.lost());
     assert_eq!(cap.malformed, 0);
+    drop(cap);
+    pod.down().unwrap();
+}
+
+/// Three TCP connections of one process (both ends), driven in two phases
+/// by a line on stdin: before it, the process is not watched yet (as if the
+/// exporter had not started); after it, it is.
+const PHASES: &str = r#"
+import socket, sys
+
+socket.setdefaulttimeout(10)  # a mistake here fails the test, not hangs it
+
+def pair():
+    l = socket.socket()
+    l.bind(("127.0.0.1", 0))
+    l.listen()
+    c = socket.create_connection(l.getsockname())
+    s, _ = l.accept()
+    l.close()
+    return c, s
+
+def recv_exactly(sock, n):
+    got = b""
+    while len(got) < n:
+        got += sock.recv(n - len(got))
+    return got
+
+ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+body = b"x" * 4096
+ping = b"\x17\x03\x03" + b"\xaa" * 61
+# A: HTTP/1, a 80 KiB response in flight.
+a_c, a_s = pair()
+req = b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n"
+a_c.sendall(req)
+recv_exactly(a_s, len(req))
+head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (20 * len(body))
+a_s.sendall(head)
+recv_exactly(a_c, len(head))
+# B: not HTTP (TLS-like records), in the middle of its streams.
+b_c, b_s = pair()
+b_c.sendall(ping)
+recv_exactly(b_s, len(ping))
+# C: a connection whose first bytes are not HTTP.
+c_c, c_s = pair()
+print("ready", flush=True)
+sys.stdin.readline()
+
+# A: the rest of the body, 20 writes and as many reads; then the next request.
+for _ in range(20):
+    a_s.sendall(body)
+    recv_exactly(a_c, len(body))
+req = b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+a_c.sendall(req)
+recv_exactly(a_s, len(req))
+a_s.sendall(ok)
+recv_exactly(a_c, len(ok))
+# B: 6 round trips (12 turns), then what would be a request.
+for _ in range(6):
+    b_s.sendall(ping)
+    recv_exactly(b_c, len(ping))
+    b_c.sendall(ping)
+    recv_exactly(b_s, len(ping))
+req = b"GET /late HTTP/1.1\r\nHost: b\r\n\r\n"
+b_c.sendall(req)
+recv_exactly(b_s, len(req))
+# C: not HTTP from its first byte, then what would be a request.
+c_c.sendall(b"\x16\x03\x01\x02\x00" + b"\x01" * 59)
+recv_exactly(c_s, 64)
+req = b"GET /after HTTP/1.1\r\nHost: c\r\n\r\n"
+c_c.sendall(req)
+recv_exactly(c_s, len(req))
+print("done", flush=True)
+"#;
+
+#[test]
+fn the_kernel_gives_up_on_a_connection_only_where_it_cannot_be_http() {
+    let test = "the_kernel_gives_up_on_a_connection_only_where_it_cannot_be_http";
+    if !can_run(test) {
+        return;
+    }
+    let pod = Pod::up(&PodOptions::default()).expect("testbed up");
+    let client = capture::cgroup_id(pod.state.client_cgroups.v2().unwrap()).unwrap();
+    let health = pmoas_discovery::Health::default();
+    let mut cap = match Capture::start(&health) {
+        Ok(c) => c,
+        Err(e) if !require_bpf() => {
+            pmoas_testbed::report_skip(test, &format!("cannot load the http programs: {e:#}"));
+            return;
+        }
+        Err(e) => panic!("{test}: loading the http programs: {e:#}"),
+    };
+    let mut script = pod
+        .command(Place::Client, "python3")
+        .args(["-c", PHASES])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(script.stdout.take().unwrap());
+    let mut line = String::new();
+    use std::io::{BufRead, Write};
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    // Watched from now on: the connections are older than the capture.
+    assert_eq!(cap.watch(&[client].into_iter().collect()), 0);
+    let mut stdin = script.stdin.take().unwrap();
+    writeln!(stdin, "go").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "done\n");
+    assert!(script.wait().unwrap().success());
+
+    let mut starts: Vec<(Direction, String)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        cap.drain(|e| {
+            if let Event::Data(c) = e {
+                let line = String::from_utf8_lossy(&c.data[..c.data.len().min(16)]).into_owned();
+                starts.push((c.direction, line));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    starts.sort_by_key(|(d, l)| (*d == Direction::Egress, l.clone()));
+    // A: the body in flight (one turn, however many calls) is skipped, the
+    // next request and its response reach user space on both ends. B: given
+    // up after 8 turns that did not look like HTTP. C: given up at its
+    // first bytes. Nothing else was sent.
+    let expected: Vec<(Direction, String)> = vec![
+        (Direction::Ingress, "GET /next HTTP/1".into()),
+        (Direction::Ingress, "HTTP/1.1 200 OK\r".into()),
+        (Direction::Egress, "GET /next HTTP/1".into()),
+        (Direction::Egress, "HTTP/1.1 200 OK\r".into()),
+    ];
+    assert_eq!(starts, expected);
     drop(cap);
     pod.down().unwrap();
 }

@@ -132,6 +132,69 @@ pub fn plausible_frames(data: &[u8], total_len: usize, max_frame: u32) -> bool {
     frames > 0 && off == total
 }
 
+/// Did a client or a server write these bytes, as far as they tell? For a
+/// connection joined mid-stream (no preface seen), whose role nothing else
+/// says. Only a chunk that is a whole sequence of plausible frames (as for
+/// resync) is looked into, and only fields that decode without the dynamic
+/// table we never saw:
+///
+/// - a HEADERS block with a request pseudo-header (`:method`, `:path`,
+///   `:scheme`, `:authority`, `:protocol`) was written by the client, one
+///   with `:status` by the server (RFC 9113 §8.3: requests and responses
+///   carry only their own pseudo-headers). Encoders write `:method GET` /
+///   `POST` and `:status 200` / `204` / `206` / `304` / `400` / `404` /
+///   `500` as static-table indexes, and other values as literals whose name
+///   is a static index, so the first request or response after the join
+///   nearly always tells; a block whose pseudo-headers are all in dynamic
+///   entries tells nothing (trailers have none);
+/// - a PUSH_PROMISE is only ever written by a server.
+///
+/// Stream ids do not tell: requests and responses share the client's odd
+/// ids. Blocks that say both (malformed) tell nothing. The client preface
+/// is [`is_preface_start`]'s business.
+pub fn writer_is_client(data: &[u8], total_len: usize) -> Option<bool> {
+    if !plausible_frames(data, total_len, DEFAULT_MAX_FRAME) {
+        return None;
+    }
+    // One decoder for the chunk's blocks, in order: an entry a block
+    // inserts is known to the next one.
+    let mut hpack = hpack::Decoder::unknown(hpack::DEFAULT_TABLE_SIZE);
+    let (mut request, mut response) = (false, false);
+    let mut off = 0;
+    while let Some(hdr) = data.get(off..off + 9) {
+        let h = frame_header(hdr.try_into().unwrap_or(&[0; 9]));
+        let end = off + 9 + h.len as usize;
+        let payload = data.get(off + 9..end);
+        off = end;
+        match (h.ty, payload) {
+            (PUSH_PROMISE, _) => response = true,
+            (HEADERS, Some(payload)) => {
+                let skip = if h.flags & PRIORITY_FLAG != 0 { 5 } else { 0 };
+                let Some(block) = fragment(payload, h.flags, skip) else { continue };
+                // Without END_HEADERS the rest is in CONTINUATIONs: the
+                // fields before the cut are still whole.
+                let complete = h.flags & END_HEADERS != 0;
+                let mut names = (false, false);
+                let end = hpack.decode(block, complete, |name, _| match name {
+                    Some(b":status") => names.1 = true,
+                    Some(b":method" | b":path" | b":scheme" | b":authority" | b":protocol") => names.0 = true,
+                    _ => {}
+                });
+                if end != BlockEnd::Error {
+                    request |= names.0;
+                    response |= names.1;
+                }
+            }
+            _ => {}
+        }
+    }
+    match (request, response) {
+        (true, false) => Some(true),
+        (false, true) => Some(false),
+        _ => None,
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Sync {
     /// Expecting the rest of the client preface (octets matched so far).

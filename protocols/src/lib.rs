@@ -13,10 +13,11 @@
 //! method and code) was decoded from the bytes.
 //!
 //! Connections older than the exporter are the norm (Envoy keeps upstream
-//! connections for hours). HTTP/1 is measured from the next chunk that
-//! starts with a request or status line ([`http1`]); HTTP/2 from the next
-//! chunk that is a whole sequence of plausible frames, with header fields
-//! decoded as far as the HPACK state allows ([`http2`], [`hpack`]).
+//! connections for hours). Their role is told by [`role_hint`] (on HTTP/2,
+//! from a header block's pseudo-headers). HTTP/1 is measured from the next
+//! chunk that starts with a request or status line ([`http1`]); HTTP/2 from
+//! the next chunk that is a whole sequence of plausible frames, with header
+//! fields decoded as far as the HPACK state allows ([`http2`], [`hpack`]).
 //!
 //! # Timing
 //!
@@ -411,6 +412,29 @@ impl Losses {
 }
 
 const _: () = assert!(LossReason::ALL.len() == 20);
+
+/// The role of the process that read or wrote `chunk`, when the chunk
+/// tells it: an HTTP/1 request line written, or a status line read, is a
+/// client's; the HTTP/2 client preface written is a client's; HTTP/2 frames
+/// joined mid-stream tell it by their header blocks
+/// ([`http2::writer_is_client`]). The reverse is a server's. None when the
+/// chunk says nothing certain (a body, frames without a decodable header
+/// block): the caller waits for another chunk. The checks are those the
+/// parsers sync on, so a chunk that gives a role is one a new
+/// [`Connection`] starts from.
+pub fn role_hint(chunk: &Chunk<'_>) -> Option<Role> {
+    let data = chunk.captured;
+    let total_len = chunk.total_len.max(data.len());
+    let written_by_client = if http1::starts_message(data, Some(true)) || http2::is_preface_start(data) {
+        true
+    } else if http1::starts_message(data, Some(false)) {
+        false
+    } else {
+        http2::writer_is_client(data, total_len)?
+    };
+    let wrote = chunk.direction == Direction::Egress;
+    Some(if written_by_client == wrote { Role::Client } else { Role::Server })
+}
 
 enum State {
     /// Waiting for a chunk that tells the protocol.

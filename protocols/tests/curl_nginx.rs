@@ -108,3 +108,26 @@ fn h2c_connections() {
         }
     }
 }
+
+#[test]
+fn the_role_hint_of_every_chunk_is_never_wrong() {
+    // Each chunk alone, as if the connection were joined there.
+    let h1 = connections(include_bytes!("fixtures/curl_nginx_h1.bin"));
+    let h2 = connections(include_bytes!("fixtures/curl_nginx_h2.bin"));
+    for role in [Role::Client, Role::Server] {
+        let mut told = 0;
+        for (to_server, bytes) in h1.iter().chain(&h2).flatten() {
+            let direction = match (role, to_server) {
+                (Role::Client, true) | (Role::Server, false) => Direction::Egress,
+                _ => Direction::Ingress,
+            };
+            let chunk = Chunk { direction, captured: bytes, total_len: bytes.len(), start_ns: 0, end_ns: 0 };
+            if let Some(hint) = pmoas_protocols::role_hint(&chunk) {
+                assert_eq!(hint, role, "{:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(40)]));
+                told += 1;
+            }
+        }
+        // Every HTTP/1 message head, and the h2 preface or headers.
+        assert!(told >= 2 * plan(include_str!("fixtures/curl_nginx_h1.txt")).len(), "{role:?}: {told}");
+    }
+}

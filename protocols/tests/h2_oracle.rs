@@ -432,3 +432,24 @@ fn stream_limit_is_counted() {
     let p = parse(Role::Client, &requests, usize::MAX, Limits { max_streams: 4, ..Limits::default() });
     assert_eq!(p.losses.get(LossReason::H2StreamOverflow), 6);
 }
+
+#[test]
+fn joined_anywhere_the_role_hint_is_never_wrong() {
+    let cases = cases(40, 11);
+    let (client, server) = record(&cases);
+    for (role, chunks) in [(Role::Client, &client), (Role::Server, &server)] {
+        let mut told = 0;
+        for (i, (d, bytes)) in chunks.iter().enumerate() {
+            let chunk = Chunk { direction: *d, captured: bytes, total_len: bytes.len(), start_ns: 0, end_ns: 0 };
+            if let Some(hint) = pmoas_protocols::role_hint(&chunk) {
+                assert_eq!(hint, role, "chunk {i}");
+                told += 1;
+                // A parser started there: nothing wrong comes out.
+                assert_all_right(&cases, &parse(role, &chunks[i..], usize::MAX, Limits::default()));
+            }
+        }
+        // Every request and every response head carries a static
+        // `:method` or `:status`.
+        assert!(told >= cases.len(), "{role:?}: {told} chunks told the role");
+    }
+}

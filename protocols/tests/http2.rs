@@ -295,3 +295,84 @@ fn a_frame_split_at_every_offset_gives_the_same_exchange() {
         }
     }
 }
+
+/// `role_hint` of one chunk that moved all of `bytes`.
+fn hint(direction: pmoas_protocols::Direction, bytes: &[u8]) -> Option<Role> {
+    pmoas_protocols::role_hint(&pmoas_protocols::Chunk {
+        direction,
+        captured: bytes,
+        total_len: bytes.len(),
+        start_ns: 1,
+        end_ns: 2,
+    })
+}
+
+#[test]
+fn the_role_of_a_connection_joined_mid_stream_comes_from_its_pseudo_headers() {
+    // A request: `:method POST` and `:scheme http` are static indexes.
+    let request = frame(HEADERS, END_HEADERS, 7, &[0x83, 0x86, 0xc0, 0xbf]);
+    assert_eq!(hint(OUT, &request), Some(Role::Client));
+    assert_eq!(hint(IN, &request), Some(Role::Server));
+    // Only the path is decodable (a literal with the static name `:path`).
+    let mut block = vec![0xc3];
+    block.extend(lit_static_name(4, "/a"));
+    assert_eq!(hint(OUT, &frame(HEADERS, END_HEADERS, 7, &block)), Some(Role::Client));
+    // A response: `:status 200` static; `:status 503` a literal whose name
+    // is the static `:status`; with priority and padding.
+    assert_eq!(hint(OUT, &frame(HEADERS, END_HEADERS, 7, &[0x88, 0xc1])), Some(Role::Server));
+    assert_eq!(hint(IN, &frame(HEADERS, END_HEADERS, 7, &lit_static_name(8, "503"))), Some(Role::Client));
+    let mut padded = vec![2, 0, 0, 0, 0, 16];
+    padded.extend([0x8d, 0, 0]);
+    assert_eq!(hint(IN, &frame(HEADERS, END_HEADERS | PADDED | PRIORITY, 7, &padded)), Some(Role::Client));
+    // Behind other frames in the same call, and cut before END_HEADERS.
+    let mut call = frame(SETTINGS, 1, 0, &[]);
+    call.extend(frame(HEADERS, 0, 9, &[0x82, 0xc5]));
+    call.extend(frame(CONTINUATION, END_HEADERS, 9, &[0xc6]));
+    assert_eq!(hint(OUT, &call), Some(Role::Client));
+    // A PUSH_PROMISE is a server's, whatever its block.
+    assert_eq!(hint(OUT, &frame(5, END_HEADERS, 7, &[0, 0, 0, 2, 0xc4])), Some(Role::Server));
+    // The preface, and HTTP/1 start lines.
+    assert_eq!(hint(OUT, PREFACE), Some(Role::Client));
+    assert_eq!(hint(IN, PREFACE), Some(Role::Server));
+    assert_eq!(hint(IN, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Some(Role::Server));
+    assert_eq!(hint(IN, b"HTTP/1.1 404 Not Found\r\n"), Some(Role::Client));
+    assert_eq!(hint(OUT, b"HTTP/1.1 404 Not Found\r\n"), Some(Role::Server));
+}
+
+#[test]
+fn frames_that_do_not_tell_give_no_role() {
+    // Every pseudo-header in entries of the dynamic table we never saw.
+    assert_eq!(hint(OUT, &frame(HEADERS, END_HEADERS, 7, &[0xc0, 0xc1, 0xbe])), None);
+    // Trailers: no pseudo-header.
+    assert_eq!(hint(OUT, &frame(HEADERS, END_HEADERS | END_STREAM, 7, &lit("grpc-status", "0"))), None);
+    // Control and DATA frames only.
+    let mut call = frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0xff, 0xff]);
+    call.extend(frame(8, 0, 0, &[0, 0, 0x10, 0]));
+    call.extend(frame(DATA, END_STREAM, 7, b"\0\0\0\0\x01!"));
+    assert_eq!(hint(IN, &call), None);
+    // Both kinds of pseudo-header: malformed, no guess.
+    assert_eq!(hint(OUT, &frame(HEADERS, END_HEADERS, 7, &[0x82, 0x88])), None);
+    // Invalid HPACK (index 0): nothing it delivered counts.
+    assert_eq!(hint(OUT, &frame(HEADERS, END_HEADERS, 7, &[0x82, 0x80])), None);
+    // Not a whole sequence of frames: a body, a frame cut by the call.
+    assert_eq!(hint(IN, b"x-some body bytes of a response"), None);
+    let request = frame(HEADERS, END_HEADERS, 7, &[0x83, 0x86]);
+    assert_eq!(hint(OUT, &request[..request.len() - 1]), None);
+    // Not a complete HTTP/1 start line.
+    assert_eq!(hint(IN, b"GET /a-very-long-pa"), None);
+    assert_eq!(hint(IN, b"T / HTTP/1.1\r\n"), None);
+}
+
+#[test]
+fn a_connection_started_from_the_hinted_chunk_measures_the_exchange_of_that_chunk() {
+    // Joined mid-stream: the first request's HEADERS tells the role, and a
+    // parser started from that chunk pairs its response.
+    let mut block = vec![0x82, 0x86];
+    block.extend(lit_static_name(4, "/p"));
+    let request = frame(HEADERS, END_HEADERS | END_STREAM, 41, &block);
+    let role = hint(IN, &request).expect("a role");
+    let mut f = Feeder::new(role);
+    f.feed(IN, &request).feed(OUT, &frame(HEADERS, END_HEADERS | END_STREAM, 41, &[0x8d]));
+    assert_eq!(f.out.len(), 1, "{:?}", f.losses());
+    assert_eq!((f.out[0].method, f.out[0].status_code, f.out[0].path.as_deref()), (Method::Get, Some(404), Some("/p")));
+}

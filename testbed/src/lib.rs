@@ -9,7 +9,8 @@
 //!   one for the sidecar and one for the app;
 //! - Envoy (the sidecar) on 0.0.0.0:15006 with its admin on 127.0.0.1:9901,
 //!   proxying to nginx (the app) on 127.0.0.1:8080, which serves `/`,
-//!   `/delay` (50 ms), `/error` (503) and `/nginx_status`;
+//!   `/delay` (50 ms), `/error` (503), `/missing` (404), `/big` (a
+//!   [`BIG_BODY_BYTES`] chunked body) and `/nginx_status`;
 //! - a client cgroup outside the pod, for load from the host.
 //!
 //! [`PodOptions`] adds what real meshes do (docs/testbed.md): the Istio
@@ -839,6 +840,10 @@ fn envoy_local_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], ENVOY_PORT))
 }
 
+/// The body of nginx's `/big`: 16 MiB of "x", chunked (the echo module
+/// sends no length), long enough to be in flight while something starts.
+pub const BIG_BODY_BYTES: u64 = 16 << 20;
+
 fn nginx_config(dir: &Path, http_extra: &str, upstream: Option<SocketAddrV4>, vip: Option<SocketAddrV4>) -> String {
     let d = dir.display();
     // HTTP/1.1 (Envoy refuses 1.0 with 426) and nginx's default
@@ -875,6 +880,8 @@ http {{
         location = / {{ return 200 "ok\n"; }}
         location = /delay {{ echo_sleep 0.05; echo "slow"; }}
         location = /error {{ return 503; }}
+        location = /missing {{ return 404; }}
+        location = /big {{ echo_duplicate {BIG_BODY_BYTES} "x"; }}
         location = /nginx_status {{ stub_status; }}
         location = /whoami {{ return 200 "$remote_addr\n"; }}
         {upstream}location / {{ return 200 "ok\n"; }}

@@ -125,8 +125,8 @@ struct Conn {
     cgroup_id: u64,
     /// The thread of the last chunk: the one serving the connection.
     tid: u32,
-    /// Told by the first message start seen (request or status line, the
-    /// HTTP/2 preface); chunks before it are counted as undecodable.
+    /// Told by the first chunk that says it ([`p::role_hint`]); chunks
+    /// before it are counted as undecodable (`unknown_protocol`).
     role: Option<Role>,
     /// The record number expected next, per direction (ingress, egress).
     next_seq: [Option<u32>; 2],
@@ -159,20 +159,6 @@ pub struct Tracker {
     limits: p::Limits,
     pub agg: Aggregates,
     scratch: Vec<Exchange>,
-}
-
-/// Whether the first message of a chunk says the process's role.
-fn role_from(chunk: &Chunk<'_>) -> Option<Role> {
-    let d = &chunk.data;
-    const METHODS: [&[u8]; 9] =
-        [b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ", b"CONNECT ", b"TRACE "];
-    let request = METHODS.iter().any(|m| d.starts_with(m)) || d.starts_with(b"PRI * HTTP/2.0");
-    let response = d.starts_with(b"HTTP/1.");
-    match (request, response, chunk.direction) {
-        (true, _, Direction::Egress) | (_, true, Direction::Ingress) => Some(Role::Client),
-        (true, _, Direction::Ingress) | (_, true, Direction::Egress) => Some(Role::Server),
-        _ => None,
-    }
 }
 
 impl Tracker {
@@ -297,20 +283,6 @@ impl Tracker {
             parser.lost_data(d, &mut self.agg.losses);
         }
         conn.next_seq[slot] = Some(c.seq.wrapping_add(1));
-        if conn.parser.is_none() {
-            match role_from(&c) {
-                Some(role) => {
-                    conn.role = Some(role);
-                    conn.parser = Some(Connection::with_limits(role, limits));
-                }
-                None => {
-                    // HTTP/2 joined mid-stream, or a body: the role (and so
-                    // the parser) waits for a message start.
-                    self.agg.losses.add(p::LossReason::UnknownProtocol);
-                    return;
-                }
-            }
-        }
         let direction = match c.direction {
             Direction::Ingress => p::Direction::Ingress,
             Direction::Egress => p::Direction::Egress,
@@ -322,6 +294,24 @@ impl Tracker {
             start_ns: c.start_ns,
             end_ns: c.end_ns,
         };
+        if conn.parser.is_none() {
+            // The role decides which direction carries requests: until a
+            // chunk says it for sure (a request or status line, the HTTP/2
+            // preface, or — for HTTP/2 joined mid-stream — a header block's
+            // pseudo-headers), nothing is parsed. A parser started later
+            // only knows less (HTTP/1 waits for a message start anyway,
+            // HPACK entries inserted before are unknown), never wrong.
+            match p::role_hint(&chunk) {
+                Some(role) => {
+                    conn.role = Some(role);
+                    conn.parser = Some(Connection::with_limits(role, limits));
+                }
+                None => {
+                    self.agg.losses.add(p::LossReason::UnknownProtocol);
+                    return;
+                }
+            }
+        }
         let mut out = std::mem::take(&mut self.scratch);
         let parser = conn.parser.as_mut().expect("set above");
         parser.feed(&chunk, &mut out, &mut self.agg.losses);
@@ -571,6 +561,50 @@ mod tests {
         // Record 1 of the ingress side never came.
         t.event(chunk(2, Direction::Ingress, req, 30), &names);
         assert_eq!(t.agg.losses.get(p::LossReason::DataGap), 1);
+    }
+
+    /// An HTTP/2 frame.
+    fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let n = payload.len() as u32;
+        let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, ty, flags];
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+
+    #[test]
+    fn an_http2_connection_joined_mid_stream_gets_its_role_from_a_header_block() {
+        let mut t = Tracker::new(16);
+        let names = |_: u64| Some(Owner { pod_uid: None, is_sidecar: false });
+        // A WINDOW_UPDATE does not say who we are.
+        t.event(chunk(0, Direction::Ingress, &frame(8, 0, 0, &[0, 0, 1, 0]), 10), &names);
+        assert_eq!(t.agg.losses.get(p::LossReason::UnknownProtocol), 1);
+        assert!(t.conns.values().all(|c| c.role.is_none()));
+        // A response written (`:status 200`, static): we are the server. Its
+        // request came before we did: counted, not measured.
+        let response = frame(1, 0x4 | 0x1, 31, &[0x88]);
+        t.event(chunk(0, Direction::Egress, &response, 20), &names);
+        assert!(t.conns.values().all(|c| c.role == Some(Role::Server)));
+        assert_eq!(t.agg.losses.get(p::LossReason::H2Unpaired), 1);
+        // A request read (`:method GET`, `:scheme http`, `:path /` static)
+        // and its response: measured.
+        t.event(chunk(1, Direction::Ingress, &frame(1, 0x4 | 0x1, 33, &[0x82, 0x86, 0x84]), 30), &names);
+        t.event(chunk(1, Direction::Egress, &frame(1, 0x4 | 0x1, 33, &[0x8d]), 40), &names);
+        let counted: Vec<_> = t.agg.http.iter().map(|(k, h)| (k.server, k.method, k.status_code, h.count)).collect();
+        assert_eq!(counted, vec![(true, "GET", 404, 1)]);
+        assert_eq!(t.agg.role_unknown, 0);
+    }
+
+    #[test]
+    fn a_body_that_starts_like_a_method_gives_no_role() {
+        let mut t = Tracker::new(16);
+        let names = |_: u64| Some(Owner { pod_uid: None, is_sidecar: false });
+        // Joined in a request body that happens to start with "GET ": no
+        // request line, no role (the wrong one would pair nothing again).
+        t.event(chunk(0, Direction::Ingress, b"GET ready, the body said", 10), &names);
+        assert!(t.conns.values().all(|c| c.role.is_none()));
+        t.event(chunk(0, Direction::Egress, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 20), &names);
+        assert_eq!(t.conns.values().next().unwrap().role, Some(Role::Server));
     }
 
     #[test]
