@@ -77,8 +77,7 @@
 /* ---- lost events: slots of lost_events (names in http.rs) ---- */
 /* 0 is PMOAS_LOST_AGGREGATION_MAP_FULL (pmoas_common.h), unused here. */
 #define PMOAS_HTTP_LOST_RING_FULL 1	 /* a chunk did not fit the ring */
-#define PMOAS_HTTP_LOST_ACTIVE_MAP_FULL 2 /* a call's entry could not be kept
-					   * (task storage not allocated) */
+#define PMOAS_HTTP_LOST_UNUSED 2	 /* was: a call's entry not kept (no entry hook now) */
 #define PMOAS_HTTP_LOST_UNREADABLE 3	 /* the bytes could not be copied */
 #define PMOAS_HTTP_LOST_REASONS 4
 
@@ -87,7 +86,7 @@
 struct pmoas_http_event {
 	__u64 sock;	  /* 0: struct sock address, the connection's identity */
 	__u64 cgroup_id;  /* 8: the calling process's cgroup v2 id */
-	__u64 start_ns;	  /* 16: syscall entry (CLOCK_MONOTONIC) */
+	__u64 start_ns;	  /* 16: syscall exit (CLOCK_MONOTONIC): no entry hook */
 	__u64 end_ns;	  /* 24: syscall exit */
 	__u32 tgid;	  /* 32 */
 	__u32 tid;	  /* 36 */

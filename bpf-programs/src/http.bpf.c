@@ -3,10 +3,11 @@
  * The http collector's kernel side: the socket reads and writes of the
  * watched pods' processes, at the system call boundary.
  *
- * Entry of read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg keeps
- * the buffer address of a call made by a watched cgroup (http_watched) in
- * the thread's task storage;
- * exit resolves the file descriptor to its socket (TCP only), decides
+ * The exit of read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg,
+ * for a call of a watched cgroup (http_watched) that moved bytes, takes the
+ * call's arguments from the task's saved registers (no entry hook: half the
+ * runs, and nothing kept between entry and exit), resolves the file
+ * descriptor to its socket (TCP only), decides
  * once per connection whether it carries HTTP/1 or HTTP/2 from the first
  * bytes (so that other protocols never reach user space), and sends the
  * first PMOAS_HTTP_CAPTURE_BYTES bytes with the call's length and times
@@ -22,6 +23,18 @@
 #include <bpf/bpf_endian.h>
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* A system call's arguments in the registers saved at its entry, read at
+ * its exit: arm64 returns in x0, so its first argument is orig_x0 there. */
+#if defined(__TARGET_ARCH_arm64)
+#define SYSCALL_ARG0(regs) ((regs)->orig_x0)
+#define SYSCALL_ARG1(regs) ((regs)->regs[1])
+#define SYSCALL_ARG2(regs) ((regs)->regs[2])
+#else
+#define SYSCALL_ARG0(regs) ((regs)->di)
+#define SYSCALL_ARG1(regs) ((regs)->si)
+#define SYSCALL_ARG2(regs) ((regs)->dx)
+#endif
 
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
@@ -51,28 +64,6 @@ struct {
 	__type(value, struct http_conn);
 } http_conns SEC(".maps");
 
-/* A read or write between its entry and its exit. */
-struct http_call {
-	__u64 buf; /* the buffer, or the iovec array, or the msghdr */
-	__u64 start_ns;
-	__u64 cgroup_id;
-	__u32 fd;
-	__u8 call;
-	__u8 active; /* entered and not exited yet */
-	__u8 pad[2];
-};
-
-/* The call in progress of each thread of a watched cgroup: task storage,
- * not a hash keyed by thread id, because it is the one lookup every read
- * and write exit of the machine makes (a task without storage answers
- * NULL at once), and entry and exit then cost a pointer lookup instead of
- * a hash insert and delete. Freed with the task. */
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct http_call);
-} http_active SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -93,30 +84,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct http_scratch);
 } http_scratch SEC(".maps");
-
-/* ---- entry: remember the buffer of a watched process's call ---- */
-
-static __always_inline int on_enter(__u32 fd, __u64 buf, __u8 call)
-{
-	__u64 cgroup_id = bpf_get_current_cgroup_id();
-	struct http_call *c;
-
-	if (!bpf_map_lookup_elem(&http_watched, &cgroup_id))
-		return 0;
-	c = bpf_task_storage_get(&http_active, bpf_get_current_task_btf(), 0,
-				 BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!c) {
-		pmoas_count_lost(PMOAS_HTTP_LOST_ACTIVE_MAP_FULL);
-		return 0;
-	}
-	c->buf = buf;
-	c->fd = fd;
-	c->call = call;
-	c->cgroup_id = cgroup_id;
-	c->start_ns = bpf_ktime_get_ns();
-	c->active = 1;
-	return 0;
-}
 
 /* ---- exit helpers ---- */
 
@@ -211,8 +178,7 @@ static __always_inline __u32 copy_call(struct http_scratch *s, __u8 call, __u64 
 		return copy_at(s, 0, buf, moved);
 	case PMOAS_HTTP_CALL_READV:
 	case PMOAS_HTTP_CALL_WRITEV:
-		/* buf: the iovec array; its count was the third argument, kept
-		 * in the upper bits by the entry (see below). */
+		/* buf: the iovec array, its count in the upper bits (on_exit). */
 		return copy_iovecs(s, buf & 0x0000ffffffffffffULL, buf >> 48, moved);
 	default: { /* recvmsg, sendmsg: buf is the user msghdr */
 		struct user_msghdr msg;
@@ -317,27 +283,40 @@ static __always_inline void read_endpoints(struct pmoas_http_event *ev, const st
 	ev->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 }
 
-/* `class`: the exiting call's PMOAS_HTTP_CALL_* (an entry of another call
- * is not this exit's: entries attached before their exits). */
-static __always_inline int on_exit(long ret, __u8 class)
+/* `call`: the exiting call's PMOAS_HTTP_CALL_*. */
+static __always_inline int on_exit(long ret, __u8 call)
 {
-	struct http_call *c = bpf_task_storage_get(&http_active, bpf_get_current_task_btf(), 0, 0);
 	struct http_conn *conn, fresh = {};
 	struct http_scratch *s;
+	struct pt_regs *regs;
 	struct sock *sk;
 	__u32 zero = 0, got = 0, size;
-	__u64 sock_key, buf, id;
+	__u64 sock_key, buf, id, cgroup_id, now;
 	bool known;
-	__u8 call;
+	__u32 fd;
 
-	if (!c || !c->active)
+	/* Most calls of the machine stop here: nothing moved (EAGAIN), or not
+	 * a watched pod's. */
+	if (ret <= 0)
 		return 0;
-	c->active = 0;
-	buf = c->buf;
-	call = c->call;
-	if (ret <= 0 || call != class)
+	cgroup_id = bpf_get_current_cgroup_id();
+	if (!bpf_map_lookup_elem(&http_watched, &cgroup_id))
 		return 0;
-	sk = sock_of_fd(c->fd);
+	now = bpf_ktime_get_ns();
+	/* The arguments, as the task passed them: the registers saved at the
+	 * system call's entry (the return value goes elsewhere). */
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	fd = SYSCALL_ARG0(regs);
+	buf = SYSCALL_ARG1(regs);
+	if (call == PMOAS_HTTP_CALL_READV || call == PMOAS_HTTP_CALL_WRITEV) {
+		/* The iovec count rides in the top 16 bits of the array's
+		 * address (user addresses fit in 48 bits on x86_64 and arm64;
+		 * only the first few iovecs are read anyway). */
+		__u64 vlen = SYSCALL_ARG2(regs);
+
+		buf = (buf & 0x0000ffffffffffffULL) | (vlen > 0xffff ? 0xffffULL : vlen) << 48;
+	}
+	sk = sock_of_fd(fd);
 	if (!sk)
 		return 0;
 	sock_key = (__u64)sk;
@@ -396,9 +375,11 @@ static __always_inline int on_exit(long ret, __u8 class)
 
 	id = bpf_get_current_pid_tgid();
 	s->ev.sock = sock_key;
-	s->ev.cgroup_id = c->cgroup_id;
-	s->ev.start_ns = c->start_ns;
-	s->ev.end_ns = bpf_ktime_get_ns();
+	s->ev.cgroup_id = cgroup_id;
+	/* No entry hook: the exit's time for both (for a non-blocking socket
+	 * the call lasted microseconds). */
+	s->ev.start_ns = now;
+	s->ev.end_ns = now;
 	s->ev.tgid = id >> 32;
 	s->ev.tid = (__u32)id;
 	s->ev.total_len = ret > 0xffffffffL ? 0xffffffffu : (__u32)ret;
@@ -428,66 +409,10 @@ static __always_inline int on_exit(long ret, __u8 class)
 
 /* ---- the hooks ---- */
 
-/* Hooks: syscalls:sys_enter_read / sys_enter_recvfrom (fd, buf, count). */
-SEC("tracepoint/syscalls/sys_enter_read")
-int http_read_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_enter(ctx->args[0], ctx->args[1], PMOAS_HTTP_CALL_READ);
-}
-
-SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int http_recvfrom_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_enter(ctx->args[0], ctx->args[1], PMOAS_HTTP_CALL_READ);
-}
-
-/* Hooks: syscalls:sys_enter_write / sys_enter_sendto (fd, buf, count). */
-SEC("tracepoint/syscalls/sys_enter_write")
-int http_write_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_enter(ctx->args[0], ctx->args[1], PMOAS_HTTP_CALL_WRITE);
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendto")
-int http_sendto_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_enter(ctx->args[0], ctx->args[1], PMOAS_HTTP_CALL_WRITE);
-}
-
-/* Hooks: syscalls:sys_enter_readv / sys_enter_writev (fd, vec, vlen).
- * User addresses fit in 48 bits on x86_64: the count rides in the top 16
- * (more than 65535 iovecs would be capped, and only the first few are
- * read anyway). */
-SEC("tracepoint/syscalls/sys_enter_readv")
-int http_readv_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	__u64 vlen = ctx->args[2] > 0xffff ? 0xffff : ctx->args[2];
-
-	return on_enter(ctx->args[0], ctx->args[1] | vlen << 48, PMOAS_HTTP_CALL_READV);
-}
-
-SEC("tracepoint/syscalls/sys_enter_writev")
-int http_writev_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	__u64 vlen = ctx->args[2] > 0xffff ? 0xffff : ctx->args[2];
-
-	return on_enter(ctx->args[0], ctx->args[1] | vlen << 48, PMOAS_HTTP_CALL_WRITEV);
-}
-
-/* Hooks: syscalls:sys_enter_recvmsg / sys_enter_sendmsg (fd, msg, flags). */
-SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int http_recvmsg_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_enter(ctx->args[0], ctx->args[1], PMOAS_HTTP_CALL_RECVMSG);
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int http_sendmsg_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_enter(ctx->args[0], ctx->args[1], PMOAS_HTTP_CALL_SENDMSG);
-}
-
-/* Hooks: the exits of the eight calls above (ret: bytes moved). */
+/* Hooks: syscalls:sys_exit_{read,recvfrom,write,sendto,readv,writev,recvmsg,
+ * sendmsg} (ret: bytes moved). Arguments: read/recvfrom/write/sendto (fd,
+ * buf, len), readv/writev (fd, iov, iovcnt), recvmsg/sendmsg (fd, msg,
+ * flags). */
 SEC("tracepoint/syscalls/sys_exit_read")
 int http_read_exit(struct trace_event_raw_sys_exit *ctx) { return on_exit(ctx->ret, PMOAS_HTTP_CALL_READ); }
 SEC("tracepoint/syscalls/sys_exit_recvfrom")

@@ -38,12 +38,12 @@ const _: () = {
 };
 
 /// The http collector's lost-event reasons, in slot order (slot 0, the
-/// shared aggregation_map_full, is not used by these programs).
-pub const LOST_REASONS: [&str; 4] =
-    ["aggregation_map_full", "capture_ring_full", "call_map_full", "capture_unreadable"];
+/// shared aggregation_map_full, is not used by these programs; slot 2 is
+/// no longer used: empty, not exported).
+pub const LOST_REASONS: [&str; 4] = ["aggregation_map_full", "capture_ring_full", "", "capture_unreadable"];
 const _: () = {
     assert!(c::PMOAS_HTTP_LOST_RING_FULL == 1);
-    assert!(c::PMOAS_HTTP_LOST_ACTIVE_MAP_FULL == 2);
+    assert!(c::PMOAS_HTTP_LOST_UNUSED == 2);
     assert!(c::PMOAS_HTTP_LOST_UNREADABLE == 3);
     assert!(c::PMOAS_HTTP_LOST_REASONS == 4);
 };

@@ -809,7 +809,8 @@ impl LostEvents {
     /// Totals per reason, summed over CPUs.
     pub fn totals(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
         let mut out = Vec::with_capacity(self.reasons.len());
-        for (index, reason) in self.reasons.iter().enumerate() {
+        // An empty name: a slot no longer used (kept so others keep theirs).
+        for (index, reason) in self.reasons.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
             let per_cpu = self.map.get(&(index as u32), 0)?;
             out.push((*reason, per_cpu.iter().sum()));
         }
