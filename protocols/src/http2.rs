@@ -651,7 +651,7 @@ impl Http2 {
             }
             RST_STREAM if !frame.lost && frame.buf.len() == 4 => {
                 let code = u32::from_be_bytes([frame.buf[0], frame.buf[1], frame.buf[2], frame.buf[3]]);
-                self.reset_stream(h.stream, code, t_end, out);
+                self.reset_stream(h.stream, code, t_end, out, losses);
             }
             SETTINGS if h.flags & 1 == 0 && !frame.lost => {
                 for s in frame.buf.chunks_exact(6) {
@@ -846,11 +846,13 @@ impl Http2 {
         }
     }
 
-    fn reset_stream(&mut self, id: u32, code: u32, t_end: u64, out: &mut Vec<Exchange>) {
+    fn reset_stream(&mut self, id: u32, code: u32, t_end: u64, out: &mut Vec<Exchange>, losses: &mut Losses) {
         if let Some(s) = self.streams.remove(&id) {
-            // A reset is not a decoding loss: nothing to count.
+            // A reset is not a decoding loss: nothing to count, but for a
+            // gRPC call whose code is unknown (see `emit`).
             let mut ignore = Losses::new();
             self.emit(id, s, t_end, Some(code), out, &mut ignore);
+            losses.add_n(LossReason::H2StreamLost, ignore.get(LossReason::H2StreamLost));
         }
     }
 
@@ -883,6 +885,16 @@ impl Http2 {
             if let Some((service, method)) = grpc::split_path(path) {
                 let code = match (s.grpc_status, reset) {
                     (Some((c, src)), _) => (c, src),
+                    // NO_ERROR: the peer is done with the stream, typically
+                    // a server that answered in full before the request
+                    // ended (RFC 9113 8.1); without a status seen, it may
+                    // have been in trailers this capture did not see in
+                    // full. Not synthesised as INTERNAL (what a client that
+                    // got no status reports): unknown, and counted.
+                    (None, Some(0)) => {
+                        losses.add(LossReason::H2StreamLost);
+                        return;
+                    }
                     (None, Some(code)) => (GrpcCode::from_rst_stream(code), GrpcCodeSource::Reset),
                     (None, None) if s.end_block_unknown => {
                         losses.add(LossReason::H2HpackUnknownIndex);

@@ -169,6 +169,22 @@ fn reset_stream_is_an_exchange_with_its_code() {
     assert_eq!(f.losses.total(), 0);
 }
 
+/// A server that answered in full resets the stream with NO_ERROR (RFC 9113
+/// 8.1; grpc-core does). Seen without the trailers (the capture cut them),
+/// the call's code is unknown: not INTERNAL, as a client that got no status
+/// would say, but lost and counted.
+#[test]
+fn a_no_error_reset_without_a_status_is_counted_not_named() {
+    let mut f = Feeder::new(Role::Client);
+    let mut req = client_start();
+    req.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &grpc_request("/a.B/C")));
+    f.feed(OUT, &req);
+    f.feed(IN, &frame(HEADERS, END_HEADERS, 1, &[0x88]));
+    f.feed(IN, &frame(RST, 0, 1, &0u32.to_be_bytes()));
+    assert!(f.out.is_empty(), "{:?}", f.out);
+    assert_eq!(f.losses.get(LossReason::H2StreamLost), 1, "{:?}", f.losses);
+}
+
 #[test]
 fn goaway_drops_unprocessed_streams() {
     let mut f = Feeder::new(Role::Client);

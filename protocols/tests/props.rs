@@ -229,8 +229,12 @@ proptest! {
         }
         // Whole and in order, everything is found.
         if start == 0 && cuts.iter().all(|(_, t)| *t != 0) && !pipeline {
-            // (Detection needs the first call to hold a whole request line.)
-            if calls[0].bytes.contains(&b'\n') {
+            // (Detection needs the first call to hold a whole request line,
+            // and sync of the responses their first call a whole status
+            // line: the parser cannot tell a connection's start from a join
+            // in the middle.)
+            let first_response = calls.iter().find(|c| c.direction == resp_dir);
+            if calls[0].bytes.contains(&b'\n') && first_response.is_none_or(|c| c.bytes.contains(&b'\n')) {
                 prop_assert_eq!(out.len(), cases.len());
             }
         }
