@@ -247,7 +247,7 @@ fn render(o: &Opts, windows: &[(Load, Arm, Window)]) -> String {
          grpc-core and Envoy index every header field in HPACK's dynamic table, so the calls on it are not \
          decodable and are counted as lost (`h2_*` reasons), never labelled wrong (docs/http.md, connections \
          older than the exporter). Even on a new connection the Greeter's side is mostly lost under this load: \
-         grpc-core reads many frames per call, frames past the 2 KiB capture are lost, and with a lost header \
+         grpc-core reads many frames per call, frames past the capture are lost, and with a lost header \
          block the connection's HPACK table. The eBPF cost covers all three sides."
     );
     let _ = writeln!(

@@ -12,10 +12,16 @@
 
 /* ---- sizes (user space may change map sizes with set_max_entries) ---- */
 
-/* Bytes of each socket read or write copied to user space at most: the
- * start of a message (request line and headers, HTTP/2 frame headers and
- * HPACK blocks) fits; the rest is counted by length only. A power of 2. */
-#define PMOAS_HTTP_CAPTURE_BYTES 2048
+/* Bytes of each socket read or write copied to user space at most, on an
+ * HTTP/2 connection: one call may carry many frames (grpc-core reads up to
+ * 64 KiB; 32 calls in flight make ~2 KiB of small frames), and a header
+ * block lost past the capture makes the connection's HPACK table unknown.
+ * The rest is counted by length only (DATA payloads are skipped by it).
+ * A power of 2; the per-CPU scratch holds twice it (at most 32 KiB). */
+#define PMOAS_HTTP_CAPTURE_BYTES 8192
+/* The same on an HTTP/1 connection: the start of a message (request or
+ * status line and headers) fits; a body needs only its length. */
+#define PMOAS_HTTP1_CAPTURE_BYTES 2048
 /* Cgroups whose processes' socket I/O is captured (pod containers; user
  * space keeps it filled from discovery). */
 #define PMOAS_HTTP_WATCHED_MAP_SIZE 16384

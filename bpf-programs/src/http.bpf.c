@@ -283,6 +283,12 @@ static __always_inline void read_endpoints(struct pmoas_http_event *ev, const st
 	ev->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 }
 
+/* How much of a call is copied on a connection of this protocol. */
+static __always_inline __u64 capture_limit(__u8 proto)
+{
+	return proto == PMOAS_HTTP_PROTO_HTTP2 ? PMOAS_HTTP_CAPTURE_BYTES : PMOAS_HTTP1_CAPTURE_BYTES;
+}
+
 /* `call`: the exiting call's PMOAS_HTTP_CALL_*. */
 static __always_inline int on_exit(long ret, __u8 call)
 {
@@ -333,7 +339,7 @@ static __always_inline int on_exit(long ret, __u8 call)
 	/* A connection still unknown is copied only as far as it takes to tell
 	 * it: most of those chunks are never sent. */
 	known = conn && conn->proto != PMOAS_HTTP_PROTO_UNKNOWN;
-	got = copy_call(s, call, buf, ret, known ? PMOAS_HTTP_CAPTURE_BYTES : PMOAS_HTTP_CLASSIFY_BYTES);
+	got = copy_call(s, call, buf, ret, known ? capture_limit(conn->proto) : PMOAS_HTTP_CLASSIFY_BYTES);
 	if (!got) {
 		pmoas_count_lost(PMOAS_HTTP_LOST_UNREADABLE);
 		return 0;
@@ -366,7 +372,7 @@ static __always_inline int on_exit(long ret, __u8 call)
 			return 0;
 		}
 		/* HTTP: now the whole capture. */
-		got = copy_call(s, call, buf, ret, PMOAS_HTTP_CAPTURE_BYTES);
+		got = copy_call(s, call, buf, ret, capture_limit(conn->proto));
 		if (!got) {
 			pmoas_count_lost(PMOAS_HTTP_LOST_UNREADABLE);
 			return 0;

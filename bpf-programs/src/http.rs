@@ -10,6 +10,7 @@ use core::mem::{offset_of, size_of};
 use crate::types::c;
 
 pub const CAPTURE_BYTES: usize = c::PMOAS_HTTP_CAPTURE_BYTES as usize;
+pub const HTTP1_CAPTURE_BYTES: usize = c::PMOAS_HTTP1_CAPTURE_BYTES as usize;
 pub const WATCHED_MAP_SIZE: u32 = c::PMOAS_HTTP_WATCHED_MAP_SIZE as u32;
 pub const CONN_MAP_SIZE: u32 = c::PMOAS_HTTP_CONN_MAP_SIZE as u32;
 pub const RING_BYTES: u32 = c::PMOAS_HTTP_RING_BYTES as u32;
