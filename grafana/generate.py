@@ -1249,6 +1249,20 @@ def http():
                         f'[{RI}]))', "{{instance}} {{reason}}")],
                 unit="cps",
             ),
+            timeseries(
+                "Request traces",
+                "With `--otlp.endpoint`: sampled sidecar requests sent as traces per second, by direction and "
+                "where the trace id came from (`pmoas_http_traces_total`: the request's `traceparent`, `new`, "
+                "`invalid_traceparent`), and traces sent without the far end of the sidecar-app hop "
+                "(`pmoas_http_trace_spans_missing_total`). Per node.",
+                [
+                    target(f"sum by (instance, direction, context) (rate(pmoas_http_traces_total{{{INST}}}[{RI}]))",
+                           "{{instance}} {{direction}} {{context}}"),
+                    target(f"sum by (instance, direction) (rate(pmoas_http_trace_spans_missing_total{{{INST}}}"
+                           f"[{RI}]))", "{{instance}} {{direction}} far end missing"),
+                ],
+                unit="cps",
+            ),
         ],
         instance=True,
     )

@@ -173,6 +173,26 @@ pub fn bpf_totals(body: &str, want: &[&str]) -> (f64, f64) {
     )
 }
 
+/// Per eBPF program whose labels contain `collector` (`collector="http"`):
+/// (program, run time in ns, runs) between two scrapes, by program name.
+pub fn program_deltas(before: &str, after: &str, collector: &str) -> Vec<(String, f64, f64)> {
+    let mut names: Vec<String> = samples(after, "pmoas_ebpf_program_runs_total")
+        .filter(|l| l.contains(collector))
+        .filter_map(|l| l.split("program=\"").nth(1)?.split('"').next().map(str::to_string))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|p| {
+            let want = [collector, &format!("program=\"{p}\"")];
+            let (ns0, runs0) = bpf_totals(before, &want);
+            let (ns1, runs1) = bpf_totals(after, &want);
+            (p, ns1 - ns0, runs1 - runs0)
+        })
+        .collect()
+}
+
 /// Machine and date line of a report.
 pub fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

@@ -69,8 +69,8 @@ struct Window {
     lost: f64,
     counted: f64,
     rss_mib: f64,
-    /// Per http program: run time (ns) and runs in the window.
-    programs: BTreeMap<String, (f64, f64)>,
+    /// (program, run time ns, runs) over the window, per http program.
+    programs: Vec<(String, f64, f64)>,
 }
 
 impl Window {
@@ -98,7 +98,7 @@ fn window(pod: &Pod, o: &Opts, arm: Arm, load: Load) -> Result<Window> {
             lost: 0.0,
             counted: 0.0,
             rss_mib: 0.0,
-            programs: BTreeMap::new(),
+            programs: Vec::new(),
         });
     }
     let collectors = arm.collectors();
@@ -143,35 +143,8 @@ fn window(pod: &Pod, o: &Opts, arm: Arm, load: Load) -> Result<Window> {
         lost,
         counted,
         rss_mib: rss,
-        programs: per_program(&l.before, &l.after),
+        programs: program_deltas(&l.before, &l.after, HTTP[0]),
     })
-}
-
-/// Run time (ns) and runs of each http program between two scrapes.
-fn per_program(before: &str, after: &str) -> BTreeMap<String, (f64, f64)> {
-    let read = |body: &str| {
-        let mut m: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-        for (name, scale, slot) in
-            [("pmoas_ebpf_program_run_seconds_total", 1e9, 0), ("pmoas_ebpf_program_runs_total", 1.0, 1)]
-        {
-            for line in samples(body, name).filter(|l| l.contains(HTTP[0])) {
-                let Some(program) = line.split("program=\"").nth(1).and_then(|r| r.split('"').next()) else {
-                    continue;
-                };
-                let v = line.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()).unwrap_or(0.0) * scale;
-                let e = m.entry(program.to_string()).or_default();
-                if slot == 0 { e.0 += v } else { e.1 += v }
-            }
-        }
-        m
-    };
-    let (b, a) = (read(before), read(after));
-    a.into_iter()
-        .map(|(k, (ns, runs))| {
-            let (ns0, runs0) = b.get(&k).copied().unwrap_or_default();
-            (k, (ns - ns0, runs - runs0))
-        })
-        .collect()
 }
 
 pub fn run(o: &Opts) -> Result<()> {
@@ -302,7 +275,7 @@ fn table(t: &mut String, windows: &[(Load, Arm, Window)], load: Load, app: &str)
     }
     let mut programs: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
     for w in of(Arm::Http) {
-        for (p, (ns, runs)) in &w.programs {
+        for (p, ns, runs) in &w.programs {
             let e = programs.entry(p.as_str()).or_default();
             e.0 += ns;
             e.1 += runs;

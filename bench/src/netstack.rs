@@ -120,27 +120,8 @@ fn window(pod: &Pod, o: &Opts, arm: Arm, default_rate: &mut String) -> Result<Wi
     let lost = metric(&l.after, "pmoas_ebpf_events_lost_total", &NETSTACK)
         - metric(&l.before, "pmoas_ebpf_events_lost_total", &NETSTACK);
     let rss = e.get().rss_mib().0;
-    let programs = program_names(&l.after)
-        .into_iter()
-        .map(|p| {
-            let want = [NETSTACK[0], &format!("program=\"{p}\"")];
-            let (ns0, runs0) = bpf_totals(&l.before, &want);
-            let (ns1, runs1) = bpf_totals(&l.after, &want);
-            (p, ns1 - ns0, runs1 - runs0)
-        })
-        .collect();
+    let programs = program_deltas(&l.before, &l.after, NETSTACK[0]);
     Ok(done(l, (ns1 - ns0, runs1 - runs0), lost, rss, programs))
-}
-
-/// The netstack programs named in a scrape's run counters.
-fn program_names(page: &str) -> Vec<String> {
-    let mut names: Vec<String> = samples(page, "pmoas_ebpf_program_runs_total")
-        .filter(|l| l.contains(NETSTACK[0]))
-        .filter_map(|l| l.split("program=\"").nth(1)?.split('"').next().map(str::to_string))
-        .collect();
-    names.sort();
-    names.dedup();
-    names
 }
 
 /// The `[default: ...]` of `flag` in the measured binary's `--help`.

@@ -31,14 +31,7 @@ fn setup_args(test: &str, opts: PodOptions, args: &[&str]) -> Option<(Pod, Expor
         return None;
     }
     let pod = Pod::up(&opts).expect("testbed up");
-    let exporter = Exporter::start(&[&["--collectors", "http"], args].concat());
-    let m = exporter.scrape();
-    if m.get("pmoas_scrape_collector_success", &[("collector", "http")]) != Some(1.0) {
-        let why = format!("the http collector does not run:\n{}", exporter.log_text());
-        assert!(!require_bpf(), "{test}: {why}");
-        pmoas_testbed::report_skip(test, &why);
-        return None;
-    }
+    let exporter = exporter_with_collector(test, "http", &[&["--collectors", "http"], args].concat())?;
     Some((pod, exporter))
 }
 

@@ -51,14 +51,7 @@ fn pod_up(test: &str, opts: PodOptions) -> Option<Pod> {
 /// the losses it counts are then this pod's, whatever other testbeds run
 /// on the machine.
 fn start_exporter(test: &str, pod: &Pod) -> Option<Exporter> {
-    let exporter = Exporter::start(&["--collectors", "http", "--target.pod", &pod.state.uid]);
-    let m = exporter.scrape();
-    if m.get("pmoas_scrape_collector_success", &[("collector", "http")]) != Some(1.0) {
-        let why = format!("the http collector does not run:\n{}", exporter.log_text());
-        assert!(!require_bpf(), "{test}: {why}");
-        pmoas_testbed::report_skip(test, &why);
-        return None;
-    }
+    let exporter = exporter_with_collector(test, "http", &["--collectors", "http", "--target.pod", &pod.state.uid])?;
     // The capture thread fills the watched cgroups from discovery right
     // after the start; give it a few of its rounds.
     std::thread::sleep(Duration::from_millis(500));

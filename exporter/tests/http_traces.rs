@@ -57,14 +57,7 @@ fn setup_with(test: &str, opts: PodOptions, sampling: &[&str]) -> Option<Setup> 
     let endpoint = format!("http://127.0.0.1:{}", receiver.grpc);
     let mut args = vec!["--collectors", "http", "--otlp.endpoint", &endpoint, "--otlp.batch-delay", "100ms"];
     args.extend_from_slice(sampling);
-    let exp = Exporter::start(&args);
-    let m = exp.scrape();
-    if m.get("pmoas_scrape_collector_success", &[("collector", "http")]) != Some(1.0) {
-        let why = format!("the http collector does not run:\n{}", exp.log_text());
-        assert!(!require_bpf(), "{test}: {why}");
-        pmoas_testbed::report_skip(test, &why);
-        return None;
-    }
+    let exp = exporter_with_collector(test, "http", &args)?;
     Some(Setup { receiver, pod, exp })
 }
 

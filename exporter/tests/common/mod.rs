@@ -31,6 +31,21 @@ pub fn can_run(test: &str, problems: &[String]) -> bool {
     false
 }
 
+/// The exporter started with `args`, once `collector` answers its scrapes;
+/// None (reported as skipped) when that collector cannot run here, a
+/// failure under PMOAS_REQUIRE_BPF.
+pub fn exporter_with_collector(test: &str, collector: &str, args: &[&str]) -> Option<Exporter> {
+    let exporter = Exporter::start(args);
+    let m = exporter.scrape();
+    if m.get("pmoas_scrape_collector_success", &[("collector", collector)]) != Some(1.0) {
+        let why = format!("the {collector} collector does not run:\n{}", exporter.log_text());
+        assert!(!require_bpf(), "{test}: {why}");
+        pmoas_testbed::report_skip(test, &why);
+        return None;
+    }
+    Some(exporter)
+}
+
 /// Root, and the testbed's programs.
 pub fn testbed_problems() -> Vec<String> {
     pmoas_testbed::missing_prerequisites()
