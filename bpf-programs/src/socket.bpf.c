@@ -12,9 +12,9 @@
  * endpoint in socket_pending; the server's child socket, established a moment
  * later, finds it there and both ends learn each other's cgroup. A client
  * whose destination is not an address of this node is counted at once as
- * `remote`, unless its cgroup is known to be REDIRECTed to a sidecar in its
- * own namespace (socket_redirected): then it waits for its server end too.
- * See docs/socket.md for what cannot be seen this way.
+ * `remote`, unless its SYN was seen REDIRECTed to a listener of its own
+ * namespace (socket_syn_egress, socket_redirected): then it waits for its
+ * server end too. See docs/socket.md for what cannot be seen this way.
  */
 #include "pmoas_common.h"
 #include <bpf/bpf_tracing.h>
@@ -47,19 +47,17 @@ struct {
 } local_addrs SEC(".maps");
 
 /*
- * Client cgroups whose connection to an address outside the node was taken
- * by a loopback listener of their own namespace: an iptables REDIRECT in the
- * OUTPUT chain (Istio's istio-init sends an app's outbound TCP to Envoy's
- * 15001 so; Linkerd's to 4140). Their sockets still name the original,
- * remote destination; from then on such connects wait for the server end
- * (or their close) instead of being counted as `remote` at once. The first
- * one of each cgroup, which teaches us, stays `remote`. LRU: cgroups come
- * and go, and a forgotten one only costs that first connect again.
+ * Client endpoints whose SYN left with another destination than their socket
+ * names: an iptables REDIRECT in the OUTPUT chain (Istio's istio-init sends
+ * an app's outbound TCP to Envoy's 15001 so; Linkerd's to 4140). Written by
+ * socket_syn_egress, taken at ESTABLISHED: such a connect waits for its
+ * server end (the sidecar's accept) instead of being counted as `remote`.
+ * LRU: a SYN that never got an answer leaves its entry behind.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, PMOAS_SOCKET_REDIRECTED_MAP_SIZE);
-	__type(key, __u64);
+	__type(key, struct pmoas_endpoint_key);
 	__type(value, __u8);
 } socket_redirected SEC(".maps");
 
@@ -219,9 +217,9 @@ static __always_inline void on_active_established(const struct sock *sk, __u64 n
 
 	peer_class = pmoas_classify_addr(&local_addrs, t.daddr);
 	if (peer_class == PMOAS_PEER_REMOTE) {
-		__u64 cgroup_id = c->cgroup_id;
-
-		if (!bpf_map_lookup_elem(&socket_redirected, &cgroup_id))
+		if (bpf_map_lookup_elem(&socket_redirected, &ek))
+			bpf_map_delete_elem(&socket_redirected, &ek);
+		else
 			count_connect(c, PMOAS_PEER_REMOTE, 0);
 	}
 	/* else: the server end (or our own close) counts it. */
@@ -253,17 +251,6 @@ static __always_inline void on_passive_established(const struct sock *sk, __u64 
 		struct pmoas_conn_info *client = bpf_map_lookup_elem(&socket_conns, &client_key);
 
 		if (client) {
-			/* Counted as remote at once, yet taken by a loopback
-			 * listener from a non-loopback address: only a NAT in
-			 * the client's own namespace does that. Wait for the
-			 * server end of its cgroup's next ones. */
-			if ((client->flags & PMOAS_CONN_COUNTED) && client->peer_class == PMOAS_PEER_REMOTE &&
-			    pmoas_addr_is_loopback(t.saddr) && !pmoas_addr_is_loopback(t.daddr)) {
-				__u64 client_cgroup = client->cgroup_id;
-				__u8 one = 1;
-
-				bpf_map_update_elem(&socket_redirected, &client_cgroup, &one, BPF_ANY);
-			}
 			c.peer_class = PMOAS_PEER_CGROUP;
 			c.peer_cgroup_id = client->cgroup_id;
 			__sync_fetch_and_or(&client->flags, PMOAS_CONN_MATCHED);
@@ -593,4 +580,93 @@ int BPF_PROG(socket_receive_reset, struct sock *sk)
 	if (c)
 		__sync_fetch_and_or(&c->flags, PMOAS_CONN_RESET);
 	return 0;
+}
+
+/* The largest SYN: an IPv6 header and a TCP header with all its options. */
+#define SYN_MAX_L3_BYTES (40 + 60)
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+/*
+ * Hook: cgroup_skb/egress on the cgroup v2 root, in ip_finish_output(): after
+ * the nat OUTPUT hook. A client's SYN whose destination differs from the one
+ * its socket names was REDIRECTed (or DNATed) on its way out; the socket
+ * keeps the original, remote-looking destination, which is all the state
+ * change at ESTABLISHED can see. Leave the client's endpoint in
+ * socket_redirected: that connect then waits for its server end, the
+ * sidecar's accept, and is named `peer="sidecar"` from its first one.
+ * Only a SYN without ACK from a full socket gets past the first checks; every
+ * packet passes (1): this program observes, it never drops.
+ */
+SEC("cgroup_skb/egress")
+int socket_syn_egress(struct __sk_buff *skb)
+{
+	struct pmoas_endpoint_key ek = {};
+	struct bpf_sock *sk;
+	__u8 tcp[14];	/* ports, sequence and ack numbers, offset, flags */
+	__u8 one = 1;
+	__u32 l4;
+	bool moved;
+
+	if (skb->len > SYN_MAX_L3_BYTES)
+		return 1;
+	sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->protocol != IPPROTO_TCP)
+		return 1;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+		/* A dual-stack socket names an IPv4 peer as ::ffff:a.b.c.d.
+		 * Both loaded, then chosen: clang would otherwise pick the
+		 * offset, and the verifier refuses arithmetic on a socket. */
+		__be32 named = sk->dst_ip4, mapped = sk->dst_ip6[3];
+
+		barrier_var(named);
+		barrier_var(mapped);
+		if (sk->family != AF_INET)
+			named = mapped;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) || ip.protocol != IPPROTO_TCP)
+			return 1;
+		l4 = ip.ihl * 4;
+		if (bpf_skb_load_bytes(skb, l4, tcp, sizeof(tcp)))
+			return 1;
+		if ((tcp[13] & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
+			return 1;
+		moved = ip.daddr != named || *(__be16 *)&tcp[2] != sk->dst_port;
+		pmoas_addr_from_v4(ek.addr, ip.saddr);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6) && sk->family == AF_INET6) {
+		struct ipv6hdr ip6;
+		__u32 dst[4];
+
+		/* Extension headers before TCP: not a SYN we can read cheaply. */
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) || ip6.nexthdr != IPPROTO_TCP)
+			return 1;
+		if (bpf_skb_load_bytes(skb, sizeof(ip6), tcp, sizeof(tcp)))
+			return 1;
+		if ((tcp[13] & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
+			return 1;
+		__builtin_memcpy(dst, &ip6.daddr, sizeof(dst));
+		moved = dst[0] != sk->dst_ip6[0] || dst[1] != sk->dst_ip6[1] || dst[2] != sk->dst_ip6[2] ||
+			dst[3] != sk->dst_ip6[3] || *(__be16 *)&tcp[2] != sk->dst_port;
+		__builtin_memcpy(ek.addr, &ip6.saddr, sizeof(ek.addr));
+	} else {
+		return 1;
+	}
+	if (!moved)
+		return 1;
+	/* The key socket_state_change builds from the socket (the source is
+	 * not rewritten). A loopback source would need the socket's network
+	 * namespace, which a bpf_sock does not give: such clients (rare: Istio
+	 * does not capture loopback destinations) stay as before. */
+	ek.port = bpf_ntohs(*(__be16 *)&tcp[0]);
+	if (pmoas_addr_is_loopback(ek.addr) || !pmoas_watched(bpf_skb_cgroup_id(skb)))
+		return 1;
+	bpf_map_update_elem(&socket_redirected, &ek, &one, BPF_ANY);
+	return 1;
 }

@@ -455,7 +455,10 @@ fn mentions_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
 pub const REQUIRED_CAPABILITIES: &[(&str, &str)] = &[
     ("CAP_BPF", "loading the eBPF programs and maps, and reading the maps"),
     ("CAP_PERFMON", "attaching the tracing programs (tp_btf and syscall tracepoints)"),
-    ("CAP_NET_ADMIN", "attaching the cgroup_skb programs that count network bytes per container"),
+    (
+        "CAP_NET_ADMIN",
+        "attaching the cgroup_skb programs (network bytes per container, connects REDIRECTed to a sidecar)",
+    ),
     (
         "CAP_DAC_READ_SEARCH",
         "reading tracefs (root only) for the syscall tracepoints behind the accept-queue wait; \

@@ -13,6 +13,7 @@
 //! series never goes backwards when a peer container is replaced.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -193,6 +194,15 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         fallback_for: None,
         feature: "resets",
     },
+    // A client's SYN leaving with another destination than its socket names
+    // (an iptables REDIRECT to a sidecar): that connect then says
+    // peer="sidecar" instead of "remote".
+    ProgramSpec {
+        program: "socket_syn_egress",
+        hook: Hook::CgroupSkb { ingress: false },
+        fallback_for: None,
+        feature: "redirected_connects",
+    },
 ];
 
 /// The `peer` label: what is on the other end, relative to `own`.
@@ -314,7 +324,10 @@ impl SocketCollector {
             ("socket_counters", cfg.max_series),
             ("socket_histograms", cfg.max_series),
         ];
-        let kernel = Kernel::load(&SPEC, ctx, &sizes, PROGRAMS, None)?;
+        // The cgroup v2 root, where socket_syn_egress attaches; Kernel::load
+        // refuses a host without one, with the reason.
+        let v2_root = ctx.discovery.cgroupfs().v2_root().ok().map(Path::to_path_buf);
+        let kernel = Kernel::load(&SPEC, ctx, &sizes, PROGRAMS, v2_root.as_deref())?;
         let inner = Inner {
             fold: Folding::new(
                 Box::new(PerCpuTable::new(kernel.take_map("socket_counters")?, SocketCounters::merge)),
