@@ -34,6 +34,10 @@ struct OnRound {
     lost: f64,
     /// Of `lost`: runs the kernel skipped (nested on one CPU).
     skipped: f64,
+    /// Connections through the sidecar during the round.
+    connections: f64,
+    /// (program, run time ns, runs) during the round.
+    programs: Vec<(String, f64, f64)>,
 }
 
 /// ns per 1-byte read(2) of /dev/zero, median of 3 runs of 1M reads: what
@@ -110,6 +114,7 @@ pub fn run(o: &Opts) -> Result<()> {
             let (_, after) = http_get(e.addr, "/metrics")?;
             set_bpf_stats(false);
             let (bpf_ns1, bpf_runs1) = bpf_totals(&after, &[]);
+            let programs = program_deltas(&before, &after, "collector=\"socket\"");
             let bpf_percent = (bpf_ns1 - bpf_ns0) / 1e9 / wall * 100.0;
             let bpf_ns_per_run = (bpf_ns1 - bpf_ns0) / (bpf_runs1 - bpf_runs0).max(1.0);
             let accepts = metric(&after, "pmoas_tcp_accepts_total", &[&sidecar])
@@ -143,6 +148,8 @@ pub fn run(o: &Opts) -> Result<()> {
                 hwm,
                 lost,
                 skipped,
+                connections: accepts,
+                programs,
                 wrk: w,
             });
         }
@@ -271,5 +278,28 @@ fn render(
         percentile(scrape_ms, 1.0)
     );
     let _ = writeln!(s, "| wrk socket errors and non-2xx (all rounds) | {errors} | 0 |");
+
+    // Per program, over all rounds: which hook the run time goes to.
+    let connections: f64 = on.iter().map(|r| r.connections).sum();
+    let mut names: Vec<&str> = on.iter().flat_map(|r| r.programs.iter().map(|(p, _, _)| p.as_str())).collect();
+    names.sort_unstable();
+    names.dedup();
+    let total_ns: f64 = on.iter().flat_map(|r| r.programs.iter().map(|(_, ns, _)| ns)).sum();
+    let _ = writeln!(s, "\nPer program, all rounds: runs per connection through the sidecar, run time per run.\n");
+    let _ = writeln!(s, "| program | runs per connection | ns per run | share of the eBPF time |");
+    let _ = writeln!(s, "|---|---|---|---|");
+    for name in names {
+        let (ns, runs) = on
+            .iter()
+            .flat_map(|r| r.programs.iter().filter(|(p, _, _)| p == name))
+            .fold((0.0, 0.0), |(n, k), (_, ns, runs)| (n + ns, k + runs));
+        let _ = writeln!(
+            s,
+            "| `{name}` | {:.2} | {:.0} | {:.1} % |",
+            runs / connections.max(1.0),
+            ns / runs.max(1.0),
+            ns / total_ns.max(1.0) * 100.0
+        );
+    }
     s
 }

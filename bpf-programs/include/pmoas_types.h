@@ -24,8 +24,8 @@
 #define PMOAS_SOCKET_HIST_MAP_SIZE 16384
 /* Addresses that belong to this node (host and pod network namespaces). */
 #define PMOAS_LOCAL_ADDR_MAP_SIZE 4096
-/* Client cgroups seen REDIRECTed to a listener of their own namespace (a
- * sidecar's outbound capture); LRU. */
+/* Client endpoints whose SYN left REDIRECTed (a sidecar's outbound capture),
+ * from the SYN to ESTABLISHED; LRU. */
 #define PMOAS_SOCKET_REDIRECTED_MAP_SIZE 4096
 /* Watched cgroups under a target selection (--target.*). */
 #define PMOAS_TARGET_MAP_SIZE 16384

@@ -70,6 +70,9 @@ pub struct ClientReport {
     pub bytes_received: u64,
     /// HTTP status -> count (http mode).
     pub statuses: Vec<(u16, u64)>,
+    /// Each answered request's time, connect to last byte, in µs (http mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latencies_us: Vec<u64>,
 }
 
 /// What a server run did.
@@ -155,18 +158,37 @@ pub fn tcp_server(listener: TcpListener, count: u64, send: usize, reset: bool) -
 }
 
 /// `count` GETs of `path` with `Connection: close`, over `concurrency`
-/// threads.
+/// threads that start together.
 pub fn http_load(addr: SocketAddr, path: &str, count: u64, concurrency: u64) -> ClientReport {
+    http_load_staggered(addr, path, count, concurrency, Duration::ZERO)
+}
+
+/// [`http_load`] with thread `i` of `C` starting `i * stagger / C` late:
+/// the same number in flight, arriving spread over `stagger` instead of in
+/// bursts of `C` (a server whose work takes about `stagger` then keeps them
+/// spread; started together, their answers come back together, round after
+/// round, and the last of each burst waits for the others).
+pub fn http_load_staggered(
+    addr: SocketAddr,
+    path: &str,
+    count: u64,
+    concurrency: u64,
+    stagger: Duration,
+) -> ClientReport {
     let concurrency = concurrency.max(1);
     let handles: Vec<_> = (0..concurrency)
         .map(|i| {
             let path = path.to_string();
             let n = count / concurrency + u64::from(i < count % concurrency);
+            let late = stagger * i as u32 / concurrency as u32;
             std::thread::spawn(move || {
+                std::thread::sleep(late);
                 let mut r = ClientReport::default();
                 for _ in 0..n {
+                    let began = std::time::Instant::now();
                     match http_get(addr, &path) {
                         Ok((status, _)) => {
+                            r.latencies_us.push(began.elapsed().as_micros() as u64);
                             r.connected += 1;
                             match r.statuses.iter_mut().find(|(s, _)| *s == status) {
                                 Some((_, c)) => *c += 1,
@@ -185,6 +207,7 @@ pub fn http_load(addr: SocketAddr, path: &str, count: u64, concurrency: u64) -> 
         let r = h.join().unwrap_or_default();
         total.connected += r.connected;
         total.failed += r.failed;
+        total.latencies_us.extend(r.latencies_us);
         for (s, c) in r.statuses {
             match total.statuses.iter_mut().find(|(t, _)| *t == s) {
                 Some((_, n)) => *n += c,

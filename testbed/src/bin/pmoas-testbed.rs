@@ -32,8 +32,9 @@ Traffic tools (tests run them inside containers; they print a JSON report):
       Prints `listening ADDR` on stderr once ready.
   pmoas-testbed tcp-client --connect ADDR --count N [--send BYTES]
       N connections: send BYTES, shut down writing, read to EOF.
-  pmoas-testbed http --connect ADDR [--path /] --count N [--concurrency C]
-      N GET requests with Connection: close.
+  pmoas-testbed http --connect ADDR [--path /] --count N [--concurrency C] [--stagger-ms MS]
+      N GET requests with Connection: close, C at a time; with --stagger-ms the
+      C clients start spread over MS instead of together.
 
 Resource tools (known load for the cgroup collector's tests):
   pmoas-testbed burn --cpu-ms N          spin until this process used N ms of CPU
@@ -67,6 +68,19 @@ impl Opts<'_> {
     }
     fn num(&self, key: &str, default: u64) -> Result<u64> {
         self.value(key).map_or(Ok(default), |v| v.parse().with_context(|| format!("{key} {v}: not a number")))
+    }
+    /// Refuses options a command does not take (a typo would otherwise be
+    /// ignored and its default used).
+    fn only(&self, cmd: &str, values: &[&str], flags: &[&str]) -> Result<()> {
+        let mut args = self.0.iter();
+        while let Some(a) = args.next() {
+            if values.contains(&a.as_str()) {
+                args.next();
+            } else if !flags.contains(&a.as_str()) {
+                bail!("`{cmd}` does not take `{a}`; see --help");
+            }
+        }
+        Ok(())
     }
     fn addr(&self, key: &str) -> Result<SocketAddr> {
         let v = self.value(key).with_context(|| format!("{key} ADDR is required"))?;
@@ -170,6 +184,18 @@ fn run(args: &[String]) -> Result<()> {
         return Ok(());
     };
     let o = Opts(&args[1..]);
+    let (values, flags): (&[&str], &[&str]) = match cmd.as_str() {
+        "tcp-server" => (&["--listen", "--count", "--send"], &["--reset"]),
+        "tcp-client" => (&["--connect", "--count", "--send"], &[]),
+        "http" => (&["--connect", "--path", "--count", "--concurrency", "--stagger-ms"], &[]),
+        "burn" => (&["--cpu-ms"], &[]),
+        "hog" => (&["--mib"], &[]),
+        "disk" => (&["--file", "--write-mib"], &["--direct", "--read"]),
+        _ => (&[], &[]),
+    };
+    if !values.is_empty() {
+        o.only(cmd, values, flags)?;
+    }
     match cmd.as_str() {
         "status" if !o.0.is_empty() => bail!("`{cmd}` takes no arguments (got {:?}); see --help", o.0),
         "up" => {
@@ -228,11 +254,12 @@ fn run(args: &[String]) -> Result<()> {
             Ok(())
         }
         "http" => {
-            let r = traffic::http_load(
+            let r = traffic::http_load_staggered(
                 o.addr("--connect")?,
                 o.value("--path").unwrap_or("/"),
                 o.num("--count", 1)?,
                 o.num("--concurrency", 1)?,
+                Duration::from_millis(o.num("--stagger-ms", 0)?),
             );
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
