@@ -70,3 +70,21 @@ fn pod_serves_through_envoy_and_teardown_leaves_nothing() {
     }
     assert!(!s.state_dir.exists());
 }
+
+/// The CLI refuses what it does not understand instead of running with a
+/// default: `--stagger 5` for `--stagger-ms 5` once made a test measure the
+/// wrong load.
+#[test]
+fn the_cli_refuses_unknown_options_and_commands() {
+    let cli = env!("CARGO_BIN_EXE_pmoas-testbed");
+    for (args, says) in [
+        (&["http", "--connect", "127.0.0.1:9", "--stagger", "5"][..], "`http` does not take `--stagger`"),
+        (&["tcp-client", "--connect", "127.0.0.1:9", "--reset"][..], "`tcp-client` does not take `--reset`"),
+        (&["status", "extra"][..], "takes no arguments"),
+        (&["bogus"][..], "unknown command `bogus`"),
+    ] {
+        let out = std::process::Command::new(cli).args(args).output().expect("running pmoas-testbed");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
