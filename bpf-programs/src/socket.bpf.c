@@ -196,6 +196,15 @@ static __always_inline void on_active_established(const struct sock *sk, __u64 n
 		};
 
 		if (bpf_map_update_elem(&socket_conns, &key, &fresh, BPF_ANY) == -E2BIG) {
+			/* Full: the connect is still counted, by its address;
+			 * its peer's workload, handshake time, bytes and
+			 * lifetime need the entry and are lost (counted). */
+			struct pmoas_socket_counters *cnt;
+
+			read_tuple(sk, &t);
+			cnt = counters_for(fresh.cgroup_id, pmoas_classify_addr(&local_addrs, t.daddr), 0);
+			if (cnt)
+				__sync_fetch_and_add(&cnt->connects, 1);
 			pmoas_count_lost(PMOAS_LOST_CONNECTION_MAP_FULL);
 			return;
 		}

@@ -426,3 +426,50 @@ fn series_of_a_vanished_pod_go_away_after_the_grace_period() {
             && m.describe("pmoas_tcp_accepts_total", &[("pod", &uid)]).is_empty()
     });
 }
+
+/// Issue 13: a count never depends on a map that can fill when the event
+/// carries what it needs. With room for 64 tracked sockets node-wide and 100
+/// connections held open at once (200 sockets), every connect and accept is
+/// still counted; what needs the entry (the peer's workload, handshake time,
+/// bytes, lifetime) is lost for the untracked ones, and counted as
+/// `connection_map_full`.
+#[test]
+fn counts_stay_exact_when_the_connection_map_is_full() {
+    let _one = serialize();
+    let test = "counts_stay_exact_when_the_connection_map_is_full";
+    if !can_run(test, &testbed_problems()) {
+        return;
+    }
+    let pod = Pod::up(&PodOptions::default()).expect("testbed up");
+    let exp = Exporter::start(&["--collectors", "socket", "--collector.socket.max-tracked-connections", "64"]);
+    if !exp.socket_collector_runs(test) {
+        return;
+    }
+    let w = Workloads::of(&pod);
+    let (sidecar, app) = (w.sidecar(), w.app());
+    // Below the listener's accept backlog (128): the server accepts one at a
+    // time, and the client holds them all before its first exchange.
+    let n = 100u64;
+    let before = exp.scrape();
+    let srv = server(&pod, Place::App, &["--listen", "127.0.0.1:7010", "--count", &n.to_string(), "--send", "100"]);
+    let c = tool(
+        &pod,
+        Place::Sidecar,
+        &["tcp-client", "--connect", "127.0.0.1:7010", "--count", &n.to_string(), "--send", "10", "--hold"],
+    );
+    let sr = finish(srv);
+    assert_eq!((c["connected"].as_u64(), c["failed"].as_u64(), sr["accepted"].as_u64()), (Some(n), Some(0), Some(n)));
+    settle();
+    let after = exp.scrape();
+    let win = Window::new(&before, &after);
+    let lost = win.delta("pmoas_ebpf_events_lost_total", &[("collector", "socket"), ("reason", "connection_map_full")]);
+    assert!(lost > 0.0, "the map did not fill: the test proves nothing");
+    win.exact("pmoas_tcp_connects_total", &sidecar, n as f64, 1.0, "connects, whatever peer they could be given");
+    win.exact("pmoas_tcp_accepts_total", &app, n as f64, 1.0, "accepts");
+    assert_eq!(win.delta("pmoas_tcp_connect_failures_total", &sidecar), 0.0);
+    // The tracked ones still name their peer; no connect is given a wrong one.
+    let named = win.delta("pmoas_tcp_connects_total", &with(sidecar.clone(), &[("peer", "app")]));
+    let by_address = win.delta("pmoas_tcp_connects_total", &with(sidecar, &[("peer", "pod")]));
+    assert_eq!(named + by_address, n as f64, "peer app {named}, pod (untracked, loopback) {by_address}");
+    eprintln!("{test}: {n} connects: {named} named their peer, {by_address} by address; {lost} map-full losses");
+}

@@ -84,38 +84,51 @@ pub struct ServerReport {
     pub bytes_received: u64,
 }
 
-/// `count` exchanges with the server at `addr`.
+/// `count` exchanges with the server at `addr`, one connection after another.
 pub fn tcp_client(addr: SocketAddr, count: u64, send: usize) -> ClientReport {
+    tcp_client_held(addr, count, send, false)
+}
+
+/// [`tcp_client`]; with `hold`, all `count` connections are opened first and
+/// held open together, then each makes its exchange: that many sockets
+/// open at once on both ends (the server's wait in its accept queue).
+pub fn tcp_client_held(addr: SocketAddr, count: u64, send: usize, hold: bool) -> ClientReport {
     let mut r = ClientReport::default();
     let payload = vec![b'c'; send];
+    let mut open = Vec::new();
     for _ in 0..count {
-        let mut s = match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
-            Ok(s) => s,
-            Err(_) => {
-                r.failed += 1;
-                continue;
-            }
-        };
-        r.connected += 1;
-        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-        if s.write_all(&payload).is_ok() {
-            r.bytes_sent += send as u64;
-        }
-        let _ = s.shutdown(Shutdown::Write);
-        let mut buf = [0u8; 65536];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => r.bytes_received += n as u64,
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                    r.resets += 1;
-                    break;
-                }
-                Err(_) => break,
-            }
+        match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
+            Ok(s) if hold => open.push(s),
+            Ok(s) => exchange(s, &payload, &mut r),
+            Err(_) => r.failed += 1,
         }
     }
+    for s in open {
+        exchange(s, &payload, &mut r);
+    }
     r
+}
+
+/// Sends `payload`, shuts down writing, reads to EOF.
+fn exchange(mut s: TcpStream, payload: &[u8], r: &mut ClientReport) {
+    r.connected += 1;
+    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+    if s.write_all(payload).is_ok() {
+        r.bytes_sent += payload.len() as u64;
+    }
+    let _ = s.shutdown(Shutdown::Write);
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => r.bytes_received += n as u64,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                r.resets += 1;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
 }
 
 /// Serves `count` exchanges on `listener`: reads to EOF, answers `send`

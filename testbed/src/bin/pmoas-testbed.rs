@@ -30,8 +30,9 @@ Traffic tools (tests run them inside containers; they print a JSON report):
   pmoas-testbed tcp-server --listen ADDR --count N [--send BYTES] [--reset]
       accept N connections: read to EOF, answer BYTES (or reset), close.
       Prints `listening ADDR` on stderr once ready.
-  pmoas-testbed tcp-client --connect ADDR --count N [--send BYTES]
-      N connections: send BYTES, shut down writing, read to EOF.
+  pmoas-testbed tcp-client --connect ADDR --count N [--send BYTES] [--hold]
+      N connections: send BYTES, shut down writing, read to EOF; with --hold
+      all N are opened first and held open together, then exchange.
   pmoas-testbed http --connect ADDR [--path /] --count N [--concurrency C] [--stagger-ms MS]
       N GET requests with Connection: close, C at a time; with --stagger-ms the
       C clients start spread over MS instead of together.
@@ -186,7 +187,7 @@ fn run(args: &[String]) -> Result<()> {
     let o = Opts(&args[1..]);
     let (values, flags): (&[&str], &[&str]) = match cmd.as_str() {
         "tcp-server" => (&["--listen", "--count", "--send"], &["--reset"]),
-        "tcp-client" => (&["--connect", "--count", "--send"], &[]),
+        "tcp-client" => (&["--connect", "--count", "--send"], &["--hold"]),
         "http" => (&["--connect", "--path", "--count", "--concurrency", "--stagger-ms"], &[]),
         "burn" => (&["--cpu-ms"], &[]),
         "hog" => (&["--mib"], &[]),
@@ -249,7 +250,12 @@ fn run(args: &[String]) -> Result<()> {
             Ok(())
         }
         "tcp-client" => {
-            let r = traffic::tcp_client(o.addr("--connect")?, o.num("--count", 1)?, o.num("--send", 0)? as usize);
+            let r = traffic::tcp_client_held(
+                o.addr("--connect")?,
+                o.num("--count", 1)?,
+                o.num("--send", 0)? as usize,
+                o.flag("--hold"),
+            );
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
