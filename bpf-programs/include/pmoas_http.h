@@ -12,12 +12,12 @@
 
 /* ---- sizes (user space may change map sizes with set_max_entries) ---- */
 
-/* Bytes of each socket read or write copied to user space at most, on an
- * HTTP/2 connection: one call may carry many frames (grpc-core reads up to
- * 64 KiB; 32 calls in flight make ~2 KiB of small frames), and a header
- * block lost past the capture makes the connection's HPACK table unknown.
- * The rest is counted by length only (DATA payloads are skipped by it).
- * A power of 2; the per-CPU scratch holds twice it (at most 32 KiB). */
+/* Bytes of one record: of a socket read or write on an HTTP/2 connection,
+ * its first record and each continuation record carry this many (see
+ * PMOAS_HTTP_CALL_CAPTURE_BYTES): one call may carry many frames, and a
+ * header block lost past the capture makes the connection's HPACK table
+ * unknown. A power of 2; the per-CPU scratch holds twice it (at most
+ * 32 KiB). */
 #define PMOAS_HTTP_CAPTURE_BYTES 8192
 /* The same on an HTTP/1 connection: the start of a message (request or
  * status line and headers) fits; a body needs only its length. */

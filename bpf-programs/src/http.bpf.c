@@ -10,8 +10,10 @@
  * descriptor to its socket (TCP only), decides
  * once per connection whether it carries HTTP/1 or HTTP/2 from the first
  * bytes (so that other protocols never reach user space), and sends the
- * first PMOAS_HTTP_CAPTURE_BYTES bytes with the call's length and times
- * through a ring buffer. A TCP close of a connection seen as HTTP is sent
+ * call's first bytes with its length and times through a ring buffer:
+ * PMOAS_HTTP1_CAPTURE_BYTES in one record on HTTP/1, up to
+ * PMOAS_HTTP_CALL_CAPTURE_BYTES on HTTP/2 in records of
+ * PMOAS_HTTP_CAPTURE_BYTES (h2_send). A TCP close of a connection seen as HTTP is sent
  * too (a response delimited by the close ends there). User space
  * (collectors/src/http/) parses the chunks into requests and responses.
  *
