@@ -6,7 +6,11 @@ calls over one HTTP/2 connection (h2c), CONCURRENCY in flight, FAIL of them
 
     {"calls": N, "codes": {"OK": N-M, "UNAVAILABLE": M}, "latency_ms": {"min": .., "p50": .., "max": ..}}
 
-    grpc_client.py --target 10.200.1.11:15006 --count 100 --fail 10 --concurrency 8 [--timeout 10]
+    grpc_client.py --target 10.200.1.11:15006 --count 100 --fail 10 --concurrency 8 [--timeout 10] [--pad 12000]
+
+--pad N appends N bytes to every name: requests and replies (the Greeter
+echoes the name) of more than N bytes, each written and read as more than
+one HTTP/2 frame.
 
 With --stdin, the channel (one HTTP/2 connection) stays open across batches
 of calls read from stdin, one per line, each answered by a report line:
@@ -37,8 +41,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from grpc_server import METHOD, SERVICE, messages  # noqa: E402
 
 
-def run(call, request, count, fail, concurrency, timeout, first):
-    """COUNT calls, FAIL of them (spread evenly) failing; names from FIRST."""
+def run(call, request, count, fail, concurrency, timeout, first, pad=0):
+    """COUNT calls, FAIL of them (spread evenly) failing; names from FIRST,
+    PAD bytes longer."""
     lock = threading.Lock()
     codes = {}
     latencies = []
@@ -46,7 +51,7 @@ def run(call, request, count, fail, concurrency, timeout, first):
     def one(i):
         # Call i fails if it moves the count of failures so far up.
         failing = (i + 1) * fail // count > i * fail // count
-        name = f"fail-{first + i}" if failing else f"ok-{first + i}"
+        name = (f"fail-{first + i}" if failing else f"ok-{first + i}") + "x" * pad
         start = time.monotonic()
         try:
             call(request(name=name), timeout=timeout)
@@ -70,6 +75,7 @@ def main():
     p.add_argument("--fail", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--pad", type=int, default=0, help="bytes appended to every name")
     p.add_argument("--write-frame", metavar="PATH", help="write one request frame (for h2load -d) and exit")
     p.add_argument("--name", default="ok", help="the name in --write-frame's request")
     p.add_argument("--stdin", action="store_true", help="batches of calls from stdin on one channel")
@@ -109,7 +115,7 @@ def main():
             print(json.dumps({"calls": count, "codes": codes}), flush=True)
         channel.close()
         return
-    codes, latencies = run(call, request, a.count, a.fail, a.concurrency, a.timeout, 0)
+    codes, latencies = run(call, request, a.count, a.fail, a.concurrency, a.timeout, 0, a.pad)
     channel.close()
     latencies.sort()
     lat = {"min": 0.0, "p50": 0.0, "max": 0.0}

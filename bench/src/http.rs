@@ -219,9 +219,10 @@ fn render(o: &Opts, windows: &[(Load, Arm, Window)]) -> String {
          Envoy's pooled HTTP/2 connection to the Greeter is older than the exporter (the warm-up opened it): \
          grpc-core and Envoy index every header field in HPACK's dynamic table, so the calls on it are not \
          decodable and are counted as lost (`h2_*` reasons), never labelled wrong (docs/http.md, connections \
-         older than the exporter). Even on a new connection the Greeter's side is mostly lost under this load: \
-         grpc-core reads many frames per call, frames past the capture are lost, and with a lost header \
-         block the connection's HPACK table. The eBPF cost covers all three sides."
+         older than the exporter). On a new connection the Greeter's side is counted in full: its reads of \
+         many frames at once (grpc-core reads what queued up, often more than 8 KiB) are captured up to \
+         64 KiB per call, in continuation records (docs/http.md, capture; measured by hand there). The eBPF \
+         cost covers all three sides."
     );
     let _ = writeln!(
         t,

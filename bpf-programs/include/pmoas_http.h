@@ -12,16 +12,31 @@
 
 /* ---- sizes (user space may change map sizes with set_max_entries) ---- */
 
-/* Bytes of each socket read or write copied to user space at most, on an
- * HTTP/2 connection: one call may carry many frames (grpc-core reads up to
- * 64 KiB; 32 calls in flight make ~2 KiB of small frames), and a header
- * block lost past the capture makes the connection's HPACK table unknown.
- * The rest is counted by length only (DATA payloads are skipped by it).
- * A power of 2; the per-CPU scratch holds twice it (at most 32 KiB). */
+/* Bytes of one record: of a socket read or write on an HTTP/2 connection,
+ * its first record and each continuation record carry this many (see
+ * PMOAS_HTTP_CALL_CAPTURE_BYTES): one call may carry many frames, and a
+ * header block lost past the capture makes the connection's HPACK table
+ * unknown. A power of 2; the per-CPU scratch holds twice it (at most
+ * 32 KiB). */
 #define PMOAS_HTTP_CAPTURE_BYTES 8192
 /* The same on an HTTP/1 connection: the start of a message (request or
  * status line and headers) fits; a body needs only its length. */
 #define PMOAS_HTTP1_CAPTURE_BYTES 2048
+/* Bytes of one call copied at most on an HTTP/2 connection, in records of
+ * PMOAS_HTTP_CAPTURE_BYTES each: the call's first record, then its
+ * continuation records (`part` 1, 2, ...). grpc-core reads up to 64 KiB at
+ * once (what queued up: under h2load -c4 -m8 the testbed's Greeter often
+ * read more than 8 KiB), and every frame header and header block past the
+ * capture is lost, with a lost block the connection's HPACK table. Beyond
+ * this the call is counted by length only, as before. A multiple of
+ * PMOAS_HTTP_CAPTURE_BYTES. HTTP/1 calls stay one record. */
+#define PMOAS_HTTP_CALL_CAPTURE_BYTES 65536
+/* Records of one call at most (its first and continuations). */
+#define PMOAS_HTTP_CALL_PARTS 8
+/* iovecs of an HTTP/2 call walked at most: UIO_MAXIOV, every one a call
+ * can have (grpc-core writes a slice per frame header and payload, up to
+ * 260 a call). Each costs one 16-byte read. */
+#define PMOAS_HTTP_CALL_IOVECS 1024
 /* Cgroups whose processes' socket I/O is captured (pod containers; user
  * space keeps it filled from discovery). */
 #define PMOAS_HTTP_WATCHED_MAP_SIZE 16384
@@ -44,10 +59,10 @@
 /* Bytes copied to tell a connection's protocol: a chunk of a connection
  * still unknown is first copied this far only (most are never sent). */
 #define PMOAS_HTTP_CLASSIFY_BYTES 16
-/* iovecs of a readv/writev/recvmsg/sendmsg copied from at most: nginx
- * writes a chunked response as header, size, data and trailer iovecs,
- * grpc-core an HTTP/2 response as a slice per frame header and payload
- * (with 8, its trailers were lost and with them the HPACK state). */
+/* iovecs of a readv/writev/recvmsg/sendmsg on an HTTP/1 connection (or
+ * one not decided yet) copied from at most: nginx writes a chunked
+ * response as header, size, data and trailer iovecs. HTTP/2 calls walk up
+ * to PMOAS_HTTP_CALL_IOVECS. */
 #define PMOAS_HTTP_MAX_IOVECS 16
 
 /* ---- what a connection carries, as the kernel infers it ---- */
@@ -79,6 +94,12 @@
  * of a chunk's cost); user space keeps them per socket. Closes always
  * carry them. */
 #define PMOAS_HTTP_FLAG_ENDPOINTS 1
+/* More records of this call follow (HTTP/2 calls beyond one record's
+ * capture): continuation records carry the same seq, `part` one more
+ * each, and every record but a call's last is full
+ * (PMOAS_HTTP_CAPTURE_BYTES), so part k starts at byte k x that of the
+ * call. Only a call's first record may carry the endpoints. */
+#define PMOAS_HTTP_FLAG_MORE 2
 
 /* ---- lost events: slots of lost_events (names in http.rs) ---- */
 /* 0 is PMOAS_LOST_AGGREGATION_MAP_FULL (pmoas_common.h), unused here. */
@@ -87,8 +108,9 @@
 #define PMOAS_HTTP_LOST_UNREADABLE 3	 /* the bytes could not be copied */
 #define PMOAS_HTTP_LOST_REASONS 4
 
-/* One chunk (or a close) of one connection. Only `captured` bytes of
- * `data` are sent: the ring record is header + captured bytes. */
+/* One chunk (or a close) of one connection, or a continuation record of
+ * an HTTP/2 chunk (`part` > 0). Only `captured` bytes of `data` are sent:
+ * the ring record is header + captured bytes. */
 struct pmoas_http_event {
 	__u64 sock;	  /* 0: struct sock address, the connection's identity */
 	__u64 cgroup_id;  /* 8: the calling process's cgroup v2 id */
@@ -103,9 +125,10 @@ struct pmoas_http_event {
 	__u8 proto;	  /* 48: PMOAS_HTTP_PROTO_* */
 	__u8 call;	  /* 49: PMOAS_HTTP_CALL_* */
 	__u8 flags;	  /* 50: PMOAS_HTTP_FLAG_* */
-	__u8 pad;	  /* 51 */
-	__u32 seq;	  /* 52: this record's number in its connection and direction:
-			   * a gap is a record the ring could not take */
+	__u8 part;	  /* 51: 0: a call's first record; k: its k-th continuation */
+	__u32 seq;	  /* 52: the call's number in its connection and direction
+			   * (its continuations carry it too): a gap is a call
+			   * whose first record the ring could not take */
 	/* The endpoints: only meaningful with PMOAS_HTTP_FLAG_ENDPOINTS */
 	__u8 saddr[16];	  /* 56: local address (IPv4 as ::ffff:a.b.c.d) */
 	__u8 daddr[16];	  /* 72: remote address */
@@ -115,6 +138,8 @@ struct pmoas_http_event {
 	__u8 data[PMOAS_HTTP_CAPTURE_BYTES]; /* 96 */
 };
 #define PMOAS_HTTP_EVENT_HEADER_BYTES 96
+_Static_assert(PMOAS_HTTP_CALL_CAPTURE_BYTES == PMOAS_HTTP_CALL_PARTS * PMOAS_HTTP_CAPTURE_BYTES,
+	       "a call's records");
 _Static_assert(__builtin_offsetof(struct pmoas_http_event, data) == PMOAS_HTTP_EVENT_HEADER_BYTES,
 	       "pmoas_http_event layout");
 

@@ -10,8 +10,10 @@
  * descriptor to its socket (TCP only), decides
  * once per connection whether it carries HTTP/1 or HTTP/2 from the first
  * bytes (so that other protocols never reach user space), and sends the
- * first PMOAS_HTTP_CAPTURE_BYTES bytes with the call's length and times
- * through a ring buffer. A TCP close of a connection seen as HTTP is sent
+ * call's first bytes with its length and times through a ring buffer:
+ * PMOAS_HTTP1_CAPTURE_BYTES in one record on HTTP/1, up to
+ * PMOAS_HTTP_CALL_CAPTURE_BYTES on HTTP/2 in records of
+ * PMOAS_HTTP_CAPTURE_BYTES (h2_send). A TCP close of a connection seen as HTTP is sent
  * too (a response delimited by the close ends there). User space
  * (collectors/src/http/) parses the chunks into requests and responses.
  *
@@ -70,12 +72,37 @@ struct {
 	__uint(max_entries, PMOAS_HTTP_RING_BYTES);
 } http_events SEC(".maps");
 
+/* A walk through the bytes of an HTTP/2 call, record after record (see
+ * PMOAS_HTTP_FLAG_MORE). Kept in the per-CPU scratch, not on the stack: the
+ * verifier does not track what a map value holds, so every step of the
+ * bpf_loop starts from the same state and is verified once (on the stack,
+ * the counters' exact values would differ at each step and the walk be
+ * verified step after step, past the instruction limit). Every use is
+ * bounded where it is used. */
+struct h2_walk {
+	__u64 vec;   /* the iovec array; 0: a plain buffer at `base` */
+	__u64 count; /* its iovecs */
+	__u64 base;  /* the next byte of the current iovec */
+	__u64 left;  /* bytes of the current iovec still to copy */
+	__u32 idx;   /* the next iovec */
+	__u32 todo;  /* bytes of the call still to copy */
+	__u32 fill;  /* bytes in the record being built */
+	__u32 sent;  /* records handed to the ring (taken or not) */
+	__u8 part;   /* the record being built */
+	__u8 flags0; /* the first record's flags (the endpoints) */
+	__u8 endpoints_sent;
+	__u8 done;
+	__u8 ring_full;
+};
+
 /* The event under construction, with room past data[] so that a copy at
  * any offset below PMOAS_HTTP_CAPTURE_BYTES of up to that many bytes stays
- * inside the value (the verifier then needs no finer bound). */
+ * inside the value (the verifier then needs no finer bound); and the walk
+ * of an HTTP/2 call. */
 struct http_scratch {
 	struct pmoas_http_event ev;
 	__u8 spill[PMOAS_HTTP_CAPTURE_BYTES];
+	struct h2_walk walk;
 };
 
 struct {
@@ -190,6 +217,135 @@ static __always_inline __u32 copy_call(struct http_scratch *s, __u8 call, __u64 
 	}
 }
 
+/* ---- HTTP/2 calls: the call in records ---- */
+
+/* Hands the record being built to the ring; `more`: records follow. A
+ * record the ring cannot take ends the walk (the ring is full: the rest
+ * would not fit either); user space sees the call's parts stop. */
+static __always_inline void h2_flush(struct http_scratch *s, bool more)
+{
+	struct h2_walk *w = &s->walk;
+	__u32 size = w->fill;
+
+	if (size > PMOAS_HTTP_CAPTURE_BYTES)
+		size = PMOAS_HTTP_CAPTURE_BYTES;
+	s->ev.captured = size;
+	s->ev.part = w->part;
+	s->ev.flags = (w->part == 0 ? w->flags0 : 0) | (more ? PMOAS_HTTP_FLAG_MORE : 0);
+	w->sent++;
+	if (bpf_ringbuf_output(&http_events, &s->ev, PMOAS_HTTP_EVENT_HEADER_BYTES + size, BPF_RB_NO_WAKEUP)) {
+		pmoas_count_lost(PMOAS_HTTP_LOST_RING_FULL);
+		w->done = 1;
+		w->ring_full = 1;
+	} else if (w->part == 0 && (w->flags0 & PMOAS_HTTP_FLAG_ENDPOINTS)) {
+		w->endpoints_sent = 1;
+	}
+	w->part++;
+	w->fill = 0;
+}
+
+/* One step of the walk: the next iovec (if the current one is done) and
+ * the copy of as much of it as the record has room for; a full record is
+ * flushed. 1 ends the loop. */
+static long h2_step(__u32 i, void *ctx)
+{
+	struct http_scratch *s;
+	struct h2_walk *w;
+	__u32 zero = 0, n, got, room;
+
+	s = bpf_map_lookup_elem(&http_scratch, &zero);
+	if (!s)
+		return 1;
+	w = &s->walk;
+	if (w->done || w->todo == 0)
+		return 1;
+	if (w->left == 0) {
+		struct iovec iov;
+
+		if (w->vec == 0) {
+			if (w->idx)
+				goto end;
+			w->idx = 1;
+			w->left = w->todo;
+		} else {
+			if (w->idx >= w->count)
+				goto end;
+			if (bpf_probe_read_user(&iov, sizeof(iov), (const void *)(w->vec + (__u64)w->idx * sizeof(iov))))
+				goto fault;
+			w->idx++;
+			w->base = (__u64)iov.iov_base;
+			w->left = iov.iov_len < w->todo ? iov.iov_len : w->todo;
+			if (w->left == 0)
+				return 0;
+		}
+	}
+	room = w->fill < PMOAS_HTTP_CAPTURE_BYTES ? PMOAS_HTTP_CAPTURE_BYTES - w->fill : 0;
+	n = w->left < room ? (__u32)w->left : room;
+	got = copy_at(s, w->fill, w->base, n);
+	w->fill += got;
+	w->base += got;
+	w->left -= got;
+	w->todo -= got;
+	if (got < n)
+		goto fault;
+	if (w->todo == 0)
+		goto end;
+	if (w->fill >= PMOAS_HTTP_CAPTURE_BYTES)
+		h2_flush(s, true);
+	return w->done ? 1 : 0;
+fault:
+	pmoas_count_lost(PMOAS_HTTP_LOST_UNREADABLE);
+end:
+	w->done = 1;
+	return 1;
+}
+
+/* Sends an HTTP/2 call of `moved` bytes: its first PMOAS_HTTP_CALL_CAPTURE_BYTES
+ * in records of PMOAS_HTTP_CAPTURE_BYTES (the header in s->ev is filled but
+ * for captured, part and flags). Returns the records handed to the ring. */
+static __always_inline __u32 h2_send(struct http_scratch *s, struct http_conn *conn, __u8 call, __u64 buf,
+				     __u64 moved, __u8 flags0)
+{
+	struct h2_walk *w = &s->walk;
+
+	__builtin_memset(w, 0, sizeof(*w));
+	w->todo = moved > PMOAS_HTTP_CALL_CAPTURE_BYTES ? PMOAS_HTTP_CALL_CAPTURE_BYTES : (__u32)moved;
+	w->flags0 = flags0;
+	switch (call) {
+	case PMOAS_HTTP_CALL_READ:
+	case PMOAS_HTTP_CALL_WRITE:
+		w->base = buf;
+		break;
+	case PMOAS_HTTP_CALL_READV:
+	case PMOAS_HTTP_CALL_WRITEV:
+		w->vec = buf & 0x0000ffffffffffffULL;
+		w->count = buf >> 48;
+		break;
+	default: { /* recvmsg, sendmsg: buf is the user msghdr */
+		struct user_msghdr msg;
+
+		if (bpf_probe_read_user(&msg, sizeof(msg), (const void *)buf)) {
+			pmoas_count_lost(PMOAS_HTTP_LOST_UNREADABLE);
+			return 0;
+		}
+		w->vec = (__u64)msg.msg_iov;
+		w->count = msg.msg_iovlen;
+		break;
+	}
+	}
+	if (w->vec && !w->count)
+		return 0;
+	/* One step per iovec and per full record at most. */
+	bpf_loop(PMOAS_HTTP_CALL_IOVECS + PMOAS_HTTP_CALL_PARTS, h2_step, NULL, 0);
+	/* The call's last record (an empty one when a fault or the step bound
+	 * came at a record's start): its continuations end there. */
+	if (!w->ring_full && (w->fill || w->part > 0))
+		h2_flush(s, false);
+	if (w->endpoints_sent)
+		conn->endpoints_sent = 1;
+	return w->sent;
+}
+
 /* Did this call move the first bytes of its direction of the connection?
  * From the TCP socket's counters after the call (RFC 4898's bytes_received
  * and bytes_acked, in every kernel since 4.1): a read began at offset 0 if
@@ -283,12 +439,6 @@ static __always_inline void read_endpoints(struct pmoas_http_event *ev, const st
 	ev->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 }
 
-/* How much of a call is copied on a connection of this protocol. */
-static __always_inline __u64 capture_limit(__u8 proto)
-{
-	return proto == PMOAS_HTTP_PROTO_HTTP2 ? PMOAS_HTTP_CAPTURE_BYTES : PMOAS_HTTP1_CAPTURE_BYTES;
-}
-
 /* `call`: the exiting call's PMOAS_HTTP_CALL_*. */
 static __always_inline int on_exit(long ret, __u8 call)
 {
@@ -298,6 +448,7 @@ static __always_inline int on_exit(long ret, __u8 call)
 	struct sock *sk;
 	__u32 zero = 0, got = 0, size;
 	__u64 sock_key, buf, id, cgroup_id, now;
+	__u8 dir = (call & 1) ? PMOAS_HTTP_DIR_EGRESS : PMOAS_HTTP_DIR_INGRESS;
 	bool known;
 	__u32 fd;
 
@@ -317,7 +468,7 @@ static __always_inline int on_exit(long ret, __u8 call)
 	if (call == PMOAS_HTTP_CALL_READV || call == PMOAS_HTTP_CALL_WRITEV) {
 		/* The iovec count rides in the top 16 bits of the array's
 		 * address (user addresses fit in 48 bits on x86_64 and arm64;
-		 * only the first few iovecs are read anyway). */
+		 * UIO_MAXIOV is 1024). */
 		__u64 vlen = SYSCALL_ARG2(regs);
 
 		buf = (buf & 0x0000ffffffffffffULL) | (vlen > 0xffff ? 0xffffULL : vlen) << 48;
@@ -337,12 +488,15 @@ static __always_inline int on_exit(long ret, __u8 call)
 		return 0;
 
 	/* A connection still unknown is copied only as far as it takes to tell
-	 * it: most of those chunks are never sent. */
+	 * it: most of those chunks are never sent. An HTTP/1 one is copied in
+	 * one go; an HTTP/2 one by h2_send, record after record. */
 	known = conn && conn->proto != PMOAS_HTTP_PROTO_UNKNOWN;
-	got = copy_call(s, call, buf, ret, known ? capture_limit(conn->proto) : PMOAS_HTTP_CLASSIFY_BYTES);
-	if (!got) {
-		pmoas_count_lost(PMOAS_HTTP_LOST_UNREADABLE);
-		return 0;
+	if (!known || conn->proto == PMOAS_HTTP_PROTO_HTTP1) {
+		got = copy_call(s, call, buf, ret, known ? PMOAS_HTTP1_CAPTURE_BYTES : PMOAS_HTTP_CLASSIFY_BYTES);
+		if (!got) {
+			pmoas_count_lost(PMOAS_HTTP_LOST_UNREADABLE);
+			return 0;
+		}
 	}
 
 	if (!conn) {
@@ -352,8 +506,6 @@ static __always_inline int on_exit(long ret, __u8 call)
 			return 0;
 	}
 	if (conn->proto == PMOAS_HTTP_PROTO_UNKNOWN) {
-		__u8 dir = (call & 1) ? PMOAS_HTTP_DIR_EGRESS : PMOAS_HTTP_DIR_INGRESS;
-
 		if (http1_start(s->ev.data, got)) {
 			conn->proto = PMOAS_HTTP_PROTO_HTTP1;
 		} else if (http2_start(s->ev.data, got)) {
@@ -371,11 +523,13 @@ static __always_inline int on_exit(long ret, __u8 call)
 			}
 			return 0;
 		}
-		/* HTTP: now the whole capture. */
-		got = copy_call(s, call, buf, ret, capture_limit(conn->proto));
-		if (!got) {
-			pmoas_count_lost(PMOAS_HTTP_LOST_UNREADABLE);
-			return 0;
+		/* HTTP/1: now the whole capture (HTTP/2: h2_send below). */
+		if (conn->proto == PMOAS_HTTP_PROTO_HTTP1) {
+			got = copy_call(s, call, buf, ret, PMOAS_HTTP1_CAPTURE_BYTES);
+			if (!got) {
+				pmoas_count_lost(PMOAS_HTTP_LOST_UNREADABLE);
+				return 0;
+			}
 		}
 	}
 
@@ -389,19 +543,26 @@ static __always_inline int on_exit(long ret, __u8 call)
 	s->ev.tgid = id >> 32;
 	s->ev.tid = (__u32)id;
 	s->ev.total_len = ret > 0xffffffffL ? 0xffffffffu : (__u32)ret;
-	s->ev.captured = got;
 	s->ev.kind = PMOAS_HTTP_EVENT_DATA;
-	s->ev.direction = (call & 1) ? PMOAS_HTTP_DIR_EGRESS : PMOAS_HTTP_DIR_INGRESS;
+	s->ev.direction = dir;
 	s->ev.proto = conn->proto;
 	s->ev.call = call;
+	s->ev.part = 0;
 	/* Numbered whether or not the ring takes it: user space sees the gap. */
-	s->ev.seq = conn->seq[s->ev.direction & 1]++;
+	s->ev.seq = conn->seq[dir & 1];
 	if (conn->endpoints_sent) {
 		s->ev.flags = 0;
 	} else {
 		s->ev.flags = PMOAS_HTTP_FLAG_ENDPOINTS;
 		read_endpoints(&s->ev, sk);
 	}
+	if (conn->proto == PMOAS_HTTP_PROTO_HTTP2) {
+		if (h2_send(s, conn, call, buf, ret, s->ev.flags))
+			conn->seq[dir & 1]++;
+		return 0;
+	}
+	conn->seq[dir & 1]++;
+	s->ev.captured = got;
 	size = got;
 	if (size > PMOAS_HTTP_CAPTURE_BYTES)
 		size = PMOAS_HTTP_CAPTURE_BYTES;

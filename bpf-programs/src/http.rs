@@ -11,6 +11,10 @@ use crate::types::c;
 
 pub const CAPTURE_BYTES: usize = c::PMOAS_HTTP_CAPTURE_BYTES as usize;
 pub const HTTP1_CAPTURE_BYTES: usize = c::PMOAS_HTTP1_CAPTURE_BYTES as usize;
+/// Bytes of one HTTP/2 call sent at most, in records of [`CAPTURE_BYTES`].
+pub const CALL_CAPTURE_BYTES: usize = c::PMOAS_HTTP_CALL_CAPTURE_BYTES as usize;
+/// Records of one call at most (its first and its continuations).
+pub const CALL_PARTS: usize = c::PMOAS_HTTP_CALL_PARTS as usize;
 pub const WATCHED_MAP_SIZE: u32 = c::PMOAS_HTTP_WATCHED_MAP_SIZE as u32;
 pub const CONN_MAP_SIZE: u32 = c::PMOAS_HTTP_CONN_MAP_SIZE as u32;
 pub const RING_BYTES: u32 = c::PMOAS_HTTP_RING_BYTES as u32;
@@ -26,6 +30,9 @@ pub const EVENT_CLOSE: u8 = c::PMOAS_HTTP_EVENT_CLOSE as u8;
 pub const DIR_INGRESS: u8 = c::PMOAS_HTTP_DIR_INGRESS as u8;
 pub const DIR_EGRESS: u8 = c::PMOAS_HTTP_DIR_EGRESS as u8;
 pub const FLAG_ENDPOINTS: u8 = c::PMOAS_HTTP_FLAG_ENDPOINTS as u8;
+/// Continuation records of this call follow.
+pub const FLAG_MORE: u8 = c::PMOAS_HTTP_FLAG_MORE as u8;
+const _: () = assert!(CALL_PARTS * CAPTURE_BYTES == CALL_CAPTURE_BYTES && CALL_PARTS <= 255);
 
 /// The system call behind a chunk, by `PMOAS_HTTP_CALL_*` value.
 pub const CALL_NAMES: [&str; 6] = ["read", "write", "readv", "writev", "recvmsg", "sendmsg"];
@@ -67,7 +74,8 @@ pub struct EventHeader {
     pub proto: u8,
     pub call: u8,
     pub flags: u8,
-    pub pad: u8,
+    /// 0: a call's first record; k: its k-th continuation.
+    pub part: u8,
     pub seq: u32,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -106,6 +114,7 @@ const _: () = {
     assert!(offset_of!(EventHeader, captured) == 44);
     assert!(offset_of!(EventHeader, call) == 49);
     assert!(offset_of!(EventHeader, flags) == 50);
+    assert!(offset_of!(EventHeader, part) == 51);
     assert!(offset_of!(EventHeader, seq) == 52);
     assert!(offset_of!(EventHeader, saddr) == 56);
     assert!(offset_of!(EventHeader, sport) == 88);
@@ -130,7 +139,7 @@ pub const LAYOUTS: &[crate::types::Layout] = &[crate::layout!(
     proto,
     call,
     flags,
-    pad,
+    part,
     seq,
     saddr,
     daddr,
@@ -157,7 +166,7 @@ struct EventFlat {
     proto: u8,
     call: u8,
     flags: u8,
-    pad: u8,
+    part: u8,
     seq: u32,
     saddr: [u8; 16],
     daddr: [u8; 16],

@@ -193,6 +193,62 @@ fn grpc_calls_per_code_match_the_client() {
     assert_eq!(count(&m, "pmoas_sidecar_added_latency_seconds", &inbound), 40.0);
 }
 
+/// Every `pmoas_ebpf_events_lost_total{collector="http"}` series but
+/// `unknown_protocol` (bytes of connections not known to be HTTP yet), with
+/// its value: each should be 0.
+fn http_losses(m: &Metrics) -> Vec<(String, f64)> {
+    m.series
+        .iter()
+        .filter(|(n, l, _)| {
+            n == "pmoas_ebpf_events_lost_total" && l.get("collector").map(String::as_str) == Some("http")
+        })
+        .filter(|(_, l, _)| l.get("reason").map(String::as_str) != Some("unknown_protocol"))
+        .map(|(_, l, v)| (l.get("reason").cloned().unwrap_or_default(), *v))
+        .collect()
+}
+
+/// gRPC calls larger than one record's capture (8 KiB): names of 20,000
+/// bytes, echoed by the Greeter, so that every request and reply is a
+/// HEADERS block and two DATA frames (16 KiB at most each) and each side
+/// reads or writes more than 8 KiB of frames in one call — the second DATA
+/// frame's header and the trailers' header block lie past the first
+/// record, in its continuation records. Two calls in flight keep every
+/// call under the 64 KiB a call is captured to. Counted per code at the
+/// sidecar's server and client sides and the app's server side, equal to
+/// the client's own counts, and nothing lost.
+#[test]
+fn grpc_calls_larger_than_one_record_are_counted_whole() {
+    let _one = serialize();
+    let test = "grpc_calls_larger_than_one_record_are_counted_whole";
+    let Some((pod, exp)) = setup_with(test, PodOptions { grpc: true, ..Default::default() }) else { return };
+    let w = Workloads::of(&pod);
+    let report = pod.grpc_calls_padded(40, 10, 2, 20_000).expect("grpc client");
+    assert_eq!(report.calls, 40, "{report:?}");
+    assert_eq!(report.code("OK"), 30, "{report:?}");
+    assert_eq!(report.code("UNAVAILABLE"), 10, "{report:?}");
+
+    let server = "pmoas_grpc_server_request_duration_seconds";
+    let client = "pmoas_grpc_client_request_duration_seconds";
+    let call = [("grpc_service", "helloworld.Greeter"), ("grpc_method", "SayHello")];
+    settled(&exp, server, &with(with(w.app(), &call), &[("grpc_code", "UNAVAILABLE")]), 10.0);
+    let m = settled(&exp, server, &with(with(w.app(), &call), &[("grpc_code", "OK")]), 30.0);
+    for (who, name, labels) in [
+        ("sidecar server", server, w.sidecar()),
+        ("app server", server, w.app()),
+        ("sidecar -> app", client, w.sidecar()),
+    ] {
+        for (code, n) in [("OK", report.code("OK")), ("UNAVAILABLE", report.code("UNAVAILABLE"))] {
+            let got = count(&m, name, &with(with(labels.clone(), &call), &[("grpc_code", code)]));
+            assert_eq!(got, n as f64, "{who} {code}:\n{}", m.describe(&format!("{name}_count"), &[]));
+        }
+        let all = count(&m, name, &labels);
+        assert_eq!(all, report.calls as f64, "{who}: no other code:\n{}", m.describe(&format!("{name}_count"), &[]));
+    }
+    let lost = http_losses(&m);
+    assert!(lost.iter().all(|(_, v)| *v == 0.0), "nothing lost: {lost:?}");
+    assert!(lost.iter().any(|(r, _)| r == "capture_part_lost"), "the continuation loss is exported: {lost:?}");
+}
+
 #[test]
 fn the_added_latency_is_the_sidecars_fault_delay() {
     let _one = serialize();

@@ -702,6 +702,13 @@ impl Pod {
     /// answer UNAVAILABLE, over one HTTP/2 connection with `concurrency`
     /// calls in flight; the client's own report.
     pub fn grpc_calls(&self, count: u64, fail: u64, concurrency: u64) -> Result<grpc::Report> {
+        self.grpc_calls_padded(count, fail, concurrency, 0)
+    }
+
+    /// [`Pod::grpc_calls`] with `pad` bytes appended to every name: each
+    /// request and reply (the Greeter echoes the name) more than `pad`
+    /// bytes long.
+    pub fn grpc_calls_padded(&self, count: u64, fail: u64, concurrency: u64, pad: usize) -> Result<grpc::Report> {
         if !self.state.grpc {
             bail!("{} has no gRPC server (PodOptions::grpc)", self.state.name);
         }
@@ -712,6 +719,7 @@ impl Pod {
             .args(["--target", &self.grpc_addr().to_string()])
             .args(["--count", &count.to_string(), "--fail", &fail.to_string()])
             .args(["--concurrency", &concurrency.to_string()])
+            .args(["--pad", &pad.to_string()])
             .output()
             .context("running grpc_client.py")?;
         if !out.status.success() {

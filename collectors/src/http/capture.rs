@@ -1,8 +1,11 @@
 //! The http collector's capture: loads `http.bpf.c`, keeps its watched
 //! cgroups in step with the workloads to observe, and turns the ring
 //! buffer's records into [`Event`]s — the socket reads and writes of HTTP
-//! connections (the first `CAPTURE_BYTES` bytes of each, with the call's
-//! length and times) and the closes of those connections.
+//! connections (the first `HTTP1_CAPTURE_BYTES` bytes of each on HTTP/1,
+//! up to `CALL_CAPTURE_BYTES` on HTTP/2 in records of `CAPTURE_BYTES`: a
+//! call's first record, then its continuation records, which the tracker
+//! stitches back together; with the call's length and times) and the
+//! closes of those connections.
 //!
 //! What the kernel leaves out, by design: sockets other than TCP, calls of
 //! unwatched cgroups, connections whose first chunks are not HTTP/1 or
@@ -113,10 +116,18 @@ pub struct Chunk<'a> {
     pub call: &'static str,
     /// Bytes the call moved.
     pub total_len: u32,
-    /// Its number in its connection and direction (a gap: a record the
-    /// ring buffer could not take).
+    /// The call's number in its connection and direction (a gap: a call
+    /// whose first record the ring buffer could not take). A call's
+    /// continuation records carry its number too.
     pub seq: u32,
-    /// Its first bytes (up to `CAPTURE_BYTES`).
+    /// 0: the call's first record; k: its k-th continuation record, whose
+    /// `data` starts at byte k × `CAPTURE_BYTES` of the call (every record
+    /// but a call's last is full).
+    pub part: u8,
+    /// More records of this call follow.
+    pub more: bool,
+    /// Its bytes: the call's first (up to `CAPTURE_BYTES`), or, in a
+    /// continuation record, the next ones.
     pub data: &'a [u8],
 }
 
@@ -168,6 +179,8 @@ impl<'a> Event<'a> {
             call: h::CALL_NAMES.get(usize::from(hd.call))?,
             total_len: hd.total_len,
             seq: hd.seq,
+            part: hd.part,
+            more: hd.flags & h::FLAG_MORE != 0,
             data,
         }))
     }

@@ -116,6 +116,10 @@ pub struct Aggregates {
     pub role_unknown: u64,
     /// Connections dropped because `max_connections` were tracked.
     pub connections_dropped: u64,
+    /// HTTP/2 calls sent in several records (beyond one record's capture)
+    /// of which a continuation record did not arrive: their bytes from the
+    /// first missing one on were taken as not captured.
+    pub capture_parts_lost: u64,
 }
 
 struct Conn {
@@ -128,8 +132,34 @@ struct Conn {
     /// Told by the first chunk that says it ([`p::role_hint`]); chunks
     /// before it are counted as undecodable (`unknown_protocol`).
     role: Option<Role>,
-    /// The record number expected next, per direction (ingress, egress).
+    /// The call number expected next, per direction (ingress, egress).
     next_seq: [Option<u32>; 2],
+    /// Per direction, a call sent in several records, put back together
+    /// until its last record.
+    pending: [Option<Pending>; 2],
+    /// Per direction, the call whose later records are ignored (one of
+    /// its records did not arrive; already counted).
+    skip: [Option<u32>; 2],
+}
+
+/// A call of several records (HTTP/2 beyond one record's capture, see
+/// `PMOAS_HTTP_FLAG_MORE`): its bytes so far.
+struct Pending {
+    seq: u32,
+    /// The record expected next.
+    next_part: u8,
+    buf: Vec<u8>,
+    total_len: u32,
+    start_ns: u64,
+    end_ns: u64,
+}
+
+/// Buffers of stitched calls kept for the next one: few calls are pending
+/// at once (their records come in one program run).
+const SPARE_BUFFERS: usize = 4;
+
+fn direction(slot: usize) -> p::Direction {
+    if slot == 1 { p::Direction::Egress } else { p::Direction::Ingress }
 }
 
 #[derive(Default)]
@@ -159,6 +189,8 @@ pub struct Tracker {
     limits: p::Limits,
     pub agg: Aggregates,
     scratch: Vec<Exchange>,
+    /// Emptied buffers of stitched calls, for the next ones.
+    spare: Vec<Vec<u8>>,
 }
 
 impl Tracker {
@@ -175,6 +207,7 @@ impl Tracker {
             limits: p::Limits::default(),
             agg: Aggregates::default(),
             scratch: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -209,6 +242,11 @@ impl Tracker {
             Event::Close { sock, at_ns, .. } => {
                 let tgids = self.by_sock.remove(&sock).unwrap_or_default().tgids;
                 for key in tgids.into_iter().map(|tgid| (sock, tgid)) {
+                    // A call whose last records never came (the ring was
+                    // full): what arrived, before the close.
+                    for slot in 0..2 {
+                        self.flush_pending(key, slot, true, owner);
+                    }
                     if let Some(mut conn) = self.conns.remove(&key) {
                         let mut out = std::mem::take(&mut self.scratch);
                         if let Some(parser) = conn.parser.as_mut() {
@@ -255,6 +293,8 @@ impl Tracker {
                     tid: c.tid,
                     role: None,
                     next_seq: [None, None],
+                    pending: [None, None],
+                    skip: [None, None],
                 },
             );
         }
@@ -270,30 +310,130 @@ impl Tracker {
             self.by_local.insert((ep.netns, ep.local), key);
             self.by_remote.insert((ep.netns, ep.remote), key);
         }
-        let limits = self.limits;
         let conn = self.conns.get_mut(&key).expect("inserted above");
         conn.tid = c.tid;
-        // A record the ring could not take: the parser must not go on as
-        // if the bytes followed each other (an HPACK table would be wrong).
         let slot = usize::from(c.direction == Direction::Egress);
-        if let (Some(want), Some(parser)) = (conn.next_seq[slot], conn.parser.as_mut())
-            && want != c.seq
-        {
-            let d = if slot == 1 { p::Direction::Egress } else { p::Direction::Ingress };
-            parser.lost_data(d, &mut self.agg.losses);
+        if c.part == 0 && !c.more && conn.pending[slot].is_none() {
+            // A call in one record (all of HTTP/1, most of HTTP/2): parsed
+            // where it lies in the ring.
+            self.next_call(key, slot, c.seq);
+            let chunk = p::Chunk {
+                direction: direction(slot),
+                captured: c.data,
+                total_len: c.total_len as usize,
+                start_ns: c.start_ns,
+                end_ns: c.end_ns,
+            };
+            self.feed(key, &chunk, owner);
+            return;
         }
-        conn.next_seq[slot] = Some(c.seq.wrapping_add(1));
-        let direction = match c.direction {
-            Direction::Ingress => p::Direction::Ingress,
-            Direction::Egress => p::Direction::Egress,
-        };
+        self.part(key, slot, &c, owner);
+    }
+
+    /// A call's number `seq` in direction `slot`: a gap tells the parser
+    /// that bytes are missing there. A call the ring could not take must
+    /// not be parsed over as if the bytes followed each other (an HPACK
+    /// table would be wrong).
+    fn next_call(&mut self, key: (u64, u32), slot: usize, seq: u32) {
+        let conn = self.conns.get_mut(&key).expect("a tracked connection");
+        if let (Some(want), Some(parser)) = (conn.next_seq[slot], conn.parser.as_mut())
+            && want != seq
+        {
+            parser.lost_data(direction(slot), &mut self.agg.losses);
+        }
+        conn.next_seq[slot] = Some(seq.wrapping_add(1));
+    }
+
+    /// A record of a call sent in several (`part`, `more`): stitched to the
+    /// call's earlier ones, the whole call parsed at its last. A record
+    /// that did not arrive ends the call there: its bytes from there on
+    /// are taken as not captured (the parser loses frame sync only if a
+    /// frame header or header block was in them) and counted.
+    fn part(&mut self, key: (u64, u32), slot: usize, c: &Chunk<'_>, owner: &dyn Fn(u64) -> Option<Owner>) {
+        if c.part == 0 {
+            // A new call: one still waiting lost its last records.
+            self.flush_pending(key, slot, true, owner);
+            self.next_call(key, slot, c.seq);
+            if !c.more {
+                let chunk = p::Chunk {
+                    direction: direction(slot),
+                    captured: c.data,
+                    total_len: c.total_len as usize,
+                    start_ns: c.start_ns,
+                    end_ns: c.end_ns,
+                };
+                self.feed(key, &chunk, owner);
+                return;
+            }
+            let mut buf = self.spare.pop().unwrap_or_default();
+            buf.extend_from_slice(c.data);
+            let conn = self.conns.get_mut(&key).expect("a tracked connection");
+            conn.pending[slot] = Some(Pending {
+                seq: c.seq,
+                next_part: 1,
+                buf,
+                total_len: c.total_len,
+                start_ns: c.start_ns,
+                end_ns: c.end_ns,
+            });
+            return;
+        }
+        let conn = self.conns.get_mut(&key).expect("a tracked connection");
+        match conn.pending[slot].as_mut() {
+            Some(p) if p.seq == c.seq && p.next_part == c.part => {
+                p.buf.extend_from_slice(c.data);
+                p.next_part += 1;
+                if !c.more {
+                    self.flush_pending(key, slot, false, owner);
+                }
+            }
+            Some(p) if p.seq == c.seq => {
+                // A record in between did not arrive.
+                conn.skip[slot] = Some(c.seq);
+                self.flush_pending(key, slot, true, owner);
+            }
+            _ if conn.skip[slot] == Some(c.seq) => {}
+            _ => {
+                // The call's first record did not arrive (and maybe whole
+                // calls before it): a gap for the parser; its later records
+                // are ignored.
+                self.flush_pending(key, slot, true, owner);
+                let conn = self.conns.get_mut(&key).expect("a tracked connection");
+                conn.skip[slot] = Some(c.seq);
+                conn.next_seq[slot] = Some(c.seq.wrapping_add(1));
+                if let Some(parser) = conn.parser.as_mut() {
+                    parser.lost_data(direction(slot), &mut self.agg.losses);
+                }
+            }
+        }
+    }
+
+    /// Parses the call waiting in direction `slot`, if any; `lost`: some of
+    /// its records did not arrive (counted).
+    fn flush_pending(&mut self, key: (u64, u32), slot: usize, lost: bool, owner: &dyn Fn(u64) -> Option<Owner>) {
+        let Some(pending) = self.conns.get_mut(&key).and_then(|c| c.pending[slot].take()) else { return };
+        if lost {
+            self.agg.capture_parts_lost += 1;
+        }
         let chunk = p::Chunk {
-            direction,
-            captured: c.data,
-            total_len: c.total_len as usize,
-            start_ns: c.start_ns,
-            end_ns: c.end_ns,
+            direction: direction(slot),
+            captured: &pending.buf,
+            total_len: pending.total_len as usize,
+            start_ns: pending.start_ns,
+            end_ns: pending.end_ns,
         };
+        self.feed(key, &chunk, owner);
+        if self.spare.len() < SPARE_BUFFERS {
+            let mut buf = pending.buf;
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
+    /// One call's bytes (as far as captured) to the connection's parser.
+    fn feed(&mut self, key: (u64, u32), chunk: &p::Chunk<'_>, owner: &dyn Fn(u64) -> Option<Owner>) {
+        let limits = self.limits;
+        let conn = self.conns.get_mut(&key).expect("a tracked connection");
         if conn.parser.is_none() {
             // The role decides which direction carries requests: until a
             // chunk says it for sure (a request or status line, the HTTP/2
@@ -301,7 +441,7 @@ impl Tracker {
             // pseudo-headers), nothing is parsed. A parser started later
             // only knows less (HTTP/1 waits for a message start anyway,
             // HPACK entries inserted before are unknown), never wrong.
-            match p::role_hint(&chunk) {
+            match p::role_hint(chunk) {
                 Some(role) => {
                     conn.role = Some(role);
                     conn.parser = Some(Connection::with_limits(role, limits));
@@ -314,7 +454,7 @@ impl Tracker {
         }
         let mut out = std::mem::take(&mut self.scratch);
         let parser = conn.parser.as_mut().expect("set above");
-        parser.feed(&chunk, &mut out, &mut self.agg.losses);
+        parser.feed(chunk, &mut out, &mut self.agg.losses);
         let (cg, tid, ep, role) = (conn.cgroup_id, conn.tid, conn.endpoints, conn.role);
         for x in out.drain(..) {
             self.exchange(key, cg, tid, ep, role, x, owner);
@@ -501,6 +641,8 @@ mod tests {
             call: "read",
             total_len: data.len() as u32,
             seq,
+            part: 0,
+            more: false,
             data,
         })
     }
@@ -593,6 +735,148 @@ mod tests {
         let counted: Vec<_> = t.agg.http.iter().map(|(k, h)| (k.server, k.method, k.status_code, h.count)).collect();
         assert_eq!(counted, vec![(true, "GET", 404, 1)]);
         assert_eq!(t.agg.role_unknown, 0);
+    }
+
+    /// The records the kernel sends for one HTTP/2 call of `bytes`: full
+    /// ones of `CAPTURE_BYTES`, the same seq, `part` counting, `more` on all
+    /// but the last.
+    fn records(seq: u32, direction: Direction, bytes: &[u8], at: u64) -> Vec<Event<'_>> {
+        let parts: Vec<&[u8]> = bytes.chunks(pmoas_bpf::http::CAPTURE_BYTES).collect();
+        let n = parts.len();
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, data)| {
+                let Event::Data(mut c) = chunk(seq, direction, data, at) else { unreachable!() };
+                c.proto = Proto::Http2;
+                c.total_len = bytes.len() as u32;
+                c.part = i as u8;
+                c.more = i + 1 < n;
+                Event::Data(c)
+            })
+            .collect()
+    }
+
+    /// `n` GET requests (streams 1, 3, ...) with a body of `body` bytes
+    /// each, after the client preface and SETTINGS; and their responses.
+    fn h2_calls(first: u32, n: u32, body: usize) -> (Vec<u8>, Vec<u8>) {
+        let (mut req, mut resp) = (Vec::new(), Vec::new());
+        if first == 1 {
+            req.extend(pmoas_protocols::http2::PREFACE);
+            req.extend(frame(4, 0, 0, &[]));
+            resp.extend(frame(4, 0, 0, &[]));
+        }
+        for i in 0..n {
+            let stream = first + 2 * i;
+            // `:method GET`, `:scheme http`, `:path /` (static), END_HEADERS.
+            req.extend(frame(1, 0x4, stream, &[0x82, 0x86, 0x84]));
+            req.extend(frame(0, 0x1, stream, &vec![b'x'; body]));
+            // `:status 200`, END_STREAM | END_HEADERS.
+            resp.extend(frame(1, 0x5, stream, &[0x88]));
+        }
+        (req, resp)
+    }
+
+    fn served(t: &Tracker) -> u64 {
+        t.agg.http.iter().filter(|(k, _)| k.server && k.status_code == 200).map(|(_, h)| h.count).sum()
+    }
+
+    #[test]
+    fn an_http2_call_in_several_records_is_parsed_whole() {
+        let mut t = Tracker::new(16);
+        let names = |_: u64| Some(Owner { pod_uid: None, is_sidecar: false });
+        // 100 requests read at once: 13 KiB, frames across the records'
+        // boundary.
+        let (req, resp) = h2_calls(1, 100, 100);
+        assert!(req.len() > pmoas_bpf::http::CAPTURE_BYTES && resp.len() < pmoas_bpf::http::CAPTURE_BYTES);
+        let reads = records(0, Direction::Ingress, &req, 10);
+        assert_eq!(reads.len(), 2);
+        for e in reads {
+            t.event(e, &names);
+        }
+        assert_eq!(t.conns.values().next().unwrap().role, Some(Role::Server));
+        for e in records(0, Direction::Egress, &resp, 20) {
+            t.event(e, &names);
+        }
+        assert_eq!(served(&t), 100, "{:?}", t.agg.losses);
+        assert_eq!(t.agg.losses.total(), 0, "{:?}", t.agg.losses);
+        assert_eq!(t.agg.capture_parts_lost, 0);
+        // The next call, 3 records (`part` 1 and 2 continuations).
+        let (req, resp) = h2_calls(201, 120, 200);
+        let reads = records(1, Direction::Ingress, &req, 30);
+        assert_eq!(reads.len(), 4);
+        for e in reads {
+            t.event(e, &names);
+        }
+        for e in records(1, Direction::Egress, &resp, 40) {
+            t.event(e, &names);
+        }
+        assert_eq!(served(&t), 220, "{:?}", t.agg.losses);
+        assert_eq!(t.agg.losses.total(), 0, "{:?}", t.agg.losses);
+    }
+
+    #[test]
+    fn a_lost_continuation_record_is_counted_and_the_parser_resyncs() {
+        let mut t = Tracker::new(16);
+        let names = |_: u64| Some(Owner { pod_uid: None, is_sidecar: false });
+        let (req, resp) = h2_calls(1, 100, 100);
+        for e in records(0, Direction::Ingress, &req, 10) {
+            t.event(e, &names);
+        }
+        for e in records(0, Direction::Egress, &resp, 20) {
+            t.event(e, &names);
+        }
+        assert_eq!(served(&t), 100);
+        // A call of 4 records whose second did not arrive: the call's bytes
+        // from there on are not captured (frames lost: counted), the rest
+        // of its records ignored.
+        let (req, resp) = h2_calls(201, 120, 200);
+        let mut reads = records(1, Direction::Ingress, &req, 30);
+        assert_eq!(reads.len(), 4);
+        reads.remove(1);
+        for e in reads {
+            t.event(e, &names);
+        }
+        assert_eq!(t.agg.capture_parts_lost, 1);
+        assert_eq!(t.agg.losses.get(p::LossReason::H2FrameLost), 1, "{:?}", t.agg.losses);
+        for e in records(1, Direction::Egress, &resp, 40) {
+            t.event(e, &names);
+        }
+        // Of those, only the requests wholly before the missing record are
+        // answered; nothing is counted wrong.
+        let after_loss = served(&t);
+        assert!((100..100 + 120).contains(&after_loss), "{after_loss}");
+        // A call whose last record did not arrive: counted when the next
+        // call comes. The direction resyncs on a call of whole frames.
+        let (req, _) = h2_calls(1001, 100, 100);
+        let mut reads = records(2, Direction::Ingress, &req, 50);
+        reads.pop();
+        for e in reads {
+            t.event(e, &names);
+        }
+        assert_eq!(t.agg.capture_parts_lost, 1, "not known before the next call");
+        // (`:method GET`, `:scheme http`, `:path /`: static, so decodable
+        // whatever the HPACK table.)
+        let (req, resp) = h2_calls(2001, 3, 10);
+        for e in records(3, Direction::Ingress, &req, 60) {
+            t.event(e, &names);
+        }
+        assert_eq!(t.agg.capture_parts_lost, 2);
+        for e in records(2, Direction::Egress, &resp, 70) {
+            t.event(e, &names);
+        }
+        assert_eq!(served(&t), after_loss + 3, "resynced: {:?}", t.agg.losses);
+        // A call whose first record did not arrive: a gap (its other
+        // records ignored).
+        let (req, _) = h2_calls(3001, 100, 100);
+        let mut reads = records(4, Direction::Ingress, &req, 80);
+        reads.remove(0);
+        let gaps = t.agg.losses.get(p::LossReason::DataGap);
+        for e in reads {
+            t.event(e, &names);
+        }
+        assert_eq!(t.agg.losses.get(p::LossReason::DataGap), gaps + 1);
+        assert_eq!(t.agg.capture_parts_lost, 2);
     }
 
     #[test]

@@ -77,6 +77,8 @@ impl Sock {
             call: "read",
             total_len: data.len() as u32,
             seq,
+            part: 0,
+            more: false,
             data,
         };
         t.event(Event::Data(chunk), &owner);
