@@ -55,7 +55,8 @@ struct pmoas_sockops_key {
 };
 _Static_assert(sizeof(struct pmoas_sockops_key) == 32, "pmoas_sockops_key layout");
 
-#define PMOAS_SOCKOPS_IN_MAP 1u /* the socket went into the SOCKHASH */
+#define PMOAS_SOCKOPS_IN_MAP 1u	   /* the socket went into the SOCKHASH */
+#define PMOAS_SOCKOPS_FELL_BACK 2u /* a message went through TCP: all later ones do too */
 
 /* Socket storage (BPF_MAP_TYPE_SK_STORAGE) of every socket put in the
  * SOCKHASH, so that the sk_msg program knows its peer without guessing.
@@ -66,7 +67,7 @@ struct pmoas_sockops_sock {
 	struct pmoas_sockops_key conn; /* the connection in sockops_pairs: side 0 */
 	__u64 cgroup_id;	       /* cgroup that owns the socket */
 	__u64 misses;		       /* messages that went through TCP instead */
-	__u32 flags;		       /* PMOAS_SOCKOPS_IN_MAP */
+	__u32 flags;		       /* PMOAS_SOCKOPS_IN_MAP, _FELL_BACK */
 	__u32 pad;
 };
 _Static_assert(sizeof(struct pmoas_sockops_sock) == 120, "pmoas_sockops_sock layout");

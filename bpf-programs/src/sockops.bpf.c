@@ -346,8 +346,16 @@ int sockops_redirect(struct sk_msg_md *msg)
 	if (!st)
 		return SK_PASS;
 
-	if (bpf_msg_redirect_hash(msg, &sockops_hash, &st->peer, BPF_F_INGRESS) != SK_PASS) {
-		/* Peer not (or no longer) in the map: TCP carries it. */
+	/*
+	 * Once one message of this socket went through TCP, every later one
+	 * does too: the peer reads its psock queue (redirected data) before its
+	 * TCP receive queue, so a redirected message could overtake the one
+	 * still in TCP. A miss happens when the peer is not in the map (yet):
+	 * not watched, excluded, refused, or closed.
+	 */
+	if ((st->flags & PMOAS_SOCKOPS_FELL_BACK) ||
+	    bpf_msg_redirect_hash(msg, &sockops_hash, &st->peer, BPF_F_INGRESS) != SK_PASS) {
+		__sync_fetch_and_or(&st->flags, PMOAS_SOCKOPS_FELL_BACK);
 		__sync_fetch_and_add(&st->misses, 1);
 		cnt = counters_for(st->cgroup_id);
 		if (cnt) {

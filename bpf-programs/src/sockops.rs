@@ -19,6 +19,7 @@ pub const EXCLUDED_CIDR_MAP_SIZE: u32 = c::PMOAS_SOCKOPS_EXCLUDED_CIDR_MAP_SIZE 
 pub const SIDE_ACTIVE: u8 = c::PMOAS_SOCKOPS_ACTIVE as u8;
 pub const SIDE_PASSIVE: u8 = c::PMOAS_SOCKOPS_PASSIVE as u8;
 pub const FLAG_IN_MAP: u32 = c::PMOAS_SOCKOPS_IN_MAP as u32;
+pub const FLAG_FELL_BACK: u32 = c::PMOAS_SOCKOPS_FELL_BACK as u32;
 
 /// Map and program names in `sockops.bpf.o` (Aya finds programs by function name).
 pub const PROG_SOCK_OPS: &str = "sockops_established";
