@@ -3,14 +3,17 @@
 //! program on the SOCKHASH; a child process moved into that cgroup echoes
 //! checksummed messages over 127.0.0.1 (64 B to 1 MiB, both directions);
 //! every byte must come back intact and the per-cgroup counters must show
-//! both ends in the map and every byte redirected, none missed. Root and
-//! real eBPF: skips loudly otherwise, fails under PMOAS_REQUIRE_BPF=1.
+//! both ends in the map and every byte redirected, none missed. And a peer
+//! that joins the map late never gets a message that would overtake one
+//! already sent through TCP. Root and real eBPF: skips loudly otherwise,
+//! fails under PMOAS_REQUIRE_BPF=1.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use aya::Ebpf;
 use aya::maps::{MapData, PerCpuHashMap, SockHash};
@@ -93,23 +96,45 @@ fn counters_for(map: &PerCpuHashMap<&MapData, u64, SockopsCounters>, cgroup_id: 
     total
 }
 
-#[test]
-fn sockops_programs_load_attach_and_redirect_loopback_bytes_intact() {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        return;
+/// The programs attached to a fresh cgroup v2 directory (removed on drop,
+/// after the programs are detached).
+struct Attached {
+    bpf: Ebpf,
+    sock_hash: SockHash<MapData, SockopsKey>,
+    dir: PathBuf,
+    cgroup_id: u64,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        // Runs before the fields drop (the links go with `bpf`): removing
+        // a cgroup that still has programs attached is allowed once no
+        // process is in it, and the child has exited.
+        let _ = std::fs::remove_dir(&self.dir);
     }
+}
+
+/// Loads and attaches everything, or says why it cannot (None: skipped).
+fn attach(name: &str) -> Option<Attached> {
     if !nix_is_root() {
-        return skip("not root");
+        skip("not root");
+        return None;
     }
-    let Some(root) = cgroup2_root() else { return skip("no cgroup v2 mount") };
-    let dir = root.join(format!("pmoas-sockops-test-{}", std::process::id()));
+    let Some(root) = cgroup2_root() else {
+        skip("no cgroup v2 mount");
+        return None;
+    };
+    let dir = root.join(format!("pmoas-sockops-{name}-{}", std::process::id()));
     std::fs::create_dir(&dir).expect("create test cgroup");
-    let _cleanup = RemoveDir(dir.clone());
     let cgroup_id = std::fs::metadata(&dir).unwrap().ino();
 
     let mut bpf = match Ebpf::load(pmoas_bpf::SOCKOPS) {
         Ok(b) => b,
-        Err(e) => return skip(&format!("loading sockops.bpf.o: {e}")),
+        Err(e) => {
+            let _ = std::fs::remove_dir(&dir);
+            skip(&format!("loading sockops.bpf.o: {e}"));
+            return None;
+        }
     };
     let cg = std::fs::File::open(&dir).unwrap();
 
@@ -129,19 +154,35 @@ fn sockops_programs_load_attach_and_redirect_loopback_bytes_intact() {
     let egress: &mut CgroupSkb = bpf.program_mut(sockops::PROG_SYN_EGRESS).unwrap().try_into().unwrap();
     egress.load().expect("load cgroup_skb/egress");
     egress.attach(&cg, CgroupSkbAttachType::Egress, CgroupAttachMode::Single).expect("attach egress");
+    Some(Attached { bpf, sock_hash, dir, cgroup_id })
+}
 
-    let out = child_in_cgroup(&dir);
+impl Attached {
+    fn counters(&self) -> SockopsCounters {
+        let map: PerCpuHashMap<&MapData, u64, SockopsCounters> =
+            PerCpuHashMap::try_from(self.bpf.map(sockops::MAP_COUNTERS).unwrap()).unwrap();
+        counters_for(&map, self.cgroup_id)
+    }
+}
+
+#[test]
+fn sockops_programs_load_attach_and_redirect_loopback_bytes_intact() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let Some(a) = attach("echo") else { return };
+
+    let out = child_in_cgroup(&a.dir, "sockops_child_traffic").output().expect("run the child");
     assert!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let sent: u64 = stdout
         .lines()
-        .find_map(|l| l.split("SENT ").nth(1)) // the harness may print its "test ... " first
-        .and_then(|v| v.trim().parse().ok())
+        // The harness may print its "test ... " before the child's line.
+        .find_map(|l| l.split("SENT ").nth(1))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no SENT line from the child: {stdout}"));
 
-    let counters: PerCpuHashMap<&MapData, u64, SockopsCounters> =
-        PerCpuHashMap::try_from(bpf.map(sockops::MAP_COUNTERS).unwrap()).unwrap();
-    let c = counters_for(&counters, cgroup_id);
+    let c = a.counters();
     assert_eq!(c.sockets_added, 2, "both ends of the loopback connection in the map: {c:?}");
     assert_eq!(c.sockets_removed, 2, "both closed: {c:?}");
     assert_eq!(c.active_sockets(), 0);
@@ -152,22 +193,92 @@ fn sockops_programs_load_attach_and_redirect_loopback_bytes_intact() {
     assert_eq!(c.redirected_received_bytes, 2 * sent, "{c:?}");
     assert_eq!(c.closed_sent_bytes, 2 * sent, "{c:?}");
     assert_eq!(c.closed_received_bytes, 2 * sent, "{c:?}");
-    drop(bpf); // detach before the cgroup goes
 }
 
-/// Re-runs this test binary as the child half, in the test cgroup (the
+#[test]
+fn sockops_child_late_peer() {
+    // The child half of the test below: connect, send A*1000, wait for a
+    // line on stdin, send B*1000, wait again.
+    let Some(port) = std::env::var_os(CHILD_ENV).and_then(|v| v.to_str()?.strip_prefix("late:")?.parse::<u16>().ok())
+    else {
+        return;
+    };
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut line = String::new();
+    s.write_all(&[b'A'; 1000]).unwrap();
+    println!("SENT1");
+    std::io::stdin().read_line(&mut line).unwrap();
+    s.write_all(&[b'B'; 1000]).unwrap();
+    println!("SENT2");
+    std::io::stdin().read_line(&mut line).unwrap();
+}
+
+/// A peer that joins the map after a message already went through TCP must
+/// not be redirected to: its psock queue is read before its TCP queue, so
+/// the later message would overtake the earlier one. The server end is this
+/// process (not in the watched cgroup: sock_ops never sees it), and it puts
+/// its accepted socket into the SOCKHASH itself, as a late
+/// PASSIVE_ESTABLISHED would, between the client's two messages.
+#[test]
+fn a_late_peer_never_reorders_the_stream() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let Some(mut a) = attach("late") else { return };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut child = child_in_cgroup(&a.dir, "sockops_child_late_peer")
+        .env(CHILD_ENV, format!("late:{port}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the child");
+    let (mut server, _) = listener.accept().unwrap();
+    let mut from_child = BufReader::new(child.stdout.take().unwrap());
+    let mut to_child = child.stdin.take().unwrap();
+    let wait_for = |r: &mut BufReader<_>, what: &str| {
+        let mut line = String::new();
+        while !line.contains(what) {
+            line.clear();
+            assert!(r.read_line(&mut line).unwrap() > 0, "child ended before {what}");
+        }
+    };
+    wait_for(&mut from_child, "SENT1");
+
+    // Only the client is in the map; add the server end under the peer key.
+    let keys: Vec<SockopsKey> = a.sock_hash.keys().map(|k| k.unwrap()).collect();
+    assert_eq!(keys.len(), 1, "only the client end is in the map: {keys:?}");
+    assert_eq!(keys[0].side, sockops::SIDE_ACTIVE);
+    let peer = SockopsKey { side: sockops::SIDE_PASSIVE, ..keys[0] };
+    a.sock_hash.insert(peer, server.as_raw_fd(), 0).expect("insert the server end");
+
+    writeln!(to_child, "go").unwrap();
+    wait_for(&mut from_child, "SENT2");
+    let mut got = vec![0u8; 2000];
+    server.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    server.read_exact(&mut got).expect("both messages arrive");
+    writeln!(to_child, "bye").unwrap();
+    assert!(child.wait().unwrap().success());
+
+    assert!(got[..1000].iter().all(|&b| b == b'A') && got[1000..].iter().all(|&b| b == b'B'), "stream reordered");
+    let c = a.counters();
+    assert_eq!((c.misses, c.miss_bytes), (2, 2000), "both messages went through TCP: {c:?}");
+    assert_eq!(c.redirected_messages, 0, "{c:?}");
+}
+
+/// This test binary as the child half `test`, in the test cgroup (the
 /// shell joins it before exec, so every thread of the child is in it).
-fn child_in_cgroup(dir: &Path) -> std::process::Output {
+fn child_in_cgroup(dir: &Path, test: &str) -> Command {
     let exe = std::env::current_exe().unwrap();
-    Command::new("sh")
-        .arg("-c")
-        .arg("echo $$ > \"$1/cgroup.procs\" && exec \"$2\" --exact sockops_child_traffic --nocapture --test-threads=1")
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("echo $$ > \"$1/cgroup.procs\" && exec \"$2\" --exact \"$3\" --nocapture --test-threads=1")
         .arg("sh")
         .arg(dir)
         .arg(exe)
-        .env(CHILD_ENV, "1")
-        .output()
-        .expect("run the child")
+        .arg(test)
+        .env(CHILD_ENV, "1");
+    cmd
 }
 
 fn nix_is_root() -> bool {
@@ -175,11 +286,4 @@ fn nix_is_root() -> bool {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
         .unwrap_or(false)
-}
-
-struct RemoveDir(PathBuf);
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
 }
