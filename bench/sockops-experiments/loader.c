@@ -87,6 +87,11 @@ int main(int argc, char **argv)
 			printf("pin %s: %d\n", path, bpf_link__pin(eg, path));
 		}
 	}
+	struct bpf_program *rl = bpf_object__find_program_by_name(obj, "sockops_recv_length");
+	if (rl) {
+		struct bpf_link *rlink = bpf_program__attach(rl);
+		printf("tp_btf/sock_recv_length attach: %s\n", rlink ? "ok" : strerror(errno));
+	}
 	if (pin) {
 		for (int i = 0; maps[i]; i++) {
 			snprintf(path, sizeof path, "%s/%s", pin, maps[i]);

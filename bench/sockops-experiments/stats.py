@@ -6,13 +6,13 @@ def dump(name):
     out = subprocess.run(["bpftool", "-j", "map", "dump", "id", ids[name]], capture_output=True, text=True)
     return json.loads(out.stdout or "[]")
 F = ["sockets_added", "sockets_removed", "redirected_messages", "redirected_bytes", "redirected_received_bytes",
-     "misses", "miss_bytes", "insert_errors", "closed_sent_bytes", "closed_received_bytes"]
+     "misses", "miss_bytes", "insert_errors", "overflows", "closed_sent_bytes", "closed_received_bytes"]
 for e in dump("sockops_counters"):
     f = e["formatted"]
     tot = {k: 0 for k in F}
     for v in f["values"]:
         for k in F:
-            tot[k] += v["value"][k]
+            tot[k] += v["value"].get(k, 0)
     print("cgroup", f["key"], " ".join(f"{k}={v}" for k, v in tot.items()))
 print("sockhash entries", len(dump("sockops_hash")), "pairs", len(dump("sockops_pairs")))
 lost = dump("lost_events")

@@ -26,6 +26,12 @@
 /* CIDRs never accelerated, local or remote address (--sockops.exclude-cidrs). */
 #define PMOAS_SOCKOPS_EXCLUDED_CIDR_MAP_SIZE 256
 
+/* Default cap on bytes a receiver has not read yet, per connection and
+ * direction (the const volatile pmoas_sockops_max_queued overrides it before
+ * load). Redirected data bypasses TCP flow control: past the cap the sender
+ * uses TCP until the receiver has read everything (see sockops_redirect). */
+#define PMOAS_SOCKOPS_MAX_QUEUED_DEFAULT 4194304
+
 /* ---- lost events: slots of this object's lost_events array ---- */
 /* 0 is PMOAS_LOST_AGGREGATION_MAP_FULL (pmoas_types.h): counter map full. */
 #define PMOAS_LOST_SOCKOPS_SOCKHASH_FULL 1 /* a socket not accelerated: sockhash full */
@@ -56,7 +62,7 @@ struct pmoas_sockops_key {
 _Static_assert(sizeof(struct pmoas_sockops_key) == 32, "pmoas_sockops_key layout");
 
 #define PMOAS_SOCKOPS_IN_MAP 1u	   /* the socket went into the SOCKHASH */
-#define PMOAS_SOCKOPS_FELL_BACK 2u /* a message went through TCP: all later ones do too */
+#define PMOAS_SOCKOPS_VIA_TCP 2u   /* its last message went through TCP */
 
 /* Socket storage (BPF_MAP_TYPE_SK_STORAGE) of every socket put in the
  * SOCKHASH, so that the sk_msg program knows its peer without guessing.
@@ -67,7 +73,7 @@ struct pmoas_sockops_sock {
 	struct pmoas_sockops_key conn; /* the connection in sockops_pairs: side 0 */
 	__u64 cgroup_id;	       /* cgroup that owns the socket */
 	__u64 misses;		       /* messages that went through TCP instead */
-	__u32 flags;		       /* PMOAS_SOCKOPS_IN_MAP, _FELL_BACK */
+	__u32 flags;		       /* PMOAS_SOCKOPS_IN_MAP, _VIA_TCP */
 	__u32 pad;
 };
 _Static_assert(sizeof(struct pmoas_sockops_sock) == 120, "pmoas_sockops_sock layout");
@@ -77,15 +83,23 @@ _Static_assert(sizeof(struct pmoas_sockops_sock) == 120, "pmoas_sockops_sock lay
  * client endpoint with side 0. Index 0 is the active (client) end, 1 the
  * passive one. What one end sent by redirect is what the other received:
  * each end's TCP counters saw neither. Deleted when its last socket closes.
+ *
+ * sent_bytes + tcp_bytes - the other end's read_bytes is what one end sent
+ * that the other has not read yet, in its psock queue or in TCP: the sk_msg
+ * program redirects only while that stays under the cap, and after a
+ * message went through TCP only once it is 0 (both queues empty: no
+ * message can overtake another).
  */
 struct pmoas_sockops_pair {
 	__u64 cgroup_id[2];	/* owner of each end, 0 until it is established */
 	__u64 sent_messages[2];
 	__u64 sent_bytes[2];	/* redirected, by sending end */
+	__u64 tcp_bytes[2];	/* passed to TCP by the sk_msg program, by sending end */
+	__u64 read_bytes[2];	/* read by each end (recv calls), while in the map */
 	__u32 refs;		/* ends in the SOCKHASH */
 	__u32 pad;
 };
-_Static_assert(sizeof(struct pmoas_sockops_pair) == 56, "pmoas_sockops_pair layout");
+_Static_assert(sizeof(struct pmoas_sockops_pair) == 88, "pmoas_sockops_pair layout");
 
 /*
  * Per-cgroup counters (per-CPU hash keyed by the socket's cgroup v2 id).
@@ -102,10 +116,11 @@ struct pmoas_sockops_counters {
 	__u64 misses;		/* messages passed to TCP: peer not in the map */
 	__u64 miss_bytes;
 	__u64 insert_errors;	/* the kernel refused the socket (e.g. EBUSY, ULP) */
+	__u64 overflows;	/* switches to TCP because the peer left too much unread */
 	__u64 closed_sent_bytes;
 	__u64 closed_received_bytes;
 };
-_Static_assert(sizeof(struct pmoas_sockops_counters) == 80, "pmoas_sockops_counters layout");
+_Static_assert(sizeof(struct pmoas_sockops_counters) == 88, "pmoas_sockops_counters layout");
 
 /* Key of the excluded-CIDR LPM trie: prefixlen counts bits of addr, an
  * IPv4 CIDR a.b.c.d/n as ::ffff:a.b.c.d/(96+n). */

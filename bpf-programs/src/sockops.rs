@@ -19,7 +19,11 @@ pub const EXCLUDED_CIDR_MAP_SIZE: u32 = c::PMOAS_SOCKOPS_EXCLUDED_CIDR_MAP_SIZE 
 pub const SIDE_ACTIVE: u8 = c::PMOAS_SOCKOPS_ACTIVE as u8;
 pub const SIDE_PASSIVE: u8 = c::PMOAS_SOCKOPS_PASSIVE as u8;
 pub const FLAG_IN_MAP: u32 = c::PMOAS_SOCKOPS_IN_MAP as u32;
-pub const FLAG_FELL_BACK: u32 = c::PMOAS_SOCKOPS_FELL_BACK as u32;
+pub const FLAG_VIA_TCP: u32 = c::PMOAS_SOCKOPS_VIA_TCP as u32;
+pub const MAX_QUEUED_DEFAULT: u64 = c::PMOAS_SOCKOPS_MAX_QUEUED_DEFAULT;
+/// The `const volatile` cap on unread bytes per connection and direction.
+pub const MAX_QUEUED_GLOBAL: &str = "pmoas_sockops_max_queued";
+pub const PROG_RECV_LENGTH: &str = "sockops_recv_length";
 
 /// Map and program names in `sockops.bpf.o` (Aya finds programs by function name).
 pub const PROG_SOCK_OPS: &str = "sockops_established";
@@ -71,6 +75,8 @@ pub struct SockopsPair {
     pub cgroup_id: [u64; 2],
     pub sent_messages: [u64; 2],
     pub sent_bytes: [u64; 2],
+    pub tcp_bytes: [u64; 2],
+    pub read_bytes: [u64; 2],
     pub refs: u32,
     pub pad: u32,
 }
@@ -87,6 +93,7 @@ pub struct SockopsCounters {
     pub misses: u64,
     pub miss_bytes: u64,
     pub insert_errors: u64,
+    pub overflows: u64,
     pub closed_sent_bytes: u64,
     pub closed_received_bytes: u64,
 }
@@ -107,6 +114,7 @@ impl SockopsCounters {
         self.misses += o.misses;
         self.miss_bytes += o.miss_bytes;
         self.insert_errors += o.insert_errors;
+        self.overflows += o.overflows;
         self.closed_sent_bytes += o.closed_sent_bytes;
         self.closed_received_bytes += o.closed_received_bytes;
     }
@@ -149,9 +157,9 @@ const _: () = {
     assert!(size_of::<SockopsSock>() == 120);
     assert!(offset_of!(SockopsSock, cgroup_id) == 96);
     assert!(offset_of!(SockopsSock, flags) == 112);
-    assert!(size_of::<SockopsPair>() == 56);
-    assert!(offset_of!(SockopsPair, refs) == 48);
-    assert!(size_of::<SockopsCounters>() == 80);
+    assert!(size_of::<SockopsPair>() == 88);
+    assert!(offset_of!(SockopsPair, refs) == 80);
+    assert!(size_of::<SockopsCounters>() == 88);
     assert!(size_of::<SockopsCidr>() == 20);
 };
 
@@ -159,7 +167,17 @@ const _: () = {
 pub const LAYOUTS: &[crate::types::Layout] = &[
     crate::layout!("pmoas_sockops_key", SockopsKey, netns, addr, port, side, pad),
     crate::layout!("pmoas_sockops_sock", SockopsSock, key, peer, conn, cgroup_id, misses, flags, pad),
-    crate::layout!("pmoas_sockops_pair", SockopsPair, cgroup_id, sent_messages, sent_bytes, refs, pad),
+    crate::layout!(
+        "pmoas_sockops_pair",
+        SockopsPair,
+        cgroup_id,
+        sent_messages,
+        sent_bytes,
+        tcp_bytes,
+        read_bytes,
+        refs,
+        pad
+    ),
     crate::layout!(
         "pmoas_sockops_counters",
         SockopsCounters,
@@ -171,6 +189,7 @@ pub const LAYOUTS: &[crate::types::Layout] = &[
         misses,
         miss_bytes,
         insert_errors,
+        overflows,
         closed_sent_bytes,
         closed_received_bytes
     ),

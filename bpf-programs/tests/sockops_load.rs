@@ -15,9 +15,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use aya::Ebpf;
 use aya::maps::{MapData, PerCpuHashMap, SockHash};
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SkMsg, SockOps};
+use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SkMsg, SockOps};
+use aya::{Btf, Ebpf};
 use pmoas_bpf::sockops::{self, SockopsCounters, SockopsKey};
 
 const CHILD_ENV: &str = "PMOAS_SOCKOPS_LOAD_CHILD";
@@ -154,6 +154,12 @@ fn attach(name: &str) -> Option<Attached> {
     let egress: &mut CgroupSkb = bpf.program_mut(sockops::PROG_SYN_EGRESS).unwrap().try_into().unwrap();
     egress.load().expect("load cgroup_skb/egress");
     egress.attach(&cg, CgroupSkbAttachType::Egress, CgroupAttachMode::Single).expect("attach egress");
+
+    // What each end reads: bounds what its peer may leave queued.
+    let btf = Btf::from_sys_fs().expect("kernel BTF");
+    let recv: &mut BtfTracePoint = bpf.program_mut(sockops::PROG_RECV_LENGTH).unwrap().try_into().unwrap();
+    recv.load("sock_recv_length", &btf).expect("load tp_btf/sock_recv_length");
+    recv.attach().expect("attach tp_btf/sock_recv_length");
     Some(Attached { bpf, sock_hash, dir, cgroup_id })
 }
 
