@@ -3,9 +3,10 @@
 //! program on the SOCKHASH; a child process moved into that cgroup echoes
 //! checksummed messages over 127.0.0.1 (64 B to 1 MiB, both directions);
 //! every byte must come back intact and the per-cgroup counters must show
-//! both ends in the map and every byte redirected, none missed. And a peer
-//! that joins the map late never gets a message that would overtake one
-//! already sent through TCP. Root and real eBPF: skips loudly otherwise,
+//! both ends in the map and every byte redirected, none missed. A peer that
+//! joins the map late never gets a message that would overtake one already
+//! sent through TCP, and a reader that does not read caps what is queued
+//! for it (the rest takes TCP, in order). Root and real eBPF: skips loudly otherwise,
 //! fails under PMOAS_REQUIRE_BPF=1.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -270,6 +271,57 @@ fn a_late_peer_never_reorders_the_stream() {
     let c = a.counters();
     assert_eq!((c.misses, c.miss_bytes), (2, 2000), "both messages went through TCP: {c:?}");
     assert_eq!(c.redirected_messages, 0, "{c:?}");
+}
+
+#[test]
+fn sockops_child_slow_reader() {
+    // The child half of the test below: 16 MiB to a reader that sleeps
+    // first; prints SLOW <bytes> when every byte arrived intact.
+    if std::env::var_os(CHILD_ENV).is_none_or(|v| v != "slow") {
+        return;
+    }
+    let data: Vec<u8> = (0..16usize << 20).map(|i| (i * 131 % 251) as u8).collect();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let expect = data.clone();
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let mut got = Vec::with_capacity(expect.len());
+        s.read_to_end(&mut got).unwrap();
+        assert!(got == expect, "stream differs ({} of {} bytes)", got.len(), expect.len());
+        got.len()
+    });
+    let mut c = TcpStream::connect(addr).unwrap();
+    for chunk in data.chunks(64 << 10) {
+        c.write_all(chunk).unwrap();
+    }
+    drop(c);
+    println!("SLOW {}", reader.join().unwrap());
+}
+
+/// A reader that does not read: redirected data skips TCP's flow control,
+/// so the sender must switch to TCP past the cap (4 MiB unread by
+/// default) instead of queueing all 16 MiB at the reader; every byte still
+/// arrives, in order.
+#[test]
+fn a_reader_that_does_not_read_caps_the_redirected_queue() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let Some(a) = attach("slow") else { return };
+    let out = child_in_cgroup(&a.dir, "sockops_child_slow_reader").env(CHILD_ENV, "slow").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("SLOW 16777216"),
+        "child: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = a.counters();
+    assert_eq!(c.sockets_added, 2, "{c:?}");
+    assert!(c.overflows >= 1, "the cap was reached: {c:?}");
+    assert!(c.misses > 0 && c.miss_bytes > 0, "the rest went through TCP: {c:?}");
+    assert_eq!(c.redirected_bytes + c.miss_bytes, 16 << 20, "every byte either way: {c:?}");
 }
 
 /// This test binary as the child half `test`, in the test cgroup (the
