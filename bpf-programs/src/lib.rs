@@ -8,12 +8,14 @@
 //! | cgroup    | `src/cgroup.bpf.c`  | [`CGROUP`]      |
 //! | netstack  | `src/netstack.bpf.c`| [`NETSTACK`]    |
 //! | http      | `src/http.bpf.c`    | [`HTTP`]        |
+//! | sockops   | `src/sockops.bpf.c` | [`SOCKOPS`]     |
 //!
 //! [`types`] mirrors the structs of `include/pmoas_types.h` that cross the
 //! kernel/user boundary.
 
 pub mod http;
 pub mod netstack;
+pub mod sockops;
 pub mod types;
 
 /// The socket collector's programs and maps (`src/socket.bpf.c`).
@@ -27,3 +29,7 @@ pub static NETSTACK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 
 /// The http collector's programs and maps (`src/http.bpf.c`).
 pub static HTTP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/http.bpf.o"));
+
+/// The sockops collector's programs and maps (`src/sockops.bpf.c`):
+/// socket-redirect acceleration, opt-in.
+pub static SOCKOPS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockops.bpf.o"));

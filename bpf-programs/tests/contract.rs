@@ -76,6 +76,7 @@ const OBJECTS: &[(&str, &[u8])] = &[
     ("cgroup", pmoas_bpf::CGROUP),
     ("netstack", pmoas_bpf::NETSTACK),
     ("http", pmoas_bpf::HTTP),
+    ("sockops", pmoas_bpf::SOCKOPS),
 ];
 
 #[test]
@@ -87,6 +88,7 @@ fn every_mirrored_struct_matches_the_objects_btf() {
 fn every_collectors_own_structs_match_its_object() {
     check(pmoas_bpf::netstack::LAYOUTS, &[("netstack", pmoas_bpf::NETSTACK)]);
     check(pmoas_bpf::http::LAYOUTS, &[("http", pmoas_bpf::HTTP)]);
+    check(pmoas_bpf::sockops::LAYOUTS, &[("sockops", pmoas_bpf::SOCKOPS)]);
 }
 
 #[test]
