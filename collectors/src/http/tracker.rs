@@ -317,17 +317,22 @@ impl Tracker {
             // A call in one record (all of HTTP/1, most of HTTP/2): parsed
             // where it lies in the ring.
             self.next_call(key, slot, c.seq);
-            let chunk = p::Chunk {
-                direction: direction(slot),
-                captured: c.data,
-                total_len: c.total_len as usize,
-                start_ns: c.start_ns,
-                end_ns: c.end_ns,
-            };
-            self.feed(key, &chunk, owner);
+            self.feed_whole(key, slot, &c, owner);
             return;
         }
         self.part(key, slot, &c, owner);
+    }
+
+    /// A call that came in one record, parsed where it lies.
+    fn feed_whole(&mut self, key: (u64, u32), slot: usize, c: &Chunk<'_>, owner: &dyn Fn(u64) -> Option<Owner>) {
+        let chunk = p::Chunk {
+            direction: direction(slot),
+            captured: c.data,
+            total_len: c.total_len as usize,
+            start_ns: c.start_ns,
+            end_ns: c.end_ns,
+        };
+        self.feed(key, &chunk, owner);
     }
 
     /// A call's number `seq` in direction `slot`: a gap tells the parser
@@ -355,14 +360,7 @@ impl Tracker {
             self.flush_pending(key, slot, true, owner);
             self.next_call(key, slot, c.seq);
             if !c.more {
-                let chunk = p::Chunk {
-                    direction: direction(slot),
-                    captured: c.data,
-                    total_len: c.total_len as usize,
-                    start_ns: c.start_ns,
-                    end_ns: c.end_ns,
-                };
-                self.feed(key, &chunk, owner);
+                self.feed_whole(key, slot, c, owner);
                 return;
             }
             let mut buf = self.spare.pop().unwrap_or_default();

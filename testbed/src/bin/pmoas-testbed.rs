@@ -32,7 +32,9 @@ Traffic tools (tests run them inside containers; they print a JSON report):
       Prints `listening ADDR` on stderr once ready.
   pmoas-testbed tcp-client --connect ADDR --count N [--send BYTES] [--hold]
       N connections: send BYTES, shut down writing, read to EOF; with --hold
-      all N are opened first and held open together, then exchange.
+      all N are opened first and held open together, then exchange (keep N
+      below the listener's accept backlog, 128 for tcp-server: it accepts one
+      at a time, and the connects past its queue wait for their timeout).
   pmoas-testbed http --connect ADDR [--path /] --count N [--concurrency C] [--stagger-ms MS]
       N GET requests with Connection: close, C at a time; with --stagger-ms the
       C clients start spread over MS instead of together.
