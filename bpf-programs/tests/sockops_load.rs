@@ -32,6 +32,14 @@ fn require_bpf() -> bool {
 fn skip(why: &str) {
     assert!(!require_bpf(), "sockops load test: PMOAS_REQUIRE_BPF is set but {why}");
     eprintln!("SKIP sockops load test: {why}");
+    // Listed at the end of scripts/test.sh, like every other skip
+    // (pmoas_testbed::report_skip; this crate cannot depend on the testbed).
+    if let Some(path) = std::env::var_os("PMOAS_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "SKIP sockops load test: {why}");
+        }
+    }
 }
 
 fn cgroup2_root() -> Option<PathBuf> {
