@@ -69,6 +69,11 @@ pub const WAIT_NS: u64 = 200_000_000;
 /// How long a server exchange between sidecar and app is kept for a trace
 /// that may claim it (from its end).
 pub const KEEP_NS: u64 = 1_000_000_000;
+/// How far before the near end's request write a far end's read of it may
+/// be stamped. Both are stamped at the system call's exit: on loopback the
+/// write hands the bytes over inside the call, and the reader, woken on
+/// another CPU, may return before the writer's exit is traced.
+pub const HANDOVER_NS: u64 = 1_000_000;
 /// Server exchanges kept at once.
 pub const MAX_KEPT: usize = 16384;
 /// Sampled traces waiting for their far end at once.
@@ -213,14 +218,28 @@ impl Tracing {
         let key = near.connection()?;
         let queue = self.kept.get_mut(&key)?;
         let n = &near.exchange;
-        let at = queue.iter().position(|f| {
+        let same = |f: &Seen| {
             let x = &f.exchange;
-            let same = match (x.stream_id, n.stream_id) {
+            match (x.stream_id, n.stream_id) {
                 (Some(a), Some(b)) => a == b,
                 _ => x.method == n.method && x.path == n.path,
-            };
-            same && x.request_start_ns >= n.request_start_ns && x.request_start_ns <= n.response_end_ns
-        })?;
+            }
+        };
+        // Read while the near end's request was in flight; failing that,
+        // the latest read within HANDOVER_NS before its write's exit (an
+        // older one is an earlier request's).
+        let at = queue
+            .iter()
+            .position(|f| {
+                let start = f.exchange.request_start_ns;
+                same(f) && start >= n.request_start_ns && start <= n.response_end_ns
+            })
+            .or_else(|| {
+                queue.iter().rposition(|f| {
+                    let start = f.exchange.request_start_ns;
+                    same(f) && start < n.request_start_ns && start + HANDOVER_NS >= n.request_start_ns
+                })
+            })?;
         let far = queue.remove(at);
         if queue.is_empty() {
             self.kept.remove(&key);

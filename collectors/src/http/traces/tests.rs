@@ -270,6 +270,36 @@ fn the_app_span_reported_late_is_waited_for_and_a_lost_one_counted() {
     assert_eq!(t.trace_stats().unwrap().missing.get(&Direction::Inbound), Some(&1));
 }
 
+/// The app's read of the forwarded request is stamped before the sidecar's
+/// write of it (both at the call's exit; the reader returned first): it is
+/// still the far end, and an earlier request's unclaimed one is not.
+#[test]
+fn an_app_read_stamped_before_the_forward_write_is_its_far_end() {
+    let mut t = tracing(1);
+    let mut r = Inbound::new(1);
+    let t0 = 1_000 * MS;
+    r.request(&mut t, t0, &[], 200, None);
+    assert_eq!(t.take_traces(t0 + MS).len(), 1);
+    let t1 = t0 + 2 * MS;
+    // An app exchange on the same connection that no trace claimed (an
+    // earlier request's), shortly before.
+    r.app.io(&mut t, Dir::Ingress, &request("/a", &[]), t1 - 100 * US);
+    r.app.io(&mut t, Dir::Egress, &response(200), t1 - 50 * US);
+    r.downstream.io(&mut t, Dir::Ingress, &request("/a", &[]), t1);
+    r.app.io(&mut t, Dir::Ingress, &request("/a", &[]), t1 + 15 * US);
+    r.forward.io(&mut t, Dir::Egress, &request("/a", &[]), t1 + 20 * US);
+    r.app.io(&mut t, Dir::Egress, &response(200), t1 + 200 * US);
+    r.forward.io(&mut t, Dir::Ingress, &response(200), t1 + 210 * US);
+    r.downstream.io(&mut t, Dir::Egress, &response(200), t1 + 230 * US);
+    let ready = t.take_traces(t1 + MS);
+    assert_eq!(ready.len(), 1);
+    let trace = to_trace(&ready[0], &names, &clock());
+    assert_eq!(trace.spans.len(), 3, "the app's span is found");
+    // A span starts at its first read's end (1 µs after `at` here).
+    assert_eq!(trace.spans[2].start, wall(t1 + 16 * US), "this request's app span, not the earlier one's");
+    assert_eq!(t.trace_stats().unwrap().missing.get(&Direction::Inbound), None);
+}
+
 #[test]
 fn a_local_reply_is_the_sidecar_span_alone() {
     let mut t = tracing(1);
