@@ -447,6 +447,31 @@ pub fn to_trace(r: &Ready, names: &dyn Fn(u64) -> Option<Names>, clock: &Clock) 
         let parent = spans.len() - 1;
         spans.push(span(s, name(s).as_ref(), clock, Some(parent)));
     }
+    // Both ends of the hop are stamped at their calls' exits, and the
+    // reader may return before the writer's exit is traced (HANDOVER_NS):
+    // the far end's read of the request before the near end's write, the
+    // near end's read of the response before the far end's write. The bytes
+    // were handed over by the reader's return: the near span starts no
+    // later than the far one, which ends no later than the near one. The
+    // added latency is the outer span less the inner, so the earlier start
+    // changes it: inbound the near end is the inner span (the forward:
+    // less), outbound the outer one (the app's call: more). The histogram's
+    // sample, taken before any far end is known, stays as stamped.
+    let mut moved_ns: i64 = 0;
+    if r.far.is_some() {
+        let (near, far) = match r.direction {
+            Direction::Inbound => (1, 2),
+            Direction::Outbound => (0, 1),
+        };
+        if let Ok(early) = spans[near].start.duration_since(spans[far].start) {
+            let early = i64::try_from(early.as_nanos()).unwrap_or(i64::MAX);
+            moved_ns = if r.direction == Direction::Inbound { -early } else { early };
+            spans[near].start = spans[far].start;
+        }
+        if spans[far].end > spans[near].end {
+            spans[far].end = spans[near].end;
+        }
+    }
     // The sidecar's server span: inbound the outer one, outbound the far
     // end; the root when that was not seen.
     let sidecar = match (r.direction, &r.far) {
@@ -458,7 +483,8 @@ pub fn to_trace(r: &Ready, names: &dyn Fn(u64) -> Option<Names>, clock: &Clock) 
     match r.paired {
         Some((how, added_ns)) => {
             a.push(attr("pmoas.sidecar.pairing", how.as_label()));
-            a.push(attr("pmoas.sidecar.added_latency_ns", i64::try_from(added_ns).unwrap_or(i64::MAX)));
+            let added_ns = i64::try_from(added_ns).unwrap_or(i64::MAX).saturating_add(moved_ns).max(0);
+            a.push(attr("pmoas.sidecar.added_latency_ns", added_ns));
         }
         None => a.push(attr("pmoas.sidecar.pairing", "no_forward")),
     }

@@ -251,7 +251,10 @@ fn the_app_span_reported_late_is_waited_for_and_a_lost_one_counted() {
     // The app's write was reported after the sidecar's: the trace waited.
     let ready = t.take_traces(t0 + MS);
     assert_eq!(ready.len(), 1, "the app's span came in the same drain");
-    assert_eq!(to_trace(&ready[0], &names, &clock()).spans.len(), 3);
+    let trace = to_trace(&ready[0], &names, &clock());
+    assert_eq!(trace.spans.len(), 3);
+    // Its response was handed over by the time the sidecar read it.
+    assert_eq!(trace.spans[2].end, trace.spans[1].end, "the app's span ends no later than the forward's");
 
     // The app's response never reported (lost): the trace waits WAIT_NS.
     let mut r = Inbound::new(2);
@@ -297,6 +300,14 @@ fn an_app_read_stamped_before_the_forward_write_is_its_far_end() {
     assert_eq!(trace.spans.len(), 3, "the app's span is found");
     // A span starts at its first read's end (1 µs after `at` here).
     assert_eq!(trace.spans[2].start, wall(t1 + 16 * US), "this request's app span, not the earlier one's");
+    // The forward's bytes were handed over by the time the app read them.
+    assert_eq!(trace.spans[1].start, trace.spans[2].start, "the forward starts no later than the app's read");
+    // The sidecar's time ends at the handover: its span less the forward's.
+    let length = |s: &Span| s.end.duration_since(s.start).unwrap().as_nanos() as i64;
+    assert_eq!(
+        int(&trace.spans[0], "pmoas.sidecar.added_latency_ns"),
+        Some(length(&trace.spans[0]) - length(&trace.spans[1]))
+    );
     assert_eq!(t.trace_stats().unwrap().missing.get(&Direction::Inbound), None);
 }
 
