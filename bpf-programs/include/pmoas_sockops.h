@@ -21,6 +21,10 @@
 /* cgroups with sockops counters: every container of the node that talks to
  * a local peer. */
 #define PMOAS_SOCKOPS_COUNTER_MAP_SIZE 4096
+/* (cgroup, peer cgroup) pairs with bytes of closed redirected connections,
+ * keyed like socket_counters so that the socket collector adds them to its
+ * own (sockops_closed_bytes). */
+#define PMOAS_SOCKOPS_CLOSED_BYTES_MAP_SIZE 4096
 /* Ports (host order) never accelerated, local or remote (--sockops.exclude-ports). */
 #define PMOAS_SOCKOPS_EXCLUDED_PORT_MAP_SIZE 256
 /* CIDRs never accelerated, local or remote address (--sockops.exclude-cidrs). */

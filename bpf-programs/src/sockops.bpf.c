@@ -67,6 +67,21 @@ struct {
 	__type(value, struct pmoas_sockops_counters);
 } sockops_counters SEC(".maps");
 
+/*
+ * Bytes of closed connections that went by redirect, which TCP's own
+ * counters (bytes_acked, bytes_received) never saw, keyed as the socket
+ * collector keys its counters (own cgroup, PEER_CGROUP, peer's cgroup): it
+ * adds them to pmoas_tcp_sent_bytes_total / _received_bytes_total, so those
+ * stay what the application wrote and read. Only sent_bytes and
+ * received_bytes are used.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, PMOAS_SOCKOPS_CLOSED_BYTES_MAP_SIZE);
+	__type(key, struct pmoas_socket_key);
+	__type(value, struct pmoas_socket_counters);
+} sockops_closed_bytes SEC(".maps");
+
 /* Exclusions from the configuration: a socket whose local or remote port,
  * or local or remote address, is listed here is left to TCP. */
 struct {
@@ -101,6 +116,7 @@ struct {
 } sockops_local_syn SEC(".maps");
 
 static const struct pmoas_sockops_counters zero_counters;
+static const struct pmoas_socket_counters zero_socket_counters;
 static const struct pmoas_sockops_pair zero_pair;
 
 /* Index of a side in pmoas_sockops_pair's arrays. */
@@ -274,6 +290,23 @@ static __always_inline void on_close(struct bpf_sock_ops *skops)
 	if (cnt) {
 		__sync_fetch_and_add(&cnt->closed_sent_bytes, pair->sent_bytes[me]);
 		__sync_fetch_and_add(&cnt->closed_received_bytes, pair->sent_bytes[other]);
+	}
+	if (pair->sent_bytes[me] || pair->sent_bytes[other]) {
+		/* Both ends are local and matched: the socket collector says
+		 * PEER_CGROUP with the other end's cgroup for this connection. */
+		struct pmoas_socket_key sk_key = {
+			.cgroup_id = st->cgroup_id,
+			.peer_cgroup_id = pair->cgroup_id[other],
+			.peer_class = PMOAS_PEER_CGROUP,
+		};
+		struct pmoas_socket_counters *closed =
+			pmoas_lookup_or_init(&sockops_closed_bytes, &sk_key, &zero_socket_counters);
+
+		/* Per CPU: plain adds. A full map is counted as a lost event. */
+		if (closed) {
+			closed->sent_bytes += pair->sent_bytes[me];
+			closed->received_bytes += pair->sent_bytes[other];
+		}
 	}
 	if (__sync_fetch_and_add(&pair->refs, -1) == 1)
 		bpf_map_delete_elem(&sockops_pairs, &st->conn);

@@ -13,6 +13,7 @@ pub const SOCKHASH_SIZE: u32 = c::PMOAS_SOCKOPS_SOCKHASH_SIZE as u32;
 pub const LOCAL_SYN_MAP_SIZE: u32 = c::PMOAS_SOCKOPS_LOCAL_SYN_MAP_SIZE as u32;
 pub const PAIR_MAP_SIZE: u32 = c::PMOAS_SOCKOPS_PAIR_MAP_SIZE as u32;
 pub const COUNTER_MAP_SIZE: u32 = c::PMOAS_SOCKOPS_COUNTER_MAP_SIZE as u32;
+pub const CLOSED_BYTES_MAP_SIZE: u32 = c::PMOAS_SOCKOPS_CLOSED_BYTES_MAP_SIZE as u32;
 pub const EXCLUDED_PORT_MAP_SIZE: u32 = c::PMOAS_SOCKOPS_EXCLUDED_PORT_MAP_SIZE as u32;
 pub const EXCLUDED_CIDR_MAP_SIZE: u32 = c::PMOAS_SOCKOPS_EXCLUDED_CIDR_MAP_SIZE as u32;
 
@@ -31,6 +32,10 @@ pub const PROG_SK_MSG: &str = "sockops_redirect";
 pub const PROG_SYN_EGRESS: &str = "sockops_syn_egress";
 pub const MAP_SOCKHASH: &str = "sockops_hash";
 pub const MAP_COUNTERS: &str = "sockops_counters";
+pub const MAP_PAIRS: &str = "sockops_pairs";
+pub const MAP_LOCAL_SYN: &str = "sockops_local_syn";
+/// Bytes of closed redirected connections, keyed like `socket_counters`.
+pub const MAP_CLOSED_BYTES: &str = "sockops_closed_bytes";
 pub const MAP_EXCLUDED_PORTS: &str = "sockops_excluded_ports";
 pub const MAP_EXCLUDED_CIDRS: &str = "sockops_excluded_cidrs";
 

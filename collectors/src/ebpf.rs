@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{MapData, PerCpuArray};
 use aya::programs::tp_btf::BtfTracePointLinkId;
-use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint};
+use aya::programs::{
+    BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SkMsg, SockOps, TracePoint,
+};
 use aya::{Btf, Ebpf, EbpfLoader};
 use pmoas_bpf::types::LOST_REASON_SLOTS;
 use pmoas_discovery::Health;
@@ -50,6 +52,12 @@ pub enum Hook {
     /// A cgroup_skb program on the root of the cgroup v2 hierarchy, shared
     /// with other programs there (`BPF_F_ALLOW_MULTI`).
     CgroupSkb { ingress: bool },
+    /// An sk_msg verdict program on the object's SOCKHASH `map`.
+    SkMsg { map: &'static str },
+    /// A sock_ops program on the root of the cgroup v2 hierarchy, attached
+    /// only when every program in `requires` is (it starts what they must
+    /// already be there for).
+    SockOps { requires: &'static [&'static str] },
 }
 
 impl fmt::Display for Hook {
@@ -59,6 +67,8 @@ impl fmt::Display for Hook {
             Hook::BtfTracePoint { name } => write!(f, "tp_btf/{name}"),
             Hook::CgroupSkb { ingress: true } => f.write_str("cgroup_skb/ingress"),
             Hook::CgroupSkb { ingress: false } => f.write_str("cgroup_skb/egress"),
+            Hook::SkMsg { map } => write!(f, "sk_msg/{map}"),
+            Hook::SockOps { .. } => f.write_str("sockops"),
         }
     }
 }
@@ -148,6 +158,17 @@ pub struct LoadedObject {
     pub links: HashMap<&'static str, BtfTracePointLinkId>,
 }
 
+/// Fills an object's maps after it is loaded and before any program is
+/// attached (what the programs must find there from their first run).
+pub type Prepare<'a> = &'a dyn Fn(&mut Ebpf) -> Result<(), String>;
+
+/// A `const volatile` of an object, set before it is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Global {
+    U8(u8),
+    U64(u64),
+}
+
 /// Loads `object`, resizes maps, and attaches every program it can.
 /// `cgroup_root` is the cgroup v2 mount, where [`Hook::CgroupSkb`]
 /// programs attach. A feature whose programs all failed for lack of
@@ -156,12 +177,12 @@ pub fn load(
     collector: &'static str,
     object: &[u8],
     map_sizes: &[(&'static str, u32)],
-    globals: &[(&'static str, u8)],
     specs: &[ProgramSpec],
     cgroup_root: Option<&Path>,
     health: &Health,
+    options: &LoadOptions<'_>,
 ) -> Result<LoadedObject, LoadError> {
-    match load_object(collector, object, map_sizes, globals, specs, cgroup_root) {
+    match load_object(collector, object, map_sizes, specs, cgroup_root, options) {
         Ok((loaded, failures)) => {
             let attached: Vec<&str> = loaded.programs.iter().filter(|p| p.attached).map(|p| p.program).collect();
             report_features(health, collector, specs, &attached, &failures);
@@ -181,10 +202,11 @@ fn load_object(
     collector: &'static str,
     object: &[u8],
     map_sizes: &[(&'static str, u32)],
-    globals: &[(&'static str, u8)],
     specs: &[ProgramSpec],
     cgroup_root: Option<&Path>,
+    options: &LoadOptions<'_>,
 ) -> Result<(LoadedObject, Failures), (LoadError, Failures)> {
+    let LoadOptions { globals, prepare, .. } = options;
     let all_failed = |privileged: bool, message: &str| -> Failures {
         specs.iter().map(|s| (s.program, privileged, message.to_string())).collect()
     };
@@ -206,8 +228,11 @@ fn load_object(
         for (map, size) in map_sizes {
             loader.map_max_entries(map, *size);
         }
-        for (name, value) in globals {
-            loader.override_global(name, value, true);
+        for (name, value) in globals.iter() {
+            match value {
+                Global::U8(v) => loader.override_global(name, v, true),
+                Global::U64(v) => loader.override_global(name, v, true),
+            };
         }
         match loader.load(object) {
             Ok(ebpf) => ebpf,
@@ -220,6 +245,12 @@ fn load_object(
             }
         }
     };
+    if let Some(prepare) = prepare
+        && let Err(e) = prepare(&mut ebpf)
+    {
+        let e = format!("preparing the {collector} maps: {e}");
+        return Err((LoadError::Preflight(e.clone()), all_failed(false, &e)));
+    }
     let btf = match Btf::from_sys_fs() {
         Ok(btf) => btf,
         Err(e) => {
@@ -305,7 +336,17 @@ fn attach_all(
         {
             continue;
         }
-        let result = attach(spec);
+        let missing: Vec<&str> = match spec.hook {
+            Hook::SockOps { requires } => {
+                requires.iter().copied().filter(|r| !statuses.iter().any(|s| s.program == *r && s.attached)).collect()
+            }
+            _ => Vec::new(),
+        };
+        let result = if missing.is_empty() {
+            attach(spec)
+        } else {
+            Err(format!("not attached because {} did not attach (see its own error)", missing.join(" and ")))
+        };
         match &result {
             Err(e) => {
                 tracing::warn!(collector, program = spec.program, hook = %spec.hook, error = %e, "eBPF program not attached")
@@ -358,6 +399,11 @@ fn attach(
     btf: &Btf,
     cgroup_root: Option<&Path>,
 ) -> Result<Option<BtfTracePointLinkId>, Failure> {
+    // Before the program is borrowed: the object's map, duplicated.
+    let sock_map = match spec.hook {
+        Hook::SkMsg { map } => Some(sock_map_fd(ebpf, map)?),
+        _ => None,
+    };
     let program = ebpf
         .program_mut(spec.program)
         .ok_or_else(|| format!("program {} is not in the object (build mismatch)", spec.program))?;
@@ -388,8 +434,40 @@ fn attach(
                 Ok(None)
             })()
         }
+        Hook::SockOps { .. } => {
+            let root =
+                cgroup_root.ok_or_else(|| format!("{} attaches to the cgroup v2 root; none is mounted", spec.hook))?;
+            let dir =
+                fs::File::open(root).map_err(|e| format!("opening the cgroup v2 root {}: {e}", root.display()))?;
+            (|| {
+                let prog: &mut SockOps = program.try_into()?;
+                prog.load()?;
+                // A bpf_link (kernel 5.7+): it goes with the process, so a
+                // killed exporter adds no socket to a map nobody reads.
+                prog.attach(&dir, CgroupAttachMode::Single)?;
+                Ok(None)
+            })()
+        }
+        Hook::SkMsg { .. } => (|| {
+            let prog: &mut SkMsg = program.try_into()?;
+            prog.load()?;
+            // The verdict program of this map only (a prog_attach to a map
+            // no other process holds): it stays with the sockets already
+            // redirected after the exporter is gone, and only with them.
+            prog.attach(sock_map.as_ref().expect("an sk_msg hook has its map"))?;
+            Ok(None)
+        })(),
     };
     result.map_err(|e| describe_program_error(&e, spec))
+}
+
+/// A duplicate of the descriptor of the object's socket map `name`, to
+/// attach a verdict program to while the object is borrowed mutably.
+fn sock_map_fd(ebpf: &Ebpf, name: &str) -> Result<aya::maps::sock::SockMapFd, Failure> {
+    let map = ebpf.map(name).ok_or_else(|| format!("map {name} is not in the object (build mismatch)"))?;
+    let hash: aya::maps::SockHash<&MapData, pmoas_bpf::sockops::SockopsKey> =
+        aya::maps::SockHash::try_from(map).map_err(|e| format!("map {name}: {e}"))?;
+    Ok(hash.fd().try_clone().map_err(|e| format!("duplicating the descriptor of map {name}: {e}"))?)
 }
 
 /// A one-paragraph reason, with the verifier's last lines when it refused
@@ -563,7 +641,7 @@ pub fn grant(caps: &[&str]) -> String {
 /// Which capabilities attaching to `hook` takes.
 fn hook_capabilities(hook: Hook) -> &'static [&'static str] {
     match hook {
-        Hook::CgroupSkb { .. } => &["CAP_BPF", "CAP_NET_ADMIN"],
+        Hook::CgroupSkb { .. } | Hook::SockOps { .. } | Hook::SkMsg { .. } => &["CAP_BPF", "CAP_NET_ADMIN"],
         Hook::TracePoint { .. } | Hook::BtfTracePoint { .. } => &["CAP_BPF", "CAP_PERFMON"],
     }
 }
@@ -832,6 +910,27 @@ impl LostEvents {
     }
 }
 
+/// What [`Kernel::load_with`] adds to [`Kernel::load`].
+#[derive(Default)]
+pub struct LoadOptions<'a> {
+    /// `const volatile`s (to [`Kernel::load_with`]: besides the target
+    /// filter, which it sets).
+    pub globals: &'a [(&'static str, Global)],
+    pub scope: Scope,
+    pub prepare: Option<Prepare<'a>>,
+}
+
+/// Which cgroups a collector's programs act for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every cgroup, or the pods of `--target.*` when a selection is given.
+    #[default]
+    Selection,
+    /// Pods only (the selected ones, or all): for a collector that changes
+    /// traffic and must leave the host's own processes alone.
+    Pods,
+}
+
 /// A collector's loaded eBPF object and what every collector does with it
 /// the same way: the target filter, map sizes, attaching each program,
 /// health (program states, run counters, lost events), and following the
@@ -859,6 +958,20 @@ impl Kernel {
         programs: &'static [ProgramSpec],
         cgroup_root: Option<&Path>,
     ) -> Result<Kernel, crate::BuildError> {
+        Kernel::load_with(spec, ctx, map_sizes, programs, cgroup_root, LoadOptions::default())
+    }
+
+    /// [`Kernel::load`] with more `const volatile`s, another [`Scope`], or
+    /// maps to fill before the programs attach.
+    pub fn load_with(
+        spec: &crate::CollectorSpec,
+        ctx: &crate::BuildContext,
+        map_sizes: &[(&'static str, u32)],
+        programs: &'static [ProgramSpec],
+        cgroup_root: Option<&Path>,
+        options: LoadOptions<'_>,
+    ) -> Result<Kernel, crate::BuildError> {
+        let LoadOptions { globals: extra_globals, scope, prepare } = options;
         let collector = spec.info.name;
         let fail = |message: String, programs: Vec<ProgramStatus>| crate::BuildError::Failed { message, programs };
         ctx.discovery.cgroupfs().v2_root().map_err(|e| {
@@ -867,10 +980,12 @@ impl Kernel {
                 unattached(collector, programs, "no cgroup v2 mount"),
             )
         })?;
-        let filter = ctx.discovery.targets_enabled();
-        let globals = [(pmoas_bpf::types::FILTER_TARGETS_GLOBAL, u8::from(filter))];
-        let loaded = load(collector, spec.object, map_sizes, &globals, programs, cgroup_root, ctx.discovery.health())
-            .map_err(|e| {
+        let filter = scope == Scope::Pods || ctx.discovery.targets_enabled();
+        let mut globals = vec![(pmoas_bpf::types::FILTER_TARGETS_GLOBAL, Global::U8(u8::from(filter)))];
+        globals.extend_from_slice(extra_globals);
+        let health = ctx.discovery.health();
+        let options = LoadOptions { globals: &globals, scope, prepare };
+        let loaded = load(collector, spec.object, map_sizes, programs, cgroup_root, health, &options).map_err(|e| {
             let states = match &e {
                 LoadError::NothingAttached { programs, .. } => programs.clone(),
                 other => unattached(collector, programs, &other.to_string()),

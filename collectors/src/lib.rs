@@ -12,6 +12,8 @@
 //! | socket    | [`socket`]         | `bpf-programs/src/socket.bpf.c`    |
 //! | cgroup    | [`cgroup`]         | `bpf-programs/src/cgroup.bpf.c`    |
 //! | netstack  | [`netstack`]       | `bpf-programs/src/netstack.bpf.c`  |
+//! | http      | [`http`]           | `bpf-programs/src/http.bpf.c`      |
+//! | sockops   | [`sockops`]        | `bpf-programs/src/sockops.bpf.c`   |
 //!
 //! Adding one: CONTRIBUTING.md ("Adding a collector").
 
@@ -26,8 +28,9 @@ pub mod netstack;
 pub mod registry;
 pub mod setting;
 pub mod socket;
+pub mod sockops;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use pmoas_discovery::Discovery;
 use serde::{Deserialize, Serialize};
@@ -113,7 +116,7 @@ macro_rules! collectors {
     };
 }
 
-collectors!(socket, cgroup, netstack, http);
+collectors!(socket, cgroup, netstack, http, sockops);
 
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -152,6 +155,52 @@ pub struct BuildContext {
     /// Where sampled traces go (`--otlp.*`); a disabled pipeline when no
     /// endpoint is configured.
     pub otlp: Arc<pmoas_otlp::Pipeline>,
+    /// What one collector hands another.
+    pub companions: Arc<Companions>,
+}
+
+/// A table one collector's kernel side fills for another collector's series.
+pub type CompanionTable = Box<dyn fold::SummedTable<pmoas_bpf::types::SocketKey, pmoas_bpf::types::SocketCounters>>;
+
+/// The one place where collectors meet: each is built and fails alone, so
+/// what one fills for another is handed over here, and read only if both run.
+#[derive(Default)]
+pub struct Companions {
+    /// The sockops collector's bytes of closed connections that went by
+    /// redirect, which TCP's counters never saw, keyed like the socket
+    /// collector's counters: the socket collector adds them to its byte
+    /// counts. `None` while sockops is not running.
+    sockops_closed_bytes: Mutex<Option<CompanionTable>>,
+    /// Set by the socket collector: it reads (and cleans) that table.
+    socket_reads_closed_bytes: std::sync::atomic::AtomicBool,
+}
+
+impl Companions {
+    /// The sockops collector's closed-bytes table (`None`: not running).
+    pub fn lock_closed_bytes(&self) -> MutexGuard<'_, Option<CompanionTable>> {
+        self.sockops_closed_bytes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The socket collector says it folds the closed-bytes table.
+    pub fn socket_reads_closed_bytes(&self) {
+        self.socket_reads_closed_bytes.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Without a socket collector to fold it, the closed-bytes table is
+    /// cleaned here: keys whose workload discovery no longer knows go.
+    pub fn forget_gone_closed_bytes(&self, names: &dyn fold::Names) {
+        if self.socket_reads_closed_bytes.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let mut guard = self.lock_closed_bytes();
+        let Some(table) = guard.as_mut() else { return };
+        let Ok(entries) = table.entries() else { return };
+        for (key, _) in entries {
+            if matches!(names.lookup(key.cgroup_id), pmoas_discovery::Lookup::Unknown) {
+                table.remove(&key);
+            }
+        }
+    }
 }
 
 /// Builds (loads and attaches) one collector by name.

@@ -310,6 +310,8 @@ struct Inner {
 pub struct SocketCollector {
     // Field order: `inner` (the maps) drops before `kernel` detaches programs.
     inner: Mutex<Inner>,
+    /// The sockops collector's bytes of closed redirected connections.
+    companions: Arc<crate::Companions>,
     kernel: Kernel,
     discovery: Arc<Discovery>,
     config: SocketConfig,
@@ -337,8 +339,14 @@ impl SocketCollector {
             local_addrs_refreshed: None,
             local_addrs_known: HashSet::new(),
         };
-        let collector =
-            SocketCollector { inner: Mutex::new(inner), kernel, discovery: ctx.discovery.clone(), config: cfg };
+        ctx.companions.socket_reads_closed_bytes();
+        let collector = SocketCollector {
+            inner: Mutex::new(inner),
+            companions: ctx.companions.clone(),
+            kernel,
+            discovery: ctx.discovery.clone(),
+            config: cfg,
+        };
         // Seed the node's addresses before the first connection is judged.
         collector.lock().refresh_local_addrs(&collector.discovery);
         Ok(collector)
@@ -356,7 +364,8 @@ impl Collector for SocketCollector {
             inner.refresh_local_addrs(&self.discovery);
         }
         self.kernel.export_health(out)?;
-        inner.fold.collect(self.discovery.as_ref(), out)
+        let mut redirected = self.companions.lock_closed_bytes();
+        inner.fold.collect(self.discovery.as_ref(), redirected.as_deref_mut(), out)
     }
 
     fn programs(&self) -> Vec<ProgramStatus> {
@@ -456,16 +465,39 @@ impl Folding {
         out
     }
 
-    fn collect(&mut self, discovery: &dyn Names, out: &mut MetricSet) -> anyhow::Result<()> {
+    /// `redirected`: bytes of closed connections that went by socket
+    /// redirect (the sockops collector's table, when it runs), which TCP's
+    /// own counters never saw: added to `sent_bytes` / `received_bytes` of
+    /// the same keys.
+    fn collect(
+        &mut self,
+        discovery: &dyn Names,
+        mut redirected: Option<&mut (dyn SummedTable<SocketKey, SocketCounters> + 'static)>,
+        out: &mut MetricSet,
+    ) -> anyhow::Result<()> {
         let counters = self.counters.entries()?;
         let hists = self.histograms.entries()?;
+        let extra = match redirected.as_deref() {
+            Some(t) => t.entries().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the sockops collector's redirected bytes");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
         let triples: HashSet<Triple> =
-            counters.iter().map(|(k, _)| triple(k)).chain(hists.iter().map(|(k, _)| triple(k))).collect();
+            counters.iter().chain(&extra).map(|(k, _)| triple(k)).chain(hists.iter().map(|(k, _)| triple(k))).collect();
         let fates = self.resolve(discovery, &triples);
 
         let mut series_counters: HashMap<Series, SocketCounters> = HashMap::new();
-        for (key, value) in &counters {
+        for (from_redirect, (key, value)) in
+            counters.iter().map(|kv| (false, kv)).chain(extra.iter().map(|kv| (true, kv)))
+        {
             let (series, fate, owner) = &fates[&triple(key)];
+            let table: &mut dyn SummedTable<SocketKey, SocketCounters> =
+                match (from_redirect, redirected.as_deref_mut()) {
+                    (true, Some(t)) => t,
+                    _ => self.counters.as_mut(),
+                };
             match fate {
                 Fate::Keep => series_counters.entry(series.clone()).or_default().merge(value),
                 Fate::Fold => {
@@ -474,11 +506,9 @@ impl Folding {
                         .or_insert_with(|| Carried { owner: *owner, value: SocketCounters::default() })
                         .value
                         .merge(value);
-                    self.counters.remove(key);
+                    table.remove(key);
                 }
-                Fate::Drop => {
-                    self.counters.remove(key);
-                }
+                Fate::Drop => table.remove(key),
             }
         }
         let mut series_hists: HashMap<(Series, u8), Log2Hist> = HashMap::new();
@@ -651,7 +681,7 @@ mod tests {
             vec![(key(ENVOY, NGINX, t::PEER_CGROUP, t::HIST_CONNECT), hist)],
         );
         let mut out = MetricSet::new();
-        f.collect(&names(), &mut out).unwrap();
+        f.collect(&names(), None, &mut out).unwrap();
         let envoy = [("pod", "p1"), ("container", "envoy"), ("role", "sidecar")];
         let with = |extra: (&'static str, &'static str)| {
             let mut l = envoy.to_vec();
@@ -679,7 +709,7 @@ mod tests {
         let mut f = folding(vec![(key(ENVOY, REPLACED, t::PEER_CGROUP, 0), c(4))], vec![]);
         let envoy_to_app = [("container", "envoy"), ("peer", "app")];
         let mut out = MetricSet::new();
-        f.collect(&names(), &mut out).unwrap();
+        f.collect(&names(), None, &mut out).unwrap();
         assert_eq!(counter(&out, "pmoas_tcp_connects_total", &envoy_to_app), Some(4.0));
 
         // The peer container is replaced: its key leaves the kernel map, and
@@ -688,13 +718,47 @@ mod tests {
             .live(ENVOY, pod_container("p1", "envoy", Role::Sidecar))
             .live(NGINX, pod_container("p1", "nginx", Role::App));
         let mut out = MetricSet::new();
-        f.collect(&without_peer, &mut out).unwrap();
+        f.collect(&without_peer, None, &mut out).unwrap();
         assert_eq!(counter(&out, "pmoas_tcp_connects_total", &envoy_to_app), Some(4.0));
         assert!(f.counters.entries().unwrap().is_empty(), "the folded key was removed from the kernel map");
 
         // The owner itself is gone past its grace period: everything goes.
         let mut out = MetricSet::new();
-        f.collect(&FixtureNames::default(), &mut out).unwrap();
+        f.collect(&FixtureNames::default(), None, &mut out).unwrap();
         assert_eq!(out.get("pmoas_tcp_connects_total", &envoy_to_app), None);
+    }
+
+    #[test]
+    fn bytes_that_went_by_redirect_are_added_to_the_same_series() {
+        let tcp = SocketCounters { accepts: 1, sent_bytes: 10, received_bytes: 20, ..Default::default() };
+        let mut f = folding(vec![(key(NGINX, ENVOY, t::PEER_CGROUP, 0), tcp)], vec![]);
+        let by_redirect = SocketCounters { sent_bytes: 1000, received_bytes: 2000, ..Default::default() };
+        let mut redirected: FixtureTable<SocketKey, SocketCounters> = FixtureTable {
+            entries: vec![
+                (key(NGINX, ENVOY, t::PEER_CGROUP, 0), by_redirect),
+                (key(ENVOY, NGINX, t::PEER_CGROUP, 0), by_redirect),
+                (key(ENVOY, REPLACED, t::PEER_CGROUP, 0), by_redirect),
+            ],
+            removed: vec![],
+        };
+        let mut out = MetricSet::new();
+        f.collect(&names(), Some(&mut redirected), &mut out).unwrap();
+        let app = [("container", "nginx"), ("peer", "sidecar")];
+        assert_eq!(counter(&out, "pmoas_tcp_sent_bytes_total", &app), Some(1010.0));
+        assert_eq!(counter(&out, "pmoas_tcp_received_bytes_total", &app), Some(2020.0));
+        assert_eq!(counter(&out, "pmoas_tcp_accepts_total", &app), Some(1.0));
+        let sidecar = [("container", "envoy"), ("peer", "app")];
+        assert_eq!(counter(&out, "pmoas_tcp_sent_bytes_total", &sidecar), Some(2000.0), "a key only sockops has");
+
+        // The peer container is replaced: the redirect table's key is folded
+        // like the socket collector's own, removed from its own table.
+        let without_replaced = FixtureNames::default()
+            .live(ENVOY, pod_container("p1", "envoy", Role::Sidecar))
+            .live(NGINX, pod_container("p1", "nginx", Role::App));
+        let mut out = MetricSet::new();
+        f.collect(&without_replaced, Some(&mut redirected), &mut out).unwrap();
+        assert_eq!(redirected.removed, vec![key(ENVOY, REPLACED, t::PEER_CGROUP, 0)]);
+        assert_eq!(counter(&out, "pmoas_tcp_sent_bytes_total", &sidecar), Some(2000.0), "carried, not lost");
+        assert!(f.counters.entries().unwrap().len() == 1, "the socket collector's own key stays");
     }
 }

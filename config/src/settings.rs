@@ -212,7 +212,8 @@ pub fn all() -> impl Iterator<Item = &'static Setting> {
             value_name: "",
             help: c.help,
             kind: Kind::CollectorToggle,
-            alias: None,
+            // The seeds' flag for turning socket-redirect acceleration on.
+            alias: (c.name == "sockops").then_some("with-sockops"),
             bounds: None,
         });
         which.into_iter().cloned().chain(toggles).chain(own.cloned()).chain(rest.into_iter().cloned()).collect()

@@ -176,6 +176,8 @@ fn settings_table_covers_every_key() {
         "target.pod",
         "target.pod_label",
         "collector.http.routes",
+        "collector.sockops.exclude_ports",
+        "collector.sockops.exclude_cidrs",
     ] {
         keys.insert(optional.into());
     }

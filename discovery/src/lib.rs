@@ -219,7 +219,8 @@ pub struct KnownCgroup {
     pub live: bool,
 }
 
-/// A change of the watched cgroups, for the kernel's allow-maps.
+/// A change of the watched cgroups (the cgroups of the selected pods, or of
+/// every pod without a selection), for the kernel's allow-maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TargetUpdate {
     pub added: Vec<u64>,
@@ -817,10 +818,9 @@ impl Discovery {
         cgroups_usable
     }
 
+    /// Published with a selection or without (then every pod's cgroups):
+    /// a collector that acts on pods only follows them either way.
     fn publish_targets(&self, now: HashSet<u64>) {
-        if !self.targets().enabled() {
-            return;
-        }
         let mut current = self.selected.lock().unwrap_or_else(|p| p.into_inner());
         let update = TargetUpdate {
             added: now.difference(&current).copied().collect(),

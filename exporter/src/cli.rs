@@ -159,18 +159,20 @@ pub fn command() -> Command {
                 let info = CATALOG.iter().find(|c| c.name == name).expect("toggle of a catalogued collector");
                 let default = if info.default_enabled { "enabled" } else { "disabled" };
                 let no_id: &'static str = Box::leak(format!("no-{}", s.key).into_boxed_str());
-                cmd = cmd
-                    .arg(Arg::new(s.key).long(s.long()).action(ArgAction::SetTrue).help(format!(
-                        "Enable the {name} collector: {} [default: {default}] [env: {env}=true]",
-                        info.help
-                    )))
-                    .arg(
-                        Arg::new(no_id)
-                            .long(format!("no-{}", s.long()))
-                            .action(ArgAction::SetTrue)
-                            .conflicts_with(s.key)
-                            .help(format!("Disable the {name} collector [env: {env}=false]")),
-                    );
+                let mut on = Arg::new(s.key)
+                    .long(s.long())
+                    .action(ArgAction::SetTrue)
+                    .help(format!("Enable the {name} collector: {} [default: {default}] [env: {env}=true]", info.help));
+                if let Some(alias) = s.alias {
+                    on = on.visible_alias(alias);
+                }
+                cmd = cmd.arg(on).arg(
+                    Arg::new(no_id)
+                        .long(format!("no-{}", s.long()))
+                        .action(ArgAction::SetTrue)
+                        .conflicts_with(s.key)
+                        .help(format!("Disable the {name} collector [env: {env}=false]")),
+                );
             }
         }
     }
@@ -281,6 +283,18 @@ mod tests {
         );
         let c = Config::load(None, &[], &r.overrides).unwrap();
         assert!(c.enabled_collectors().unwrap().is_empty());
+    }
+
+    #[test]
+    fn with_sockops_is_the_sockops_toggle() {
+        let r = run(&["--with-sockops"]);
+        assert_eq!(r.overrides, vec![("collector.sockops.enabled", "true".to_string())]);
+        let c = Config::load(None, &[], &r.overrides).unwrap();
+        let names = |c: &Config| c.enabled_collectors().unwrap().iter().map(|i| i.name).collect::<Vec<_>>();
+        let enabled = names(&c);
+        assert!(enabled.contains(&"sockops") && enabled.contains(&"socket"), "added to the defaults: {enabled:?}");
+        assert!(!names(&Config::load(None, &[], &Vec::new()).unwrap()).contains(&"sockops"), "opt-in");
+        assert!(try_parse(["pmoas-exporter", "--with-sockops", "--no-collector.sockops"]).is_err());
     }
 
     #[test]

@@ -187,6 +187,7 @@ async fn serve_until_signal(config: Config, reloader: Arc<reload::Reloader>) -> 
         discovery: discovery.clone(),
         config: config.collector.clone(),
         otlp: otlp.clone(),
+        companions: Default::default(),
     });
 
     let state = Arc::new(server::AppState {

@@ -93,6 +93,7 @@ fn redirected_app_connects_name_the_sidecar() {
         discovery: discovery.clone(),
         config: CollectorsConfig::default(),
         otlp: Arc::new(pmoas_otlp::Pipeline::disabled()),
+        companions: Default::default(),
     };
     let socket = match pmoas_collectors::build("socket", &ctx) {
         Ok(c) => c,

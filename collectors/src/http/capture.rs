@@ -203,7 +203,7 @@ impl Capture {
     /// [`Capture::programs`]); the collector loads them through its
     /// `Kernel` and uses [`Capture::from_maps`].
     pub fn start(health: &Health) -> anyhow::Result<Capture> {
-        let mut loaded = ebpf::load("http", pmoas_bpf::HTTP, &[], &[], PROGRAMS, None, health)?;
+        let mut loaded = ebpf::load("http", pmoas_bpf::HTTP, &[], PROGRAMS, None, health, &Default::default())?;
         let mut take = |name: &str| {
             loaded.ebpf.take_map(name).ok_or_else(|| anyhow::anyhow!("map {name} missing from the http object"))
         };
