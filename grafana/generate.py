@@ -267,7 +267,15 @@ def layout(panels):
     return panels
 
 
-def dashboard(uid, title, description, panels, instance=False, tags=()):
+def annotation(name, expr, title, text, color):
+    """A Prometheus annotation: a region on every panel while `expr` is
+    non-zero (Grafana joins consecutive points into one region)."""
+    return {"datasource": DS, "enable": True, "hide": False, "iconColor": color, "name": name, "expr": expr,
+            "step": "30s", "titleFormat": title, "textFormat": text, "tagKeys": "instance",
+            "useValueForTime": False}
+
+
+def dashboard(uid, title, description, panels, instance=False, tags=(), annotations=()):
     return {
         "annotations": {
             "list": [
@@ -279,7 +287,8 @@ def dashboard(uid, title, description, panels, instance=False, tags=()):
                     "iconColor": "rgba(0, 211, 255, 1)",
                     "name": "Annotations & Alerts",
                     "type": "dashboard",
-                }
+                },
+                *annotations,
             ]
         },
         "description": description,
@@ -695,6 +704,16 @@ def pod_sidecar():
                            f"{{{POD}}}[{RI}]))", "{{namespace}}/{{pod}} {{interface}} transmitted"),
                 ],
                 unit="pps", negative=".*transmitted",
+            ),
+            timeseries(
+                "Sidecar hop accelerated (sockops)",
+                "Share of the bytes sent over in-pod connections (sidecar to app and back) that went socket "
+                "to socket by redirect instead of through TCP/IP and `lo`, per pod, over 5 minutes (recording "
+                "rule `namespace_pod:pmoas_sockops_accelerated_bytes:ratio5m`; the sockops dashboard has the "
+                "rest). Empty without the sockops collector (`--collectors ...,sockops`) or without in-pod "
+                "traffic.",
+                [target(f"namespace_pod:pmoas_sockops_accelerated_bytes:ratio5m{{{POD}}}", "{{namespace}}/{{pod}}")],
+                unit="percentunit",
             ),
             row("Connections"),
             timeseries(
@@ -1268,6 +1287,231 @@ def http():
     )
 
 
+# ---------------------------------------------------------------- sockops
+
+def sockops():
+    so = 'collector="sockops"'
+    by_container = "sum by (namespace, pod, container, role)"
+    return dashboard(
+        "pmoas-sockops",
+        "pmoas / Socket-redirect acceleration (sockops)",
+        "In-pod connections (sidecar to app and back) accelerated by the sockops collector: messages handed "
+        "socket to socket instead of through TCP/IP and `lo`, what still went through TCP and why, its maps and "
+        "programs; and the pod's `lo` traffic, the sidecar-added latency and CPU beside the redirected bytes, "
+        "to see what changed when acceleration was switched on (the green region: its programs attached). "
+        "The collector is off by default (`--collectors ...,sockops`).",
+        [
+            row("Acceleration"),
+            stat(
+                "Accelerated share",
+                "Share of the bytes the pod's sockets in the redirect map sent that went by redirect, per pod, "
+                "over 5 minutes (recording rule `namespace_pod:pmoas_sockops_accelerated_bytes:ratio5m`: "
+                "redirected / (redirected + miss bytes)). Connections that never entered the map (off the "
+                "pod, excluded, refused) are in neither. Below 50% for 30 minutes with sockets in the map "
+                "fires PmoasSockopsAccelerationIneffective. Empty for a pod that sent nothing in 5 minutes.",
+                [target(f"namespace_pod:pmoas_sockops_accelerated_bytes:ratio5m{{{POD}}}", "{{namespace}}/{{pod}}")],
+                unit="percentunit", w=12, h=5, steps=[("red", None), ("orange", 0.5), ("green", 0.9)], graph=True,
+            ),
+            stat(
+                "Sockets in the redirect map",
+                "Sockets of the selected containers in the redirect map now (`pmoas_sockops_active_sockets`): "
+                "both ends of every accelerated in-pod connection, so twice the connections.",
+                [target(f"sum(pmoas_sockops_active_sockets{{{W}}})", "sockets")],
+                w=4, h=5, graph=True,
+            ),
+            stat(
+                "Collector answering",
+                "`pmoas_scrape_collector_success{collector=\"sockops\"}`, the lowest over the selected "
+                "instances: 1 the collector answered its last scrape, 0 it failed or did not start (alert "
+                "PmoasCollectorFailing; the landing page says why). Empty: the collector is not enabled.",
+                [target(f"min(pmoas_scrape_collector_success{{{INST}, {so}}})", "sockops")],
+                w=4, h=5, steps=RED_BELOW_1, mappings=UP_MAPPINGS,
+            ),
+            stat(
+                "Programs not attached",
+                "sockops programs not attached, over the selected instances (0 is healthy): without "
+                "`sockops_established` or `sockops_syn_egress` no socket enters the map, without "
+                "`sockops_redirect` nothing is redirected. Traffic then goes through TCP, nothing breaks "
+                "(alert PmoasSockopsProgramDetached; the table at the bottom names them).",
+                [target(f"count(pmoas_ebpf_program_attached{{{INST}, {so}}} == 0) "
+                        f"or sum(0 * pmoas_ebpf_program_attached{{{INST}, {so}}})", "not attached")],
+                w=4, h=5, steps=[("green", None), ("red", 1)],
+            ),
+            row("Before and after acceleration"),
+            timeseries(
+                "Sidecar hop: lo vs redirect, bytes",
+                "Bytes per second the pod sent over `lo` (`pmoas_pod_network_transmit_bytes_total{interface=\"lo\"}`, "
+                "headers and ACKs included) and by redirect (`pmoas_sockops_redirected_bytes_total`, payload), "
+                "per pod. Without acceleration the sidecar hop is all on `lo`; with it, the redirected line "
+                "takes over and `lo` falls to what is not accelerated (misses, excluded ports, connections "
+                "older than the programs, other loopback traffic). Set the time range across the switch.",
+                [
+                    target(f'sum by (namespace, pod) (rate(pmoas_pod_network_transmit_bytes_total{{{POD}, '
+                           f'interface="lo"}}[{RI}]))', "{{namespace}}/{{pod}} lo"),
+                    target(f"sum by (namespace, pod) (rate(pmoas_sockops_redirected_bytes_total{{{POD}}}[{RI}]))",
+                           "{{namespace}}/{{pod}} redirected"),
+                ],
+                unit="Bps",
+            ),
+            timeseries(
+                "Sidecar hop: lo packets vs redirected messages",
+                "Packets per second the pod sent over `lo` (`pmoas_pod_network_transmit_packets_total{interface="
+                "\"lo\"}`) and messages per second sent by redirect (`pmoas_sockops_redirected_messages_total`), "
+                "per pod: each redirected message saves its data packets and their ACKs on `lo`.",
+                [
+                    target(f'sum by (namespace, pod) (rate(pmoas_pod_network_transmit_packets_total{{{POD}, '
+                           f'interface="lo"}}[{RI}]))', "{{namespace}}/{{pod}} lo packets"),
+                    target(f"sum by (namespace, pod) (rate(pmoas_sockops_redirected_messages_total{{{POD}}}[{RI}]))",
+                           "{{namespace}}/{{pod}} redirected messages"),
+                ],
+                unit="short",
+            ),
+            timeseries(
+                "Added by the sidecar, p50 and p99",
+                "The latency the sidecar adds to each request it handles, per pod and direction (recording rules "
+                "`namespace_pod_direction:pmoas_sidecar_added_latency_seconds:p50_5m` and `:p99_5m`; needs the "
+                "http collector, `--collectors ...,http`), on the same time axis as the redirected bytes. "
+                "The time the sidecar's own send and receive calls spend in TCP/IP is part of it (on `lo` the "
+                "kernel delivers inside the send), and a redirect shortens it: compare before and after the "
+                "switch at a similar load.",
+                [
+                    target(f"namespace_pod_direction:pmoas_sidecar_added_latency_seconds:p50_5m{{{POD}}}",
+                           "{{pod}} {{direction}} p50"),
+                    target(f"namespace_pod_direction:pmoas_sidecar_added_latency_seconds:p99_5m{{{POD}}}",
+                           "{{pod}} {{direction}} p99"),
+                ],
+                unit="s",
+            ),
+            timeseries(
+                "CPU: sidecar vs app",
+                "CPU per pod and role in cores, over 5 minutes (recording rule "
+                "`namespace_pod_container:pmoas_container_cpu_usage_seconds:rate5m`). A redirect skips the "
+                "TCP/IP work on both ends, which the sending and receiving processes pay for: at a similar "
+                "load, both roles' CPU usually falls once acceleration is on.",
+                [target(
+                    f"sum by (namespace, pod, role) (namespace_pod_container:pmoas_container_cpu_usage_seconds:rate5m"
+                    f"{{{W}}})",
+                    "{{namespace}}/{{pod}} {{role}}",
+                )],
+            ),
+            row("Redirected"),
+            timeseries(
+                "Redirected bytes by container",
+                "Bytes per second each container's sockets received (`pmoas_sockops_redirected_received_bytes_total`) "
+                "and sent (`pmoas_sockops_redirected_bytes_total`, below the axis) socket to socket, bypassing "
+                "TCP/IP. No packet carries them: the cgroup collector's "
+                "`pmoas_container_network_receive_bytes_total` does not see them, add these for all a "
+                "container received.",
+                [
+                    target(f"{by_container} (rate(pmoas_sockops_redirected_received_bytes_total{{{W}}}[{RI}]))",
+                           "{{pod}} {{container}} {{role}} received"),
+                    target(f"{by_container} (rate(pmoas_sockops_redirected_bytes_total{{{W}}}[{RI}]))",
+                           "{{pod}} {{container}} {{role}} sent"),
+                ],
+                unit="Bps", negative=".*sent",
+            ),
+            timeseries(
+                "Redirected messages by container",
+                "Messages per second each container's sockets handed socket to socket "
+                "(`pmoas_sockops_redirected_messages_total`): one per send call that was redirected. Bytes "
+                "over messages is the average message size.",
+                [target(f"{by_container} (rate(pmoas_sockops_redirected_messages_total{{{W}}}[{RI}]))",
+                        "{{pod}} {{container}} {{role}}")],
+                unit="cps",
+            ),
+            row("Through TCP instead"),
+            timeseries(
+                "Accelerated share per pod",
+                "The accelerated share over time (recording rule "
+                "`namespace_pod:pmoas_sockops_accelerated_bytes:ratio5m`): a fall means misses below grew.",
+                [target(f"namespace_pod:pmoas_sockops_accelerated_bytes:ratio5m{{{POD}}}", "{{namespace}}/{{pod}}")],
+                unit="percentunit", w=8,
+            ),
+            timeseries(
+                "Misses by container",
+                "Messages per second of sockets in the redirect map that went through the TCP stack instead "
+                "(`pmoas_sockops_redirect_misses_total`): the peer socket not in the map (refused, maps full, "
+                "an end older than the programs), a socket that once sent through TCP and stays there so "
+                "that no message overtakes another, or the queue cap.",
+                [target(f"{by_container} (rate(pmoas_sockops_redirect_misses_total{{{W}}}[{RI}]))",
+                        "{{pod}} {{container}} {{role}}")],
+                unit="cps", w=8,
+            ),
+            timeseries(
+                "Miss bytes by container",
+                "Bytes per second of those misses (`pmoas_sockops_redirect_miss_bytes_total`): what the "
+                "accelerated share leaves to TCP.",
+                [target(f"{by_container} (rate(pmoas_sockops_redirect_miss_bytes_total{{{W}}}[{RI}]))",
+                        "{{pod}} {{container}} {{role}}")],
+                unit="Bps", w=8,
+            ),
+            timeseries(
+                "Queue overflows",
+                "Switches to TCP per second because the receiver left more than the cap (4 MiB) unread "
+                "(`pmoas_sockops_queue_overflows_total`). Redirected data bypasses TCP flow control, so past "
+                "the cap the sender goes through TCP until the receiver has read everything: a slow reader, "
+                "not a fault.",
+                [target(f"{by_container} (rate(pmoas_sockops_queue_overflows_total{{{W}}}[{RI}]))",
+                        "{{pod}} {{container}} {{role}}")],
+                unit="cps", w=8,
+            ),
+            timeseries(
+                "Insert errors",
+                "Sockets per second the kernel refused to put in the redirect map "
+                "(`pmoas_sockops_insert_errors_total`): EBUSY on every socket means another generation of "
+                "sockops programs is attached (a second pmoas, or an old one's pinned programs); a socket with "
+                "a ULP such as kTLS cannot be redirected. Refused sockets go through TCP (alert "
+                "PmoasSockopsInsertErrors).",
+                [target(f"{by_container} (rate(pmoas_sockops_insert_errors_total{{{W}}}[{RI}]))",
+                        "{{pod}} {{container}} {{role}}")],
+                unit="cps", w=8,
+            ),
+            timeseries(
+                "Sockets in the redirect map by container",
+                "Sockets of each container in the redirect map (`pmoas_sockops_active_sockets`), counted for "
+                "the container that owns the socket.",
+                [target(f"{by_container} (pmoas_sockops_active_sockets{{{W}}})", "{{pod}} {{container}} {{role}}")],
+                w=8,
+            ),
+            row("Collector"),
+            table(
+                "Programs",
+                "Every sockops program with its hook, per instance: 1 attached, 0 not "
+                "(`pmoas_ebpf_program_attached{collector=\"sockops\"}`): `sockops_established` (sock_ops: "
+                "puts sockets in the map), `sockops_syn_egress` (cgroup_skb: marks connections whose SYN left "
+                "through `lo`), `sockops_redirect` (sk_msg: the redirect), `sockops_recv_length` (what "
+                "receivers read, for the queue cap).",
+                f"pmoas_ebpf_program_attached{{{INST}, {so}}}",
+                hide=("Time", "__name__", "job", "collector"), w=12, h=7, steps=RED_BELOW_1, color_value=True,
+                mappings=[{"type": "value", "options": {"0": {"text": "detached", "color": "red", "index": 0},
+                                                        "1": {"text": "attached", "color": "green", "index": 1}}}],
+            ),
+            timeseries(
+                "Lost events by reason",
+                "What the sockops kernel side could not do or record, per second and reason "
+                "(`pmoas_ebpf_events_lost_total{collector=\"sockops\"}`): `sockhash_full` (the redirect map "
+                "is full) and `pair_map_full` (the connection map is full) leave new sockets to TCP (alert "
+                "PmoasSockopsMapFull); `socket_storage` (no memory for a socket's state) too; "
+                "`aggregation_map_full` loses a container's counts; `recursion` runs skipped. Should be 0.",
+                [target(f"sum by (instance, reason) (rate(pmoas_ebpf_events_lost_total{{{INST}, {so}}}[{RI}]))",
+                        "{{instance}} {{reason}}")],
+                unit="cps", h=7,
+            ),
+        ],
+        instance=True,
+        tags=("sockops",),
+        annotations=[
+            annotation(
+                "sockops attached",
+                f'min by (instance) (pmoas_ebpf_program_attached{{{INST}, {so}}})',
+                "sockops programs attached",
+                "{{instance}}: in-pod connections made from here on are accelerated",
+                "green",
+            )
+        ],
+    )
+
+
 DASHBOARDS = {
     "pmoas-node.json": node,
     "pmoas-pod-sidecar.json": pod_sidecar,
@@ -1275,6 +1519,7 @@ DASHBOARDS = {
     "pmoas-cgroup.json": cgroup,
     "pmoas-netstack.json": netstack,
     "pmoas-http.json": http,
+    "pmoas-sockops.json": sockops,
 }
 
 
