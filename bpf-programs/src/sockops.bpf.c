@@ -334,6 +334,14 @@ int sockops_syn_egress(struct __sk_buff *skb)
 	sk = bpf_sk_fullsock(sk);
 	if (!sk || sk->state != BPF_TCP_SYN_SENT || sk->protocol != IPPROTO_TCP)
 		return 1;
+	/*
+	 * A client we do not watch (a host process entering the pod's network
+	 * namespace, e.g. `ip netns exec ... curl` to Envoy's admin port) never
+	 * joins the map: its server end must not either, or every answer it
+	 * sends would try the redirect, miss, and pay for the attempt.
+	 */
+	if (!pmoas_watched(bpf_skb_cgroup_id(skb)))
+		return 1;
 	if (sk->family == AF_INET) {
 		pmoas_addr_from_v4(ep.addr, sk->src_ip4);
 	} else if (sk->family == AF_INET6) {

@@ -10,7 +10,9 @@
 //! - Envoy (the sidecar) on 0.0.0.0:15006 with its admin on 127.0.0.1:9901,
 //!   proxying to nginx (the app) on 127.0.0.1:8080, which serves `/`,
 //!   `/delay` (50 ms), `/error` (503), `/missing` (404), `/big` (a
-//!   [`BIG_BODY_BYTES`] chunked body) and `/nginx_status`;
+//!   [`BIG_BODY_BYTES`] chunked body), `/files/<size>` (static files of
+//!   [`traffic::FILE_SIZES`] bytes whose content [`traffic::file_body`]
+//!   gives, for clients that check every byte) and `/nginx_status`;
 //! - a client cgroup outside the pod, for load from the host.
 //!
 //! [`PodOptions`] adds what real meshes do (docs/testbed.md): the Istio
@@ -439,6 +441,11 @@ impl Pod {
             Layout::Istio => u,
         });
         fs::write(&conf, nginx_config(dir, http_extra, upstream, vip))?;
+        // /files/<size>: bodies a client can check byte for byte.
+        fs::create_dir_all(dir.join("files"))?;
+        for size in traffic::FILE_SIZES {
+            fs::write(dir.join("files").join(size.to_string()), traffic::file_body(*size))?;
+        }
         let argv =
             vec!["nginx".to_string(), "-c".into(), conf.display().to_string(), "-p".into(), dir.display().to_string()];
         let t = self.spawn_detached(Place::App, &argv, &dir.join("nginx.stderr"))?;
@@ -892,6 +899,7 @@ http {{
         location = /big {{ echo_duplicate {BIG_BODY_BYTES} "x"; }}
         location = /nginx_status {{ stub_status; }}
         location = /whoami {{ return 200 "$remote_addr\n"; }}
+        location /files/ {{ alias {d}/files/; }}
         {upstream}location / {{ return 200 "ok\n"; }}
     }}
 }}

@@ -73,6 +73,12 @@ pub struct ClientReport {
     /// Each answered request's time, connect to last byte, in µs (http mode).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latencies_us: Vec<u64>,
+    /// What TCP itself carried and had acknowledged, summed over the
+    /// connections (TCP_INFO's bytes_acked at the end of each exchange,
+    /// counting the SYN and FIN): about `bytes_sent` on a plain connection,
+    /// a few bytes on one whose data went by socket redirect (tcp mode).
+    #[serde(default)]
+    pub tcp_bytes_acked: u64,
 }
 
 /// What a server run did.
@@ -118,6 +124,7 @@ fn exchange(mut s: TcpStream, payload: &[u8], r: &mut ClientReport) {
     }
     let _ = s.shutdown(Shutdown::Write);
     let mut buf = [0u8; 65536];
+    let began = std::time::Instant::now();
     loop {
         match s.read(&mut buf) {
             Ok(0) => break,
@@ -126,8 +133,31 @@ fn exchange(mut s: TcpStream, payload: &[u8], r: &mut ClientReport) {
                 r.resets += 1;
                 break;
             }
+            // A socket in a sockops redirect map can wake a blocking read
+            // once without data after its own shutdown(SHUT_WR) (the ACK of
+            // its FIN): EAGAIN before the timeout. Read again, as every
+            // event-loop program does (docs/sockops.md).
+            Err(e) if e.kind() == ErrorKind::WouldBlock && began.elapsed() < IO_TIMEOUT => continue,
             Err(_) => break,
         }
+    }
+    r.tcp_bytes_acked += tcp_bytes_acked(&s);
+}
+
+/// TCP_INFO's bytes_acked of a connected socket (0 if unknown).
+fn tcp_bytes_acked(s: &TcpStream) -> u64 {
+    // SAFETY: an all-zero tcp_info is valid; getsockopt writes at most `len`.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        if rc == 0 { info.tcpi_bytes_acked } else { 0 }
     }
 }
 
@@ -230,6 +260,137 @@ pub fn http_load_staggered(
     }
     total.statuses.sort();
     total
+}
+
+/// The sizes of the testbed's `/files/<size>` bodies (nginx static files,
+/// with a Content-Length): below, at and above the sizes a socket hands
+/// over in one message (64 KiB).
+pub const FILE_SIZES: &[usize] = &[64, 4096, 65536, 300_000, 1 << 20];
+
+/// The body of `/files/<size>`: bytes that differ by position and size, so
+/// a body reordered, cut or mixed with another is never taken for right.
+pub fn file_body(size: usize) -> Vec<u8> {
+    (0..size).map(|i| ((i / 7 + i * 31 + size) % 251) as u8).collect()
+}
+
+/// What a [`fetch`] run saw.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FetchReport {
+    /// Responses whose body was exactly [`file_body`] of its size.
+    pub ok: u64,
+    /// Responses with another status, length or content.
+    pub wrong: u64,
+    /// Requests without a response (connection refused, reset, closed, timed out).
+    pub failed: u64,
+    pub connections: u64,
+    pub body_bytes: u64,
+    /// The first few problems, for the test's message.
+    pub problems: Vec<String>,
+}
+
+impl FetchReport {
+    fn add(&mut self, o: FetchReport) {
+        self.ok += o.ok;
+        self.wrong += o.wrong;
+        self.failed += o.failed;
+        self.connections += o.connections;
+        self.body_bytes += o.body_bytes;
+        self.problems.extend(o.problems.into_iter().take(5usize.saturating_sub(self.problems.len())));
+    }
+
+    fn problem(&mut self, what: String) {
+        if self.problems.len() < 5 {
+            self.problems.push(what);
+        }
+    }
+}
+
+/// `count` keep-alive GETs of `/files/<size>` over `concurrency`
+/// connections (each cycling through `sizes`), every body compared byte for
+/// byte with [`file_body`]. A connection that fails is replaced.
+pub fn fetch(addr: SocketAddr, sizes: &[usize], count: u64, concurrency: u64) -> FetchReport {
+    let concurrency = concurrency.max(1);
+    let handles: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let sizes = sizes.to_vec();
+            let n = count / concurrency + u64::from(i < count % concurrency);
+            std::thread::spawn(move || {
+                let mut r = FetchReport::default();
+                let bodies: Vec<Vec<u8>> = sizes.iter().map(|s| file_body(*s)).collect();
+                let mut conn: Option<std::io::BufReader<TcpStream>> = None;
+                for k in 0..n {
+                    let which = (k as usize + i as usize) % sizes.len();
+                    if conn.is_none() {
+                        match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
+                            Ok(s) => {
+                                let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                                r.connections += 1;
+                                conn = Some(std::io::BufReader::new(s));
+                            }
+                            Err(e) => {
+                                r.failed += 1;
+                                r.problem(format!("connect: {e}"));
+                                continue;
+                            }
+                        }
+                    }
+                    let Some(c) = conn.as_mut() else { continue };
+                    match get_file(c, sizes[which]) {
+                        Ok((200, body)) if body == bodies[which] => {
+                            r.ok += 1;
+                            r.body_bytes += body.len() as u64;
+                        }
+                        Ok((status, body)) => {
+                            r.wrong += 1;
+                            r.problem(format!("/files/{}: status {status}, {} bytes", sizes[which], body.len()));
+                        }
+                        Err(e) => {
+                            r.failed += 1;
+                            r.problem(format!("/files/{}: {e}", sizes[which]));
+                            conn = None;
+                        }
+                    }
+                }
+                r
+            })
+        })
+        .collect();
+    let mut total = FetchReport::default();
+    for h in handles {
+        total.add(h.join().unwrap_or_default());
+    }
+    total
+}
+
+/// One keep-alive GET of `/files/<size>`: (status, body by Content-Length).
+fn get_file(c: &mut std::io::BufReader<TcpStream>, size: usize) -> std::io::Result<(u16, Vec<u8>)> {
+    use std::io::BufRead;
+    let req = format!("GET /files/{size} HTTP/1.1\r\nHost: testbed\r\n\r\n");
+    c.get_mut().write_all(req.as_bytes())?;
+    let bad = |what: &str| std::io::Error::new(ErrorKind::InvalidData, what.to_string());
+    let mut status = 0u16;
+    let mut length: Option<usize> = None;
+    loop {
+        let mut line = String::new();
+        if c.read_line(&mut line)? == 0 {
+            return Err(bad("connection closed before the response"));
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if status == 0 {
+            status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("no status line"))?;
+        } else if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().ok();
+        }
+    }
+    let length = length.ok_or_else(|| bad("no Content-Length"))?;
+    let mut body = vec![0u8; length];
+    c.read_exact(&mut body)?;
+    Ok((status, body))
 }
 
 #[cfg(test)]

@@ -38,6 +38,10 @@ Traffic tools (tests run them inside containers; they print a JSON report):
   pmoas-testbed http --connect ADDR [--path /] --count N [--concurrency C] [--stagger-ms MS]
       N GET requests with Connection: close, C at a time; with --stagger-ms the
       C clients start spread over MS instead of together.
+  pmoas-testbed fetch --connect ADDR --count N [--concurrency C] [--sizes 64,4096,...]
+      N keep-alive GETs of nginx's /files/<size> over C connections, every body
+      compared byte for byte with what the testbed wrote (sizes: 64, 4096,
+      65536, 300000, 1048576; default all).
 
 Resource tools (known load for the cgroup collector's tests):
   pmoas-testbed burn --cpu-ms N          spin until this process used N ms of CPU
@@ -191,6 +195,7 @@ fn run(args: &[String]) -> Result<()> {
         "tcp-server" => (&["--listen", "--count", "--send"], &["--reset"]),
         "tcp-client" => (&["--connect", "--count", "--send"], &["--hold"]),
         "http" => (&["--connect", "--path", "--count", "--concurrency", "--stagger-ms"], &[]),
+        "fetch" => (&["--connect", "--sizes", "--count", "--concurrency"], &[]),
         "burn" => (&["--cpu-ms"], &[]),
         "hog" => (&["--mib"], &[]),
         "disk" => (&["--file", "--write-mib"], &["--direct", "--read"]),
@@ -269,6 +274,21 @@ fn run(args: &[String]) -> Result<()> {
                 o.num("--concurrency", 1)?,
                 Duration::from_millis(o.num("--stagger-ms", 0)?),
             );
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        "fetch" => {
+            let sizes: Vec<usize> = match o.value("--sizes") {
+                Some(list) => list
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>().with_context(|| format!("--sizes: `{s}` is not a size")))
+                    .collect::<Result<_>>()?,
+                None => traffic::FILE_SIZES.to_vec(),
+            };
+            if let Some(s) = sizes.iter().find(|s| !traffic::FILE_SIZES.contains(s)) {
+                bail!("--sizes: the testbed serves /files/ of {:?} bytes, not {s}", traffic::FILE_SIZES);
+            }
+            let r = traffic::fetch(o.addr("--connect")?, &sizes, o.num("--count", 1)?, o.num("--concurrency", 1)?);
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
