@@ -336,13 +336,17 @@ impl SockopsCollector {
         };
         let options = LoadOptions { globals: &globals, scope: Scope::Pods, prepare: Some(&fill_exclusions) };
         let kernel = Kernel::load_with(&SPEC, ctx, &sizes, PROGRAMS, v2_root.as_deref(), options)?;
-        if let Some(p) = kernel.programs().iter().find(|p| p.program == so::PROG_SOCK_OPS && !p.attached) {
+        if kernel.programs().iter().any(|p| p.program == so::PROG_SOCK_OPS && !p.attached) {
+            // The first failure is the cause (sock_ops waits for the others).
             // Dropping `kernel` detaches what did attach.
+            let cause = kernel
+                .programs()
+                .iter()
+                .find(|p| !p.attached)
+                .map(|p| format!("{}: {}", p.program, p.error.as_deref().unwrap_or("not attached")))
+                .unwrap_or_default();
             return Err(BuildError::Failed {
-                message: format!(
-                    "sockops: acceleration is off, traffic untouched: {}",
-                    p.error.as_deref().unwrap_or("sockops_established did not attach")
-                ),
+                message: format!("sockops: acceleration is off, traffic untouched: {cause}"),
                 programs: kernel.programs().to_vec(),
             });
         }

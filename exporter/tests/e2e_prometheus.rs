@@ -273,7 +273,7 @@ fn threshold_and_names_are_found_in_expressions() {
 }
 
 /// The rules of prometheus/rules/, loaded into a real Prometheus that
-/// scrapes the exporter (socket, cgroup, netstack) while wrk goes through
+/// scrapes the exporter (socket, cgroup, netstack, http, sockops) while wrk goes through
 /// the testbed's Envoy with 5% of its packets dropped each way (so drops
 /// and retransmissions exist too): every recording rule returns series,
 /// every alert's expression without its threshold too, and each uses only
@@ -294,7 +294,7 @@ fn every_rule_and_dashboard_query_returns_data_from_a_real_scrape() {
     let dead_otlp = format!("http://127.0.0.1:{}", free_port());
     let exp = Exporter::start(&[
         "--collectors",
-        "socket,cgroup,netstack,http",
+        "socket,cgroup,netstack,http,sockops",
         "--collector.netstack.sample-rate",
         "4",
         "--push.gateway-url",
@@ -311,6 +311,16 @@ fn every_rule_and_dashboard_query_returns_data_from_a_real_scrape() {
     if !exp.socket_collector_runs(test) {
         return;
     }
+    // Envoy's connections to nginx are accelerated (sockops) only if they
+    // open once discovery has put the pod's containers in the programs'
+    // allow-map; the sockops rules and panels need those.
+    let w = Workloads::of(&pod);
+    exp.eventually("discovery knows the pod's containers", Duration::from_secs(15), |m| {
+        m.get("pmoas_scrape_collector_success", &[("collector", "sockops")]) == Some(1.0)
+            && m.get("pmoas_container_info", &w.sidecar()).is_some()
+            && m.get("pmoas_container_info", &w.app()).is_some()
+    });
+    std::thread::sleep(Duration::from_millis(300));
     // The rules as shipped, evaluated every second instead of every 30 s.
     let dir = std::env::temp_dir().join(format!("pmoas-e2e-rules-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
