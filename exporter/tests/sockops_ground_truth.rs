@@ -406,4 +406,25 @@ fn sigkill_and_restart_under_load_lose_nothing() {
     assert!(!second.log_text().contains("another pmoas sockops program"), "{}", second.log_text());
     drop(second);
     pod.down().unwrap();
+
+    // Nothing left behind: the last accelerated socket closed with the pod,
+    // and with it the programs and maps of both generations; nothing pinned.
+    let ours = || -> Vec<String> {
+        let out = std::process::Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
+        assert!(out.status.success(), "bpftool prog show: {}", String::from_utf8_lossy(&out.stderr));
+        let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+        progs
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .filter(|n| n.starts_with("sockops_"))
+            .map(String::from)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ours().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(ours(), Vec::<String>::new(), "sockops programs still loaded after the exporters and the pod are gone");
+    let pinned = std::fs::read_dir("/sys/fs/bpf").map(|d| d.flatten().count()).unwrap_or(0);
+    assert_eq!(pinned, 0, "nothing pinned in /sys/fs/bpf");
 }
