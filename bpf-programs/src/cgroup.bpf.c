@@ -19,6 +19,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, PMOAS_AGGREGATION_MAP_FLAGS);
 	__uint(max_entries, PMOAS_CGROUP_COUNTER_MAP_SIZE);
 	__type(key, __u64);
 	__type(value, struct pmoas_cgroup_counters);

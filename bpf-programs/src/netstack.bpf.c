@@ -82,6 +82,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, PMOAS_AGGREGATION_MAP_FLAGS);
 	__uint(max_entries, PMOAS_NETSTACK_STAGE_MAP_SIZE);
 	__type(key, struct pmoas_netstack_stage_key);
 	__type(value, struct pmoas_log2_hist);
@@ -89,6 +90,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, PMOAS_AGGREGATION_MAP_FLAGS);
 	__uint(max_entries, PMOAS_NETSTACK_DROP_MAP_SIZE);
 	__type(key, struct pmoas_netstack_drop_key);
 	__type(value, __u64);
@@ -96,6 +98,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, PMOAS_AGGREGATION_MAP_FLAGS);
 	__uint(max_entries, PMOAS_NETSTACK_RTT_MAP_SIZE);
 	__type(key, struct pmoas_netstack_rtt_key);
 	__type(value, struct pmoas_log2_hist);

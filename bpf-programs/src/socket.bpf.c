@@ -63,6 +63,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, PMOAS_AGGREGATION_MAP_FLAGS);
 	__uint(max_entries, PMOAS_SOCKET_COUNTER_MAP_SIZE);
 	__type(key, struct pmoas_socket_key);
 	__type(value, struct pmoas_socket_counters);
@@ -70,6 +71,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, PMOAS_AGGREGATION_MAP_FLAGS);
 	__uint(max_entries, PMOAS_SOCKET_HIST_MAP_SIZE);
 	__type(key, struct pmoas_socket_key);
 	__type(value, struct pmoas_log2_hist);

@@ -62,6 +62,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, PMOAS_AGGREGATION_MAP_FLAGS);
 	__uint(max_entries, PMOAS_SOCKOPS_COUNTER_MAP_SIZE);
 	__type(key, __u64);
 	__type(value, struct pmoas_sockops_counters);
@@ -77,6 +78,7 @@ struct {
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, PMOAS_AGGREGATION_MAP_FLAGS);
 	__uint(max_entries, PMOAS_SOCKOPS_CLOSED_BYTES_MAP_SIZE);
 	__type(key, struct pmoas_socket_key);
 	__type(value, struct pmoas_socket_counters);

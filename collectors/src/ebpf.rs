@@ -41,6 +41,123 @@ pub const PROGRAM_RUN_SECONDS: Desc = Desc::counter(
     "Time spent in an eBPF program, in the traced tasks (counted while kernel.bpf_stats_enabled=1).",
 );
 
+pub const MAP_MEMORY: Desc = Desc::gauge(
+    "pmoas_ebpf_map_memory_bytes",
+    "Kernel memory of a collector's eBPF map, as the kernel accounts it (fdinfo memlock: what the map \
+     uses now on Linux 6.4+, its size at creation before).",
+);
+
+pub const MAP_MAX_ENTRIES: Desc =
+    Desc::gauge("pmoas_ebpf_map_max_entries", "Entries a collector's eBPF map can hold (its configured size).");
+
+/// One map of a collector's object, as the kernel accounts it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapUsage {
+    pub name: String,
+    pub max_entries: u32,
+    pub bytes: u64,
+}
+
+impl MapUsage {
+    /// Adds `pmoas_ebpf_map_memory_bytes` and `pmoas_ebpf_map_max_entries`.
+    pub fn export(collector: &'static str, maps: &[MapUsage], out: &mut MetricSet) {
+        out.declare(&MAP_MEMORY);
+        out.declare(&MAP_MAX_ENTRIES);
+        for m in maps {
+            let labels = vec![("collector", collector.to_string()), ("map", m.name.clone())];
+            out.gauge(&MAP_MEMORY, labels.clone(), m.bytes as f64);
+            out.gauge(&MAP_MAX_ENTRIES, labels, f64::from(m.max_entries));
+        }
+    }
+
+    /// "4.2 MiB in 9 maps (largest: socket_conns, 3.1 MiB, 65536 entries)".
+    pub fn summary(maps: &[MapUsage]) -> String {
+        let total: u64 = maps.iter().map(|m| m.bytes).sum();
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        match maps.iter().max_by_key(|m| m.bytes) {
+            Some(big) => format!(
+                "{:.1} MiB in {} maps (largest: {}, {:.1} MiB, {} entries)",
+                mib(total),
+                maps.len(),
+                big.name,
+                mib(big.bytes),
+                big.max_entries
+            ),
+            None => "no maps".to_string(),
+        }
+    }
+}
+
+/// At start-up: can a map of `size` entries hold what the node already has
+/// (`have`, counted now)? Above 80 %, raise `feature` of `collector` with
+/// what is lost, the setting to raise and what an entry costs; otherwise
+/// clear it.
+#[allow(clippy::too_many_arguments)]
+pub fn check_capacity(
+    health: &Health,
+    collector: &'static str,
+    feature: &'static str,
+    kernel: &Kernel,
+    map: &str,
+    setting: &str,
+    have: (u64, &str),
+    lost: &str,
+) {
+    let (count, what) = have;
+    let Some(m) = kernel.maps().into_iter().find(|m| m.name == map) else { return };
+    let size = u64::from(m.max_entries);
+    if size == 0 || count * 10 < size * 8 {
+        health.clear(collector, feature);
+        return;
+    }
+    let per_entry = m.bytes as f64 / size as f64;
+    health.raise(
+        collector,
+        feature,
+        format!(
+            "the node has {count} {what} now and {setting} is {size} (map {map}): {lost}; raise it (about {per_entry:.0} \
+             B of kernel memory per entry)"
+        ),
+    );
+}
+
+/// The maps an object's loaded programs use, each with a descriptor of its
+/// own to read its memory from (`/proc/self/fdinfo`), by their names in the
+/// object (the kernel keeps 15 characters of a name).
+fn object_maps(ebpf: &Ebpf) -> Vec<(String, u32, aya::maps::MapFd)> {
+    let names: Vec<String> = ebpf.maps().map(|(n, _)| n.to_string()).collect();
+    let mut ids: Vec<u32> = ebpf
+        .programs()
+        .filter_map(|(_, p)| p.info().ok())
+        .filter_map(|i| i.map_ids().ok().flatten())
+        .flatten()
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.into_iter()
+        .filter_map(|id| {
+            let info = aya::maps::MapInfo::from_id(id).ok()?;
+            let kernel_name = info.name_as_str().unwrap_or("").to_string();
+            let name = names
+                .iter()
+                .find(|n| **n == kernel_name)
+                .or_else(|| names.iter().find(|n| !kernel_name.is_empty() && n.starts_with(&kernel_name)))
+                .cloned()
+                .unwrap_or(kernel_name);
+            Some((name, info.max_entries(), info.fd().ok()?))
+        })
+        .collect()
+}
+
+fn map_memlock(fd: &aya::maps::MapFd) -> u64 {
+    use std::os::fd::{AsFd, AsRawFd};
+    let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
 /// Where a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -943,6 +1060,7 @@ pub struct Kernel {
     links: std::sync::Mutex<HashMap<&'static str, BtfTracePointLinkId>>,
     programs: Vec<ProgramStatus>,
     lost: LostEvents,
+    maps: Vec<(String, u32, aya::maps::MapFd)>,
 }
 
 impl Kernel {
@@ -994,6 +1112,7 @@ impl Kernel {
         })?;
         let mut ebpf = loaded.ebpf;
         let states = loaded.programs;
+        let maps = object_maps(&ebpf);
         let links = std::sync::Mutex::new(loaded.links);
         let lost = LostEvents::take(collector, &mut ebpf, spec.lost_reasons)
             .map_err(|e| fail(e.to_string(), states.clone()))?;
@@ -1003,7 +1122,7 @@ impl Kernel {
             })?;
             follow_targets(collector, map, &ctx.discovery).map_err(|e| fail(e.to_string(), states.clone()))?;
         }
-        Ok(Kernel { collector, ebpf: std::sync::Mutex::new(ebpf), links, programs: states, lost })
+        Ok(Kernel { collector, ebpf: std::sync::Mutex::new(ebpf), links, programs: states, lost, maps })
     }
 
     /// Detaches (`on` false) a tp_btf program that attached at load, or
@@ -1051,9 +1170,22 @@ impl Kernel {
         &self.programs
     }
 
-    /// Lost events by reason and the programs' run counters.
+    /// Every map of the object and the kernel memory it takes now.
+    pub fn maps(&self) -> Vec<MapUsage> {
+        self.maps
+            .iter()
+            .map(|(name, max_entries, fd)| MapUsage {
+                name: name.clone(),
+                max_entries: *max_entries,
+                bytes: map_memlock(fd),
+            })
+            .collect()
+    }
+
+    /// Lost events by reason, the programs' run counters, the maps' memory.
     pub fn export_health(&self, out: &mut MetricSet) -> anyhow::Result<()> {
         self.lost.export(out)?;
+        MapUsage::export(self.collector, &self.maps(), out);
         let stats = program_stats(&self.lock(), &self.programs);
         export_program_stats(self.collector, &stats, out);
         Ok(())

@@ -48,6 +48,11 @@ pub trait Collector: Send + Sync + 'static {
 
     /// The eBPF programs of this collector and whether they are attached.
     fn programs(&self) -> Vec<ProgramStatus>;
+
+    /// Its eBPF maps and the kernel memory they take (the landing page).
+    fn maps(&self) -> Vec<ebpf::MapUsage> {
+        Vec::new()
+    }
 }
 
 /// A collector's name, what it does (for `--help` and the landing page), and

@@ -349,6 +349,18 @@ impl SocketCollector {
         };
         // Seed the node's addresses before the first connection is judged.
         collector.lock().refresh_local_addrs(&collector.discovery);
+        let open = netns::open_tcp_connections(collector.discovery.procfs());
+        ebpf::check_capacity(
+            collector.discovery.health(),
+            INFO.name,
+            "connection_map_size",
+            &collector.kernel,
+            "socket_conns",
+            "collector.socket.max_tracked_connections",
+            (open, "open TCP sockets"),
+            "connections beyond it are still counted as connects and accepts, but their bytes and lifetimes \
+             are lost (pmoas_ebpf_events_lost_total{reason=\"connection_map_full\"})",
+        );
         Ok(collector)
     }
 
@@ -370,6 +382,10 @@ impl Collector for SocketCollector {
 
     fn programs(&self) -> Vec<ProgramStatus> {
         self.kernel.programs().to_vec()
+    }
+
+    fn maps(&self) -> Vec<crate::ebpf::MapUsage> {
+        self.kernel.maps()
     }
 }
 

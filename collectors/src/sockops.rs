@@ -381,6 +381,10 @@ impl Collector for SockopsCollector {
     fn programs(&self) -> Vec<ProgramStatus> {
         self.kernel.programs().to_vec()
     }
+
+    fn maps(&self) -> Vec<crate::ebpf::MapUsage> {
+        self.kernel.maps()
+    }
 }
 
 impl Drop for SockopsCollector {

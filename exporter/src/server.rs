@@ -515,13 +515,25 @@ fn landing_page(state: &AppState) -> String {
                 }
             ));
         }
+        let maps = match &s {
+            CollectorState::Running(c) => {
+                let maps = c.maps();
+                if maps.is_empty() {
+                    String::new()
+                } else {
+                    format!("<p>Kernel maps: {}</p>", html_escape(&pmoas_collectors::ebpf::MapUsage::summary(&maps)))
+                }
+            }
+            _ => String::new(),
+        };
         rows.push_str(&format!(
-            "<tr><td><b>{}</b></td><td class=\"{}\">{}</td><td>{}{}<ul>{}</ul></td></tr>\n",
+            "<tr><td><b>{}</b></td><td class=\"{}\">{}</td><td>{}{}{}<ul>{}</ul></td></tr>\n",
             info.name,
             s.label(),
             s.label(),
             html_escape(info.help),
             error.map(|e| format!("<p class=\"failed\">{}</p>", html_escape(&e))).unwrap_or_default(),
+            maps,
             progs
         ));
     }

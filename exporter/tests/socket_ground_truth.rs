@@ -433,6 +433,43 @@ fn series_of_a_vanished_pod_go_away_after_the_grace_period() {
 /// still counted; what needs the entry (the peer's workload, handshake time,
 /// bytes, lifetime) is lost for the untracked ones, and counted as
 /// `connection_map_full`.
+/// Issue 13: a connection map too small for what the node already has is
+/// said at start-up (a degraded feature naming the setting and the cost),
+/// and a large enough one says nothing.
+#[test]
+fn a_connection_map_smaller_than_the_node_is_reported_at_start() {
+    let _one = serialize();
+    let test = "a_connection_map_smaller_than_the_node_is_reported_at_start";
+    if !can_run(test, &testbed_problems()) {
+        return;
+    }
+    // 80 connections held open on loopback: 160 open sockets on the node at least.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held: Vec<_> = (0..80).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    let accepted: Vec<_> = (0..80).map(|_| listener.accept().unwrap().0).collect();
+    let degraded = |exp: &Exporter| {
+        exp.scrape().get("pmoas_feature_degraded", &[("component", "socket"), ("feature", "connection_map_size")])
+    };
+    let small = Exporter::start(&["--collectors", "socket", "--collector.socket.max-tracked-connections", "128"]);
+    if !small.socket_collector_runs(test) {
+        return;
+    }
+    assert_eq!(degraded(&small), Some(1.0), "160+ open sockets, 128 entries: {}", small.log_text());
+    let (_, page) = small.get("/").unwrap();
+    assert!(page.contains("collector.socket.max_tracked_connections is 128"), "{page}");
+    assert!(page.contains("Kernel maps: "), "the landing page shows the maps' memory: {page}");
+    drop(small);
+    let large = Exporter::start(&["--collectors", "socket", "--collector.socket.max-tracked-connections", "1048576"]);
+    assert_eq!(degraded(&large), None, "{}", large.log_text());
+    let m = large.scrape();
+    let conns = [("collector", "socket"), ("map", "socket_conns")];
+    assert_eq!(m.get("pmoas_ebpf_map_max_entries", &conns), Some(1048576.0));
+    let bytes = m.get("pmoas_ebpf_map_memory_bytes", &conns).unwrap_or(0.0);
+    assert!(bytes >= 1048576.0 * 64.0, "a million entries take at least 64 MiB: {bytes}");
+    drop((held, accepted));
+}
+
 #[test]
 fn counts_stay_exact_when_the_connection_map_is_full() {
     let _one = serialize();

@@ -289,6 +289,19 @@ impl CgroupCollector {
         };
         let attached = |name: &str| programs.iter().any(|p| p.program == name && p.attached);
         let (maps, kernel) = kernel.map_or((None, None), |(m, k)| (Some(m), Some(k)));
+        if let Some(k) = &kernel {
+            ebpf::check_capacity(
+                ctx.discovery.health(),
+                INFO.name,
+                "cgroup_map_size",
+                k,
+                "cgroup_counters",
+                "collector.cgroup.max_cgroups",
+                (paths::count_cgroups(&v2_root), "cgroups"),
+                "cgroups beyond it get no network, block I/O or OOM-kill counts from the kernel \
+                 (pmoas_ebpf_events_lost_total{reason=\"aggregation_map_full\"})",
+            );
+        }
         Ok(CgroupCollector {
             inner: Mutex::new(Inner::new(maps)),
             kernel,
@@ -318,6 +331,10 @@ impl Collector for CgroupCollector {
 
     fn programs(&self) -> Vec<ProgramStatus> {
         self.programs.clone()
+    }
+
+    fn maps(&self) -> Vec<crate::ebpf::MapUsage> {
+        self.kernel.as_ref().map(Kernel::maps).unwrap_or_default()
     }
 }
 

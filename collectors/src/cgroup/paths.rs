@@ -106,6 +106,27 @@ impl PathMap {
     }
 }
 
+/// Directories of the cgroup v2 tree below `root`, `root` included (the
+/// kernel map is keyed by cgroup: every one may need an entry). The walk
+/// stops 8 levels down, like discovery's.
+pub fn count_cgroups(root: &Path) -> u64 {
+    let mut n = 0u64;
+    let mut stack = vec![(root.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        n += 1;
+        if depth >= 8 {
+            continue;
+        }
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push((e.path(), depth + 1));
+            }
+        }
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

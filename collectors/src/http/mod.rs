@@ -365,4 +365,8 @@ impl Collector for HttpCollector {
     fn programs(&self) -> Vec<ProgramStatus> {
         self.kernel.programs().to_vec()
     }
+
+    fn maps(&self) -> Vec<crate::ebpf::MapUsage> {
+        self.kernel.maps()
+    }
 }

@@ -579,6 +579,10 @@ impl Collector for NetstackCollector {
     fn programs(&self) -> Vec<ProgramStatus> {
         self.kernel.programs().to_vec()
     }
+
+    fn maps(&self) -> Vec<crate::ebpf::MapUsage> {
+        self.kernel.maps()
+    }
 }
 
 impl Inner {
