@@ -121,37 +121,38 @@ pub fn check_capacity(
     );
 }
 
-/// The maps an object's loaded programs use, each with a descriptor of its
-/// own to read its memory from (`/proc/self/fdinfo`), by their names in the
-/// object (the kernel keeps 15 characters of a name).
-fn object_maps(ebpf: &Ebpf) -> Vec<(String, u32, aya::maps::MapFd)> {
-    let names: Vec<String> = ebpf.maps().map(|(n, _)| n.to_string()).collect();
-    let mut ids: Vec<u32> = ebpf
-        .programs()
-        .filter_map(|(_, p)| p.info().ok())
-        .filter_map(|i| i.map_ids().ok().flatten())
-        .flatten()
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids.into_iter()
-        .filter_map(|id| {
-            let info = aya::maps::MapInfo::from_id(id).ok()?;
-            let kernel_name = info.name_as_str().unwrap_or("").to_string();
-            let name = names
-                .iter()
-                .find(|n| **n == kernel_name)
-                .or_else(|| names.iter().find(|n| !kernel_name.is_empty() && n.starts_with(&kernel_name)))
-                .cloned()
-                .unwrap_or(kernel_name);
-            Some((name, info.max_entries(), info.fd().ok()?))
+/// The object's maps, each with a descriptor of its own to read its memory
+/// from (`/proc/self/fdinfo`; ids and `BPF_MAP_GET_FD_BY_ID` would need
+/// CAP_SYS_ADMIN). Taken right after loading, before a collector takes its
+/// maps out of the object.
+fn object_maps(ebpf: &Ebpf) -> Vec<(String, u32, std::os::fd::OwnedFd)> {
+    use aya::maps::Map;
+    use std::os::fd::AsFd;
+    ebpf.maps()
+        .filter_map(|(name, map)| {
+            let data = match map {
+                Map::Array(d)
+                | Map::HashMap(d)
+                | Map::LruHashMap(d)
+                | Map::PerCpuArray(d)
+                | Map::PerCpuHashMap(d)
+                | Map::PerCpuLruHashMap(d)
+                | Map::RingBuf(d)
+                | Map::SockHash(d)
+                | Map::SkStorage(d)
+                | Map::LpmTrie(d)
+                | Map::Unsupported(d) => d,
+                _ => return None,
+            };
+            let max_entries = data.info().ok()?.max_entries();
+            Some((name.to_string(), max_entries, data.fd().as_fd().try_clone_to_owned().ok()?))
         })
         .collect()
 }
 
-fn map_memlock(fd: &aya::maps::MapFd) -> u64 {
-    use std::os::fd::{AsFd, AsRawFd};
-    let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+fn map_memlock(fd: &std::os::fd::OwnedFd) -> u64 {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
     fs::read_to_string(path)
         .ok()
         .and_then(|t| t.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok()))
@@ -1060,7 +1061,7 @@ pub struct Kernel {
     links: std::sync::Mutex<HashMap<&'static str, BtfTracePointLinkId>>,
     programs: Vec<ProgramStatus>,
     lost: LostEvents,
-    maps: Vec<(String, u32, aya::maps::MapFd)>,
+    maps: Vec<(String, u32, std::os::fd::OwnedFd)>,
 }
 
 impl Kernel {
