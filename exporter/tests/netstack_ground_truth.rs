@@ -215,7 +215,7 @@ fn drops_match_the_iptables_counter() {
 #[test]
 fn drops_stay_exact_when_the_packet_map_is_full() {
     let _one = serialize();
-    let args = ["--collector.netstack.sample-rate", "1", "--collector.netstack.max-tracked-packets", "64"];
+    let args = ["--collector.netstack.sample-rate", "1", "--collector.netstack.max-tracked-packets", "8"];
     let Some((pod, exp)) = setup("drops_stay_exact_when_the_packet_map_is_full", &args) else {
         return;
     };
@@ -226,7 +226,7 @@ fn drops_stay_exact_when_the_packet_map_is_full() {
         "pmoas_ebpf_events_lost_total",
         &[("collector", "netstack"), ("reason", "packet_map_evicted")],
     );
-    eprintln!("followed packets evicted from a 64-entry map: {evicted}");
+    eprintln!("followed packets evicted from an 8-entry map: {evicted}");
     assert!(evicted > 0.0, "the packet map did not overflow: the test proves nothing");
 }
 

@@ -130,7 +130,7 @@ pub const SETTINGS: &[Setting] = &[
     ),
     Setting::count(
         "collector.netstack.max_tracked_packets",
-        64,
+        8,
         setting::MAX_MAP_ENTRIES,
         "Sampled packets followed at once (kernel LRU map); beyond it the oldest are evicted (and counted)",
     ),
