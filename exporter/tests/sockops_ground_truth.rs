@@ -49,11 +49,14 @@ fn pod_up(test: &str, layout: Layout) -> Option<Pod> {
 /// cgroups are then in the programs' allow-map): None (skipped) when sockops
 /// cannot run here and PMOAS_REQUIRE_BPF is not set.
 fn start_exporter(test: &str, pod: &Pod) -> Option<Exporter> {
-    let exporter = exporter_with_collector(
-        test,
-        "sockops",
-        &["--collectors", "socket,http", "--with-sockops", "--target.pod", &pod.state.uid],
-    )?;
+    exporter_with(test, pod, &[])
+}
+
+/// [`start_exporter`] with more arguments.
+fn exporter_with(test: &str, pod: &Pod, extra: &[&str]) -> Option<Exporter> {
+    let mut args = vec!["--collectors", "socket,http", "--with-sockops", "--target.pod", &pod.state.uid];
+    args.extend_from_slice(extra);
+    let exporter = exporter_with_collector(test, "sockops", &args)?;
     let m = exporter.scrape();
     for p in PROGRAMS {
         assert_eq!(
@@ -82,14 +85,20 @@ fn sent_through_map(m: &Metrics, w: &[(&str, &str)]) -> (f64, f64) {
 /// carried of the client's bytes (its sockets' bytes_acked: SYN and FIN
 /// only when every byte went by redirect).
 fn in_pod_exchange(pod: &Pod, port: u16, count: u64, up: u64, down: u64) -> u64 {
+    in_pod_exchange_held(pod, port, count, up, down, false)
+}
+
+/// [`in_pod_exchange`]; with `hold`, all `count` connections are open at once.
+fn in_pod_exchange_held(pod: &Pod, port: u16, count: u64, up: u64, down: u64, hold: bool) -> u64 {
     let addr = format!("127.0.0.1:{port}");
     let srv =
         server(pod, Place::Sidecar, &["--listen", &addr, "--count", &count.to_string(), "--send", &down.to_string()]);
-    let c = tool(
-        pod,
-        Place::App,
-        &["tcp-client", "--connect", &addr, "--count", &count.to_string(), "--send", &up.to_string()],
-    );
+    let (n, bytes) = (count.to_string(), up.to_string());
+    let mut args = vec!["tcp-client", "--connect", &addr, "--count", &n, "--send", &bytes];
+    if hold {
+        args.push("--hold");
+    }
+    let c = tool(pod, Place::App, &args);
     let s = finish(srv);
     assert_eq!(c["connected"], count, "{c}");
     assert_eq!(c["bytes_sent"], count * up, "{c}");
@@ -175,6 +184,43 @@ fn in_pod_bytes_go_by_redirect_and_every_byte_is_counted() {
     });
     assert_eq!(sent_through_map(&m, &w.app()), (((N + 1) * UP) as f64, 0.0));
     assert_eq!(m.sum("pmoas_sockops_insert_errors_total", &[]), 0.0);
+    drop(exporter);
+    pod.down().unwrap();
+}
+
+/// Issue 13: a socket map too small for the connections open at once
+/// leaves the rest on TCP, counted; every byte still arrives and is counted
+/// once, and the socket collector's bytes stay exact.
+#[test]
+fn a_full_socket_map_leaves_connections_on_tcp_and_counts_every_byte() {
+    let test = "a_full_socket_map_leaves_connections_on_tcp_and_counts_every_byte";
+    let _one = serialize();
+    let Some(pod) = pod_up(test, Layout::Plain) else { return };
+    let Some(exporter) = exporter_with(test, &pod, &["--collector.sockops.max-sockets", "64"]) else { return };
+    let w = Workloads::of(&pod);
+    const N: u64 = 100; // 200 sockets at once, for 64 places
+    const UP: u64 = 10_000;
+    const DOWN: u64 = 30_000;
+    let by_tcp = in_pod_exchange_held(&pod, 7300, N, UP, DOWN, true);
+    let m = exporter.eventually("every socket closed", Duration::from_secs(10), |m| {
+        m.get("pmoas_sockops_active_sockets", &w.app()) == Some(0.0)
+            && m.sum("pmoas_tcp_sent_bytes_total", &with(w.app(), &[("peer", "sidecar")])) >= (N * UP) as f64
+    });
+    let (redirected, missed) = sent_through_map(&m, &w.app());
+    let lost = |reason: &str| m.sum("pmoas_ebpf_events_lost_total", &[("collector", "sockops"), ("reason", reason)]);
+    eprintln!(
+        "{test}: app sent {redirected} B by redirect + {missed} B through TCP from the map, TCP acknowledged \
+         {by_tcp} B in all; sockhash_full {}, pair_map_full {}",
+        lost("sockhash_full"),
+        lost("pair_map_full")
+    );
+    assert!(lost("sockhash_full") + lost("pair_map_full") > 0.0, "the map did not fill: the test proves nothing");
+    assert!(redirected > 0.0 && redirected < (N * UP) as f64, "some accelerated, not all: {redirected}");
+    // What did not go by redirect went through TCP: together, every byte once.
+    assert_eq!(redirected + (by_tcp - 2 * N) as f64, (N * UP) as f64, "redirected + carried by TCP");
+    let app_to_sidecar = with(w.app(), &[("peer", "sidecar")]);
+    assert_eq!(m.sum("pmoas_tcp_sent_bytes_total", &app_to_sidecar), (N * UP) as f64);
+    assert_eq!(m.sum("pmoas_tcp_received_bytes_total", &app_to_sidecar), (N * DOWN) as f64);
     drop(exporter);
     pod.down().unwrap();
 }
