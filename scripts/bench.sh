@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks (as root) and rewrites their sections of BENCHMARKS.md.
-#   scripts/bench.sh [socket|discovery|cgroup|netstack|http|scrape-memory|all] [--rounds N] [--seconds S] [--connections C]
+#   scripts/bench.sh [socket|discovery|cgroup|netstack|http|sockops|scrape-memory|all] [--rounds N] [--seconds S] [--connections C]
 #   (scrape-memory also takes --compare PATH: another exporter binary measured beside this one)
 set -euo pipefail
 cd "$(dirname "$0")/.."

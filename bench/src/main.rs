@@ -8,11 +8,17 @@
 //!   and its per-packet cgroup_skb programs through a real sidecar ([`cgroup`]);
 //! - `netstack`: CPU per request and the programs' run time through a real
 //!   sidecar, at the default sampling and at every packet ([`netstack`]);
+//! - `http`: the http collector's cost through a real sidecar, wrk and
+//!   h2load gRPC ([`http`]);
+//! - `sockops`: socket redirect between sidecar and app against the plain
+//!   TCP stack: an in-pod ping-pong (latency, round trips/s, CPU per
+//!   message, pinned and unpinned), wrk through Envoy, the programs' run
+//!   time ([`sockops`]);
 //! - `scrape-memory`: the exporter's RSS around 10 concurrent scrapes of 750
 //!   containers, optionally beside another build (`--compare PATH`)
 //!   ([`scrape_memory`]); not part of `all`.
 //!
-//! Run: `scripts/bench.sh [socket|discovery|cgroup|netstack|scrape-memory|all] [--rounds N] [--seconds S]`
+//! Run: `scripts/bench.sh [socket|discovery|cgroup|netstack|http|sockops|scrape-memory|all] [--rounds N] [--seconds S]`
 //! (builds release binaries; as root).
 
 mod cgroup;
@@ -22,6 +28,7 @@ mod http;
 mod netstack;
 mod scrape_memory;
 mod socket;
+mod sockops;
 
 use std::path::{Path, PathBuf};
 
@@ -59,6 +66,10 @@ fn main() {
 
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The sockops benchmark's ping-pong, run inside the testbed pod.
+    if matches!(args.first().map(String::as_str), Some("pp-server" | "pp-client")) {
+        return sockops::pingpong_main(&args);
+    }
     let which = args.first().filter(|a| !a.starts_with("--")).cloned().unwrap_or_else(|| "all".into());
     let o = opts(&args)?;
     let missing = pmoas_testbed::missing_prerequisites();
@@ -74,14 +85,18 @@ fn run() -> Result<()> {
         "cgroup" => cgroup::run(&o),
         "netstack" => netstack::run(&o),
         "http" => http::run(&o),
+        "sockops" => sockops::run(&o),
         "scrape-memory" => scrape_memory::run(&o),
         "all" => {
             socket::run(&o)?;
             discovery::run(&o)?;
             cgroup::run(&o)?;
             netstack::run(&o)?;
-            http::run(&o)
+            http::run(&o)?;
+            sockops::run(&o)
         }
-        other => bail!("unknown benchmark `{other}` (socket, discovery, cgroup, netstack, http, scrape-memory, all)"),
+        other => bail!(
+            "unknown benchmark `{other}` (socket, discovery, cgroup, netstack, http, sockops, scrape-memory, all)"
+        ),
     }
 }
