@@ -1253,6 +1253,31 @@ mod tests {
     }
 
     #[test]
+    fn sock_ops_attaches_only_after_what_it_requires() {
+        const TABLE: &[ProgramSpec] = &[
+            ProgramSpec { program: "verdict", hook: Hook::SkMsg { map: "m" }, fallback_for: None, feature: "r" },
+            ProgramSpec { program: "reads", hook: Hook::BtfTracePoint { name: "x" }, fallback_for: None, feature: "r" },
+            ProgramSpec {
+                program: "adds",
+                hook: Hook::SockOps { requires: &["verdict", "reads"] },
+                fallback_for: None,
+                feature: "r",
+            },
+        ];
+        let mut tried = Vec::new();
+        let statuses = attach_all("t", TABLE, |spec| {
+            tried.push(spec.program);
+            if spec.program == "reads" { Err("no such tracepoint".into()) } else { Ok(()) }
+        });
+        assert_eq!(tried, vec!["verdict", "reads"], "never tried: it would add sockets nobody tracks");
+        let adds = statuses.iter().find(|s| s.program == "adds").unwrap();
+        assert!(!adds.attached);
+        assert!(adds.error.as_deref().unwrap().contains("reads did not attach"), "{:?}", adds.error);
+        let all = attach_all("t", TABLE, |_| Ok(()));
+        assert!(all.iter().all(|s| s.attached));
+    }
+
+    #[test]
     fn every_failure_is_reported_with_its_reason() {
         let statuses = attach_all("t", SPECS, |spec| Err(format!("{} refused", spec.program)));
         let got: Vec<(&str, bool, Option<&str>)> =
