@@ -8,11 +8,14 @@
 //!   and its per-packet cgroup_skb programs through a real sidecar ([`cgroup`]);
 //! - `netstack`: CPU per request and the programs' run time through a real
 //!   sidecar, at the default sampling and at every packet ([`netstack`]);
+//! - `scale`: curves of every cost against pods (10-1,100), open
+//!   connections (1k-100k) and connection rate, with SVG plots in
+//!   `bench/plots/` ([`scale`]); not part of `all`;
 //! - `scrape-memory`: the exporter's RSS around 10 concurrent scrapes of 750
 //!   containers, optionally beside another build (`--compare PATH`)
 //!   ([`scrape_memory`]); not part of `all`.
 //!
-//! Run: `scripts/bench.sh [socket|discovery|cgroup|netstack|scrape-memory|all] [--rounds N] [--seconds S]`
+//! Run: `scripts/bench.sh [socket|discovery|cgroup|netstack|http|scale|scrape-memory|all] [--rounds N] [--seconds S]`
 //! (builds release binaries; as root).
 
 mod cgroup;
@@ -20,6 +23,8 @@ mod common;
 mod discovery;
 mod http;
 mod netstack;
+mod plot;
+mod scale;
 mod scrape_memory;
 mod socket;
 
@@ -35,6 +40,15 @@ pub struct Opts {
     pub out: PathBuf,
     /// Another exporter binary to measure beside this one (scrape-memory).
     pub compare: Option<PathBuf>,
+    /// Every argument, for a benchmark's own options.
+    pub args: Vec<String>,
+}
+
+impl Opts {
+    /// The value after `key`, if given.
+    pub fn value(&self, key: &str) -> Option<&str> {
+        self.args.iter().position(|a| a == key).and_then(|i| self.args.get(i + 1)).map(String::as_str)
+    }
 }
 
 fn opts(args: &[String]) -> Result<Opts> {
@@ -47,6 +61,7 @@ fn opts(args: &[String]) -> Result<Opts> {
         exporter: get("--exporter").map(PathBuf::from).unwrap_or_else(|| root.join("target/release/pmoas-exporter")),
         out: get("--out").map(PathBuf::from).unwrap_or_else(|| root.join("BENCHMARKS.md")),
         compare: get("--compare").map(PathBuf::from),
+        args: args.to_vec(),
     })
 }
 
@@ -75,6 +90,7 @@ fn run() -> Result<()> {
         "netstack" => netstack::run(&o),
         "http" => http::run(&o),
         "scrape-memory" => scrape_memory::run(&o),
+        "scale" => scale::run(&o),
         "all" => {
             socket::run(&o)?;
             discovery::run(&o)?;
@@ -82,6 +98,8 @@ fn run() -> Result<()> {
             netstack::run(&o)?;
             http::run(&o)
         }
-        other => bail!("unknown benchmark `{other}` (socket, discovery, cgroup, netstack, http, scrape-memory, all)"),
+        other => {
+            bail!("unknown benchmark `{other}` (socket, discovery, cgroup, netstack, http, scale, scrape-memory, all)")
+        }
     }
 }
