@@ -35,7 +35,7 @@ const INTERVAL: f64 = 15.0;
 const LOAD_SCRAPE: Duration = Duration::from_secs(5);
 
 /// The value of label `key` of a sample line.
-fn label<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn label<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let labels = &line[line.find('{')? + 1..line.rfind('}')?];
     let pat = format!("{key}=\"");
     let mut from = 0;

@@ -44,6 +44,16 @@ impl Exporter {
 
     /// Starts the exporter and waits until a scrape satisfies `up`.
     pub fn start_until(bin: &Path, args: &[&str], up: impl Fn(&str) -> bool) -> Result<(Exporter, Duration)> {
+        Self::start_polling(bin, args, "/metrics", up)
+    }
+
+    /// Starts the exporter and waits until `/readyz` says every collector
+    /// finished starting, without a scrape.
+    pub fn start_ready(bin: &Path, args: &[&str]) -> Result<(Exporter, Duration)> {
+        Self::start_polling(bin, args, "/readyz", |_| true)
+    }
+
+    fn start_polling(bin: &Path, args: &[&str], path: &str, up: impl Fn(&str) -> bool) -> Result<(Exporter, Duration)> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let started = Instant::now();
@@ -56,7 +66,7 @@ impl Exporter {
             .with_context(|| format!("starting {}", bin.display()))?;
         let e = Exporter { child, addr };
         loop {
-            if let Ok((200, body)) = http_get(addr, "/metrics")
+            if let Ok((200, body)) = http_get(addr, path)
                 && up(&body)
             {
                 return Ok((e, started.elapsed()));
@@ -66,6 +76,10 @@ impl Exporter {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// user+system CPU seconds so far: the process's tick counters (which
@@ -385,6 +399,20 @@ pub fn machine_busy() -> f64 {
     let busy: f64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
     // SAFETY: sysconf has no preconditions.
     busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// CPU seconds all CPUs of the machine were idle so far (/proc/stat: idle
+/// and iowait). On a tickless kernel these are measured, not sampled at the
+/// tick like the busy fields: wall time x CPUs minus this is the busy time
+/// also of loads that run in bursts between ticks and sleep across them
+/// (paced connections), which the busy fields miss almost entirely.
+pub fn machine_idle() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    idle / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// Half the min..max range and the standard deviation, % of the mean.

@@ -14,11 +14,14 @@
 //!   TCP stack: an in-pod ping-pong (latency, round trips/s, CPU per
 //!   message, pinned and unpinned), wrk through Envoy, the programs' run
 //!   time ([`sockops`]);
+//! - `scale`: curves of every cost against pods (10-1,100), open
+//!   connections (1k-100k) and connection rate, with SVG plots in
+//!   `bench/plots/` ([`scale`]); not part of `all`;
 //! - `scrape-memory`: the exporter's RSS around 10 concurrent scrapes of 750
 //!   containers, optionally beside another build (`--compare PATH`)
 //!   ([`scrape_memory`]); not part of `all`.
 //!
-//! Run: `scripts/bench.sh [socket|discovery|cgroup|netstack|http|sockops|scrape-memory|all] [--rounds N] [--seconds S]`
+//! Run: `scripts/bench.sh [socket|discovery|cgroup|netstack|http|sockops|scale|scrape-memory|all] [--rounds N] [--seconds S]`
 //! (builds release binaries; as root).
 
 mod cgroup;
@@ -26,6 +29,8 @@ mod common;
 mod discovery;
 mod http;
 mod netstack;
+mod plot;
+mod scale;
 mod scrape_memory;
 mod socket;
 mod sockops;
@@ -42,6 +47,15 @@ pub struct Opts {
     pub out: PathBuf,
     /// Another exporter binary to measure beside this one (scrape-memory).
     pub compare: Option<PathBuf>,
+    /// Every argument, for a benchmark's own options.
+    pub args: Vec<String>,
+}
+
+impl Opts {
+    /// The value after `key`, if given.
+    pub fn value(&self, key: &str) -> Option<&str> {
+        self.args.iter().position(|a| a == key).and_then(|i| self.args.get(i + 1)).map(String::as_str)
+    }
 }
 
 fn opts(args: &[String]) -> Result<Opts> {
@@ -54,6 +68,7 @@ fn opts(args: &[String]) -> Result<Opts> {
         exporter: get("--exporter").map(PathBuf::from).unwrap_or_else(|| root.join("target/release/pmoas-exporter")),
         out: get("--out").map(PathBuf::from).unwrap_or_else(|| root.join("BENCHMARKS.md")),
         compare: get("--compare").map(PathBuf::from),
+        args: args.to_vec(),
     })
 }
 
@@ -87,6 +102,7 @@ fn run() -> Result<()> {
         "http" => http::run(&o),
         "sockops" => sockops::run(&o),
         "scrape-memory" => scrape_memory::run(&o),
+        "scale" => scale::run(&o),
         "all" => {
             socket::run(&o)?;
             discovery::run(&o)?;
@@ -96,7 +112,7 @@ fn run() -> Result<()> {
             sockops::run(&o)
         }
         other => bail!(
-            "unknown benchmark `{other}` (socket, discovery, cgroup, netstack, http, sockops, scrape-memory, all)"
+            "unknown benchmark `{other}` (socket, discovery, cgroup, netstack, http, sockops, scale, scrape-memory, all)"
         ),
     }
 }

@@ -28,7 +28,9 @@
 //! This crate deliberately shares no code with the exporter: it is the
 //! ground truth the exporter is checked against.
 
+pub mod bpfmaps;
 pub mod cgroups;
+pub mod conns;
 pub mod fake_kube;
 pub mod grpc;
 pub mod lite;

@@ -80,6 +80,11 @@ fn the_cli_refuses_unknown_options_and_commands() {
     for (args, says) in [
         (&["http", "--connect", "127.0.0.1:9", "--stagger", "5"][..], "`http` does not take `--stagger`"),
         (&["tcp-client", "--connect", "127.0.0.1:9", "--reset"][..], "`tcp-client` does not take `--reset`"),
+        (&["conn-server", "--listen", "127.0.0.1:9", "--count", "5"][..], "`conn-server` does not take `--count`"),
+        (
+            &["conn-client", "--connect", "127.0.0.1:9", "--count", "1", "--rate", "5"][..],
+            "--count N (hold) or --rate R",
+        ),
         (&["status", "extra"][..], "takes no arguments"),
         (&["bogus"][..], "unknown command `bogus`"),
     ] {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use pmoas_testbed::{Layout, Pod, PodOptions, list_states, load, teardown, traffic};
+use pmoas_testbed::{Layout, Pod, PodOptions, conns, list_states, load, teardown, traffic};
 
 const USAGE: &str = "\
 pmoas-testbed: a pod with a real sidecar (Envoy -> nginx) on this machine, as root.
@@ -35,6 +35,18 @@ Traffic tools (tests run them inside containers; they print a JSON report):
       all N are opened first and held open together, then exchange (keep N
       below the listener's accept backlog, 128 for tcp-server: it accepts one
       at a time, and the connects past its queue wait for their timeout).
+  pmoas-testbed conn-server --listen ADDR [--listeners K] [--hold]
+      listen on K consecutive ports from ADDR's (default 1) until stdin closes:
+      hold every accepted connection open, or (without --hold) read each to
+      EOF and close it. Prints `listening ...` on stderr once ready, and
+      {accepted, bytes_received} when stdin closes.
+  pmoas-testbed conn-client --connect ADDR [--listeners K] --count N
+      open N connections round robin over the K ports, one after another,
+      print {connected, failed, seconds} and hold them until stdin closes.
+  pmoas-testbed conn-client --connect ADDR [--listeners K] --rate R --seconds S [--threads T] [--send BYTES]
+      short connections at R per second (0: as fast as they go) for S
+      seconds on T threads (default 4): connect, send, close the write side,
+      read to EOF, close. Prints {connected, failed, seconds}.
   pmoas-testbed http --connect ADDR [--path /] --count N [--concurrency C] [--stagger-ms MS]
       N GET requests with Connection: close, C at a time; with --stagger-ms the
       C clients start spread over MS instead of together.
@@ -194,6 +206,8 @@ fn run(args: &[String]) -> Result<()> {
     let (values, flags): (&[&str], &[&str]) = match cmd.as_str() {
         "tcp-server" => (&["--listen", "--count", "--send"], &["--reset"]),
         "tcp-client" => (&["--connect", "--count", "--send"], &["--hold"]),
+        "conn-server" => (&["--listen", "--listeners"], &["--hold"]),
+        "conn-client" => (&["--connect", "--listeners", "--count", "--rate", "--seconds", "--threads", "--send"], &[]),
         "http" => (&["--connect", "--path", "--count", "--concurrency", "--stagger-ms"], &[]),
         "fetch" => (&["--connect", "--sizes", "--count", "--concurrency"], &[]),
         "burn" => (&["--cpu-ms"], &[]),
@@ -265,6 +279,34 @@ fn run(args: &[String]) -> Result<()> {
             );
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
+        }
+        "conn-server" => {
+            let listeners = u16::try_from(o.num("--listeners", 1)?).context("--listeners")?;
+            let r = conns::serve(o.addr("--listen")?, listeners, o.flag("--hold"))?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        "conn-client" => {
+            let listeners = u16::try_from(o.num("--listeners", 1)?).context("--listeners")?;
+            let connect = o.addr("--connect")?;
+            match (o.value("--count"), o.value("--rate")) {
+                (Some(_), None) => conns::hold(connect, listeners, o.num("--count", 1)?),
+                (None, Some(rate)) => {
+                    let rate: f64 = rate.parse().with_context(|| format!("--rate {rate}: not a number"))?;
+                    let seconds: f64 = o.value("--seconds").unwrap_or("10").parse().context("--seconds")?;
+                    let r = conns::churn(
+                        connect,
+                        listeners,
+                        rate,
+                        seconds,
+                        o.num("--threads", 4)?,
+                        o.num("--send", 0)? as usize,
+                    );
+                    println!("{}", serde_json::to_string(&r)?);
+                    Ok(())
+                }
+                _ => bail!("conn-client takes --count N (hold) or --rate R (churn)"),
+            }
         }
         "http" => {
             let r = traffic::http_load_staggered(
