@@ -28,9 +28,13 @@
 //! that was complete when the response started, and the older ones are
 //! dropped (`http1_unanswered_request`): exact for clients that wait for
 //! each response before the next request, which is what browsers, curl,
-//! Envoy and nginx do. A connection on which pipelining was seen (a request
-//! sent while an earlier one was unanswered) pairs nothing after a loss
-//! (`http1_unpaired_response`). A response whose request is unknown, and
+//! Envoy and nginx do. A request sent while an earlier one was unanswered
+//! is ambiguous after a loss (pipelining, or the earlier one's response was
+//! lost: the gap shows only at the next response), so a response that would
+//! pair with it is not paired (`http1_unpaired_response`); the client's next
+//! request, sent after that response, pairs again. A connection on which
+//! pipelining was confirmed (such a request answered in order with nothing
+//! lost) pairs nothing after a loss. A response whose request is unknown, and
 //! whose body could be absent for a HEAD request we did not see, cannot be
 //! framed: its direction waits for the next status line.
 
@@ -366,6 +370,11 @@ struct Pending {
     close: bool,
     /// `resp_epoch` when it was queued.
     epoch: u64,
+    /// Sent while an earlier request was unanswered as far as we saw: an
+    /// earlier one of the same epoch was waiting, or a response was being
+    /// read. Pipelining, or a response we did not see (the kernel lost
+    /// it, which we learn only at the next one).
+    behind: bool,
 }
 
 impl Pending {
@@ -397,7 +406,8 @@ pub struct Http1 {
     current: Option<Current>,
     /// The first-in-first-out order cannot be trusted (see the module doc).
     resync: bool,
-    /// A request was sent while an earlier one was unanswered.
+    /// Pipelining confirmed: a request sent behind an unanswered one was
+    /// answered in order with no loss in between.
     pipelining: bool,
     /// Upgraded, tunnelled or closed: nothing more is parsed.
     done: bool,
@@ -653,10 +663,10 @@ impl Http1 {
         };
         let seq = self.next_seq;
         self.next_seq += 1;
-        if self.queue.back().is_some_and(|p| p.epoch == self.resp_epoch) || (!self.resync && self.current.is_some()) {
-            // Sent while an earlier request was surely unanswered.
-            self.pipelining = true;
-        }
+        // Not yet proof of pipelining: a lost response looks the same
+        // until the gap shows at the next one (see `pair`).
+        let behind =
+            self.queue.back().is_some_and(|p| p.epoch == self.resp_epoch) || (!self.resync && self.current.is_some());
         let max = self.limits.max_value;
         let pending = Pending {
             seq,
@@ -669,6 +679,7 @@ impl Http1 {
             end_ns: None,
             close: head.close || (head.http10 && !head.keep_alive),
             epoch: self.resp_epoch,
+            behind,
         };
         if self.queue.len() >= self.limits.max_pipelined.max(1) {
             losses.add(LossReason::Http1PipelineOverflow);
@@ -693,12 +704,23 @@ impl Http1 {
                 // A response cannot start before its request.
                 return None;
             }
-            return self.queue.pop_front();
+            let request = self.queue.pop_front()?;
+            // Answered in order after the one it was sent behind, with
+            // nothing lost: the client pipelines.
+            self.pipelining |= request.behind;
+            return Some(request);
         }
         if self.pipelining {
             return None;
         }
         let i = self.queue.iter().rposition(|p| p.end_ns.is_some_and(|e| e <= t))?;
+        if self.queue[i].behind {
+            // Sent behind another waiting request: this response may answer
+            // either. (A client that waits for each response, whose answer
+            // was lost, pairs again from its next request, which is not
+            // behind any.)
+            return None;
+        }
         for _ in 0..i {
             self.queue.pop_front();
             losses.add(LossReason::Http1UnansweredRequest);

@@ -334,6 +334,42 @@ fn pipelining_connection_pairs_nothing_after_a_loss() {
     assert_eq!(f.lost(LossReason::Http1UnpairedResponse), 2);
 }
 
+/// Envoy's pooled upstream connection when the kernel's capture ring
+/// overflows: a response is lost, the next request looks pipelined until
+/// the gap shows at the next response. That one is ambiguous; the ones
+/// after it pair again (they did not, for the connection's life, before).
+#[test]
+fn a_lost_response_on_a_connection_that_never_pipelines_pairs_again() {
+    let mut f = Feeder::new(Role::Server);
+    f.feed(IN, b"GET /0 HTTP/1.1\r\n\r\n").feed(OUT, OK);
+    // /1's response lost, then /2 and /3 sent after it (their responses lost too).
+    f.feed(IN, b"GET /1 HTTP/1.1\r\n\r\n").feed(IN, b"GET /2 HTTP/1.1\r\n\r\n").feed(IN, b"GET /3 HTTP/1.1\r\n\r\n");
+    f.conn.lost_data(OUT, &mut f.losses);
+    f.feed(OUT, OK);
+    assert_eq!(f.lost(LossReason::Http1UnpairedResponse), 1, "{:?}", f.losses());
+    for i in 4..7 {
+        f.feed(IN, format!("GET /{i} HTTP/1.1\r\n\r\n").as_bytes()).feed(OUT, OK);
+    }
+    let got: Vec<_> = f.out.iter().map(|e| e.path.clone().unwrap()).collect();
+    assert_eq!(got, ["/0", "/4", "/5", "/6"]);
+    assert_eq!(f.lost(LossReason::Http1UnansweredRequest), 3, "{:?}", f.losses());
+}
+
+/// A client that pipelines (confirmed before the loss) pairs nothing after
+/// one, even on exchanges that look strictly alternating.
+#[test]
+fn confirmed_pipelining_pairs_nothing_after_a_loss_even_when_it_stops() {
+    let mut f = Feeder::new(Role::Server);
+    f.feed(IN, GET).feed(OUT, OK).out.clear();
+    f.feed(IN, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n").feed(OUT, OK).feed(OUT, OK);
+    assert_eq!(f.out.len(), 2);
+    f.feed(IN, GET);
+    f.conn.lost_data(OUT, &mut f.losses);
+    f.feed(OUT, OK);
+    f.feed(IN, GET).feed(OUT, OK);
+    assert_eq!(f.out.len(), 2);
+}
+
 #[test]
 fn other_methods_and_statuses() {
     let mut f = Feeder::new(Role::Server);
