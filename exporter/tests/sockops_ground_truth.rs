@@ -338,12 +338,12 @@ fn through_envoy_under_wrk(test: &str, layout: Layout) {
         |m: &Metrics| m.sum("pmoas_ebpf_events_lost_total", &[("collector", "http"), ("reason", "capture_ring_full")]);
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut last = None;
-    let m = loop {
+    loop {
         let m = exporter.scrape();
         let (completed, total, app, sidecar) = requests_seen(&m);
         let within = |n: f64| completed <= n && n <= total;
         if completed > 0.0 && within(app) && within(sidecar) {
-            break m;
+            break;
         }
         let settled = last == Some((app, sidecar));
         last = Some((app, sidecar));
@@ -353,7 +353,7 @@ fn through_envoy_under_wrk(test: &str, layout: Layout) {
                  the app, {sidecar} from the sidecar, of {completed} Envoy completed",
                 ring_full(&m)
             );
-            break m;
+            break;
         }
         assert!(
             Instant::now() < deadline,
