@@ -362,7 +362,7 @@ fn through_envoy_under_wrk(test: &str, layout: Layout) {
             m.describe("pmoas_ebpf_events_lost_total", &[("collector", "http")])
         );
         std::thread::sleep(Duration::from_millis(300));
-    };
+    }
     eprintln!(
         "{test}: wrk {answered} requests, fetch {} bodies ({} B) over {} upstream connections",
         report.ok,
@@ -380,7 +380,6 @@ fn through_envoy_under_wrk(test: &str, layout: Layout) {
             && m.sum("pmoas_sockops_active_sockets", &w.app()) == 0.0
     });
     let stats = envoy(&pod);
-    let stat = |k: &str| stats.get(k).copied().unwrap_or(0) as f64;
 
     // Exact, on a second run that ends cleanly (wrk stops in the middle of
     // requests: a request or answer in flight is sent but never read, by
