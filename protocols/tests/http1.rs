@@ -355,21 +355,6 @@ fn a_lost_response_on_a_connection_that_never_pipelines_pairs_again() {
     assert_eq!(f.lost(LossReason::Http1UnansweredRequest), 3, "{:?}", f.losses());
 }
 
-/// A client that pipelines (confirmed before the loss) pairs nothing after
-/// one, even on exchanges that look strictly alternating.
-#[test]
-fn confirmed_pipelining_pairs_nothing_after_a_loss_even_when_it_stops() {
-    let mut f = Feeder::new(Role::Server);
-    f.feed(IN, GET).feed(OUT, OK).out.clear();
-    f.feed(IN, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n").feed(OUT, OK).feed(OUT, OK);
-    assert_eq!(f.out.len(), 2);
-    f.feed(IN, GET);
-    f.conn.lost_data(OUT, &mut f.losses);
-    f.feed(OUT, OK);
-    f.feed(IN, GET).feed(OUT, OK);
-    assert_eq!(f.out.len(), 2);
-}
-
 #[test]
 fn other_methods_and_statuses() {
     let mut f = Feeder::new(Role::Server);
