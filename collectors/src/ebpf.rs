@@ -337,7 +337,11 @@ fn load_object(
     ensure_tracefs();
     // One kernel BTF at a time: the loader parses its own for CO-RE and
     // frees it when dropped; tp_btf programs then need it once more. Two
-    // parsed copies side by side would double the exporter's peak memory.
+    // parsed copies side by side would double the exporter's peak memory,
+    // and so would two collectors loading at once (they start on threads
+    // of their own): one loads at a time, the others wait their turn.
+    static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = LOADING.lock().unwrap_or_else(|p| p.into_inner());
     let mut ebpf = {
         let mut loader = EbpfLoader::new();
         // Maps aya has no type for (the http collector's task storage) are

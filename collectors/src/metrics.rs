@@ -6,12 +6,34 @@
 //! encoders, in the Prometheus text format (0.0.4) or in OpenMetrics 1.0.
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
 /// Label pairs of one series, in the order they are rendered.
 pub type Labels = Vec<(&'static str, String)>;
+
+/// The labels of one stored series: its own, or shared by every series of
+/// one workload (a 1,100-pod node renders 56,000 series; cloning four
+/// strings for each, and freeing them, was a tenth of the scrape's CPU).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SeriesLabels {
+    Owned(Labels),
+    Shared(Arc<Labels>),
+}
+
+impl Deref for SeriesLabels {
+    type Target = [(&'static str, String)];
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            SeriesLabels::Owned(l) => l,
+            SeriesLabels::Shared(l) => l,
+        }
+    }
+}
 
 /// The common workload labels `namespace, pod, container, role` of a
 /// per-workload series (empty for the node itself).
@@ -86,13 +108,15 @@ pub struct Histogram {
 pub enum Value {
     Counter(f64),
     Gauge(f64),
-    Histogram(Histogram),
+    /// Boxed: a histogram is rare and large, and inline it would make
+    /// every value of a 56,000-series page as large as itself.
+    Histogram(Box<Histogram>),
 }
 
 #[derive(Clone, Debug)]
 struct Family {
     desc: Desc,
-    samples: Vec<(Labels, Value)>,
+    samples: Vec<(SeriesLabels, Value)>,
 }
 
 /// Output format of a scrape.
@@ -133,10 +157,18 @@ impl MetricSet {
         MetricSet::default()
     }
 
-    fn push(&mut self, desc: &Desc, labels: Labels, value: Value) {
+    fn push(&mut self, desc: &Desc, labels: SeriesLabels, value: Value) {
         let family = self.families.entry(desc.name).or_insert_with(|| Family { desc: *desc, samples: Vec::new() });
         debug_assert_eq!(family.desc, *desc, "two descriptions of {}", desc.name);
         family.samples.push((labels, value));
+    }
+
+    /// [`MetricSet::declare`], with room for `series` more series.
+    pub fn reserve(&mut self, desc: &Desc, series: usize) {
+        self.declare(desc);
+        if let Some(family) = self.families.get_mut(desc.name) {
+            family.samples.reserve(series);
+        }
     }
 
     /// Makes a family appear even when it has no series yet (HELP/TYPE only
@@ -147,17 +179,29 @@ impl MetricSet {
 
     pub fn counter(&mut self, desc: &Desc, labels: Labels, value: f64) {
         debug_assert_eq!(desc.kind, Kind::Counter);
-        self.push(desc, labels, Value::Counter(value));
+        self.push(desc, SeriesLabels::Owned(labels), Value::Counter(value));
+    }
+
+    /// [`MetricSet::counter`] with labels shared by other series.
+    pub fn counter_shared(&mut self, desc: &Desc, labels: &Arc<Labels>, value: f64) {
+        debug_assert_eq!(desc.kind, Kind::Counter);
+        self.push(desc, SeriesLabels::Shared(labels.clone()), Value::Counter(value));
+    }
+
+    /// [`MetricSet::gauge`] with labels shared by other series.
+    pub fn gauge_shared(&mut self, desc: &Desc, labels: &Arc<Labels>, value: f64) {
+        debug_assert_eq!(desc.kind, Kind::Gauge);
+        self.push(desc, SeriesLabels::Shared(labels.clone()), Value::Gauge(value));
     }
 
     pub fn gauge(&mut self, desc: &Desc, labels: Labels, value: f64) {
         debug_assert_eq!(desc.kind, Kind::Gauge);
-        self.push(desc, labels, Value::Gauge(value));
+        self.push(desc, SeriesLabels::Owned(labels), Value::Gauge(value));
     }
 
     pub fn histogram(&mut self, desc: &Desc, labels: Labels, value: Histogram) {
         debug_assert_eq!(desc.kind, Kind::Histogram);
-        self.push(desc, labels, Value::Histogram(value));
+        self.push(desc, SeriesLabels::Owned(labels), Value::Histogram(Box::new(value)));
     }
 
     /// Moves every series of `other` into this set.
@@ -183,7 +227,7 @@ impl MetricSet {
 
     /// Every family with its series, sorted by name: for encoders other
     /// than the text formats (OTLP).
-    pub fn families(&self) -> impl Iterator<Item = (&Desc, &[(Labels, Value)])> {
+    pub fn families(&self) -> impl Iterator<Item = (&Desc, &[(SeriesLabels, Value)])> {
         self.families.values().map(|f| (&f.desc, f.samples.as_slice()))
     }
 
@@ -196,15 +240,58 @@ impl MetricSet {
         })
     }
 
+    /// About the size of the rendered page, a little over rather than
+    /// under: every series line is its name, its labels quoted, and a value.
+    fn page_size_estimate(&self) -> usize {
+        // " 1.2345678901234567e19\n" at most, and most are far shorter
+        const VALUE: usize = 24;
+        self.families
+            .values()
+            .map(|f| {
+                let header = f.desc.help.len() + 2 * f.desc.name.len() + 32;
+                let series: usize = f
+                    .samples
+                    .iter()
+                    .map(|(labels, value)| {
+                        let line = f.desc.name.len()
+                            + VALUE
+                            + labels.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>();
+                        match value {
+                            // a line per bucket (each with `le`), _sum and _count
+                            Value::Histogram(h) => (line + 16) * (h.buckets.len() + 2),
+                            _ => line,
+                        }
+                    })
+                    .sum();
+                header + series
+            })
+            .sum()
+    }
+
     /// Renders the set.
     pub fn encode(self, format: Format) -> String {
-        let mut registry = prometheus_client::registry::Registry::default();
-        registry.register_collector(Box::new(Encodable(self.families.into_values().collect())));
-        let mut out = String::new();
-        let result = match format {
-            Format::PrometheusText => prometheus_client::encoding::prometheus_text::encode(&mut out, &registry),
-            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),
-        };
+        use prometheus_client::encoding::{prometheus_text, text};
+        // Room for the whole page up front: growing by doubling would copy
+        // it, and hold two copies at once, several times (7 MiB at 1,100
+        // pods).
+        let mut out = String::with_capacity(self.page_size_estimate());
+        // A family at a time, each freed once rendered, so that the set
+        // and the page are never both whole in memory.
+        let mut result = Ok(());
+        for family in self.families.into_values() {
+            let mut registry = prometheus_client::registry::Registry::default();
+            registry.register_collector(Box::new(Encodable(vec![family])));
+            result = match format {
+                Format::PrometheusText => prometheus_text::encode(&mut out, &registry),
+                Format::OpenMetrics => text::encode_registry(&mut out, &registry),
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        if format == Format::OpenMetrics && result.is_ok() {
+            result = text::encode_eof(&mut out);
+        }
         // Writing into a String cannot fail; an Err here would be a bug in
         // the encoder, and a partial page is still better than none.
         if let Err(e) = result {
@@ -228,7 +315,8 @@ impl prometheus_client::collector::Collector for Encodable {
             };
             let mut metric = encoder.encode_descriptor(name, fam.desc.help, None, metric_type)?;
             for (labels, value) in &fam.samples {
-                let mut series = metric.encode_family(labels)?;
+                let labels: &[(&str, String)] = labels;
+                let mut series = metric.encode_family(&labels)?;
                 match value {
                     Value::Counter(v) => series.encode_counter::<NoLabelSet, f64, f64>(v, None)?,
                     Value::Gauge(v) => series.encode_gauge(v)?,
@@ -273,11 +361,27 @@ mod tests {
     }
 
     #[test]
+    fn the_page_fits_its_estimate() {
+        let mut m = sample();
+        for i in 0..1000 {
+            m.counter(&REQS, vec![("pod", format!("pod-{i}")), ("container", "app".into())], i as f64 * 1e9);
+        }
+        let estimate = m.page_size_estimate();
+        for format in [Format::PrometheusText, Format::OpenMetrics] {
+            let page = m.clone().encode(format);
+            assert!(page.len() <= estimate, "{format:?}: {} > {estimate}", page.len());
+            assert!(page.len() * 2 > estimate, "{format:?}: {} is far below {estimate}", page.len());
+        }
+    }
+
+    #[test]
     fn openmetrics_format() {
         let text = sample().encode(Format::OpenMetrics);
         assert!(text.contains("# TYPE pmoas_test_requests counter\n"), "{text}");
         assert!(text.contains("pmoas_test_requests_total{pod="), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "one end for the page, not one per family: {text}");
+        assert_eq!(text.matches("# TYPE").count(), 3, "{text}");
     }
 
     #[test]

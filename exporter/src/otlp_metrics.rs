@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use pmoas_collectors::metrics::{Desc, Histogram, Kind, Labels, MetricSet, Value};
+use pmoas_collectors::metrics::{Desc, Histogram, Kind, MetricSet, Value};
 use pmoas_collectors::registry::ScrapeFilter;
 use pmoas_otlp::metrics::common::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use pmoas_otlp::metrics::proto::{
@@ -115,7 +115,7 @@ fn name_and_unit(desc: &Desc) -> (String, &'static str) {
 }
 
 /// A series' pod resource key (None: the node's) and its point attributes.
-fn split_labels(labels: &Labels) -> (Option<[String; 3]>, Vec<KeyValue>) {
+fn split_labels(labels: &[(&'static str, String)]) -> (Option<[String; 3]>, Vec<KeyValue>) {
     let label = |name: &str| labels.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str()).unwrap_or("");
     if label("pod").is_empty() {
         let attrs = labels.iter().map(|(k, v)| key_value(k, string(v))).collect();
@@ -320,7 +320,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pmoas_collectors::metrics::Desc;
+    use pmoas_collectors::metrics::{Desc, Labels};
 
     const ACCEPTS: Desc = Desc::counter("pmoas_tcp_accepts_total", "Accepts.");
     const UP: Desc = Desc::gauge("pmoas_collector_up", "Up.");

@@ -206,22 +206,26 @@ const CAP_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Serves until `shutdown` flips to true.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    // First: it raises the soft limit to the hard one.
+    let cgroup_dirs = pmoas_collectors::cgroup::files::dir_budget() as u64;
     let fd_limit = limits::fd_limit();
-    let cap = limits::effective_max_connections(state.max_connections, fd_limit);
+    let cap = limits::effective_max_connections(state.max_connections, fd_limit.map(|l| l.saturating_sub(cgroup_dirs)));
     let fd_text = fd_limit.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
     tracing::info!(
         max_connections = cap,
         configured = state.max_connections,
         open_file_limit = %fd_text,
         reserved_fds = limits::RESERVED_FDS,
+        cgroup_dirs,
         max_requests = state.max_requests,
         "HTTP limits: at most {cap} open connections, {} parallel scrapes",
         state.max_requests
     );
     if cap < state.max_connections {
         tracing::warn!(
-            "--web.max-connections {} lowered to {cap}: the open file limit is {fd_text} and {} descriptors are \
-             kept for eBPF maps, cgroup files and API clients; raise the limit (ulimit -n, LimitNOFILE=) to serve more",
+            "--web.max-connections {} lowered to {cap}: the open file limit is {fd_text}, {} descriptors are \
+             kept for eBPF maps, cgroup files and API clients and up to {cgroup_dirs} for cgroup directories; raise \
+             the limit (ulimit -n, LimitNOFILE=) to serve more",
             state.max_connections,
             limits::RESERVED_FDS
         );

@@ -12,9 +12,14 @@
 //! Each file is read at most once per scrape, and only when the source it
 //! feeds was chosen for that resource (see [`Plan`]).
 
+use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Where one resource of one cgroup is read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -159,13 +164,137 @@ pub fn looks_removed(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV)
 }
 
+/// Directory descriptors held by [`Opened`], process-wide.
+static HELD_DIRS: AtomicUsize = AtomicUsize::new(0);
+
+/// Open files kept back from [`HELD_DIRS`]: eBPF maps and programs, HTTP
+/// connections, procfs reads (a quarter of the limit, at least this).
+const RESERVED_FILES: u64 = 1024;
+
+/// How many directory descriptors [`Opened`] may hold: the open-file limit
+/// (first raised to its hard limit, as Go programs do: a systemd service
+/// starts at a soft 1024) less a quarter of it (at least
+/// [`RESERVED_FILES`]). Beyond it, paths serve. The HTTP server's
+/// connection cap leaves this much room.
+pub fn dir_budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit only read and write the struct given.
+        let soft = unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+                return 0;
+            }
+            let to_hard = libc::rlimit { rlim_cur: l.rlim_max, rlim_max: l.rlim_max };
+            if l.rlim_cur < l.rlim_max && libc::setrlimit(libc::RLIMIT_NOFILE, &to_hard) == 0 {
+                l.rlim_max
+            } else {
+                l.rlim_cur
+            }
+        };
+        let soft = soft.min(1 << 24);
+        soft.saturating_sub((soft / 4).max(RESERVED_FILES)) as usize
+    })
+}
+
+/// One directory opened with `O_PATH` (no read access, no kernel buffers:
+/// a `struct file`, a few hundred bytes of kernel memory), counted in
+/// [`HELD_DIRS`] while it lives.
+#[derive(Debug)]
+struct DirFd(OwnedFd);
+
+impl DirFd {
+    /// `None` when the budget is spent or the directory cannot be opened
+    /// (the path then serves, and says what is wrong at read time).
+    fn open(path: &Path) -> Option<DirFd> {
+        if HELD_DIRS.fetch_add(1, Ordering::Relaxed) >= dir_budget() {
+            HELD_DIRS.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let fd = CString::new(path.as_os_str().as_bytes()).ok().and_then(|c| {
+            // SAFETY: a valid C string; the descriptor returned is ours alone.
+            let raw = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+            (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) })
+        });
+        match fd {
+            Some(fd) => Some(DirFd(fd)),
+            None => {
+                HELD_DIRS.fetch_sub(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn open_file(&self, name: &str) -> io::Result<fs::File> {
+        let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: a directory descriptor we own and a valid C string; the
+        // descriptor returned is ours alone.
+        let raw = unsafe { libc::openat(self.0.as_raw_fd(), c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(unsafe { fs::File::from_raw_fd(raw) })
+    }
+}
+
+impl Drop for DirFd {
+    fn drop(&mut self) {
+        HELD_DIRS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A cgroup's directories, each one its plan reads opened once: a scrape
+/// then opens a file by one name relative to it instead of walking its
+/// whole path (kubepods.slice/…/cri-containerd-….scope/, component by
+/// component), which was a third of the CPU of scraping 1,100 pods
+/// (BENCHMARKS.md). Holding file descriptors would save more, but each
+/// read cgroupfs file keeps a page of kernel memory, charged to the
+/// exporter's cgroup (70 MiB at 1,100 pods); an `O_PATH` directory keeps
+/// none. Without a descriptor the path serves.
+#[derive(Debug, Default)]
+pub struct Opened {
+    pub dirs: Dirs,
+    v2: Option<DirFd>,
+    cpu: Option<DirFd>,
+    cpuacct: Option<DirFd>,
+    memory: Option<DirFd>,
+    blkio: Option<DirFd>,
+}
+
+impl Opened {
+    /// Opens the directories `plan` reads from.
+    pub fn new(dirs: Dirs, plan: &Plan) -> Opened {
+        let uses = |r: &[Source], s: Source| r.contains(&s);
+        let v1 = |d: &Option<PathBuf>, used: bool| d.as_deref().filter(|_| used).and_then(DirFd::open);
+        let all = [plan.cpu, plan.throttling, plan.memory, plan.oom, plan.fs];
+        Opened {
+            v2: if uses(&all, Source::CgroupV2) { DirFd::open(&dirs.v2) } else { None },
+            cpu: v1(&dirs.cpu, plan.throttling == Source::CgroupV1),
+            cpuacct: v1(&dirs.cpuacct, plan.cpu == Source::CgroupV1),
+            memory: v1(&dirs.memory, plan.memory == Source::CgroupV1),
+            blkio: v1(&dirs.blkio, plan.fs == Source::CgroupV1),
+            dirs,
+        }
+    }
+
+    /// Directory descriptors held by every cgroup's [`Opened`].
+    pub fn held() -> usize {
+        HELD_DIRS.load(Ordering::Relaxed)
+    }
+}
+
 /// Reads the files `plan` names. A missing v2 directory means the cgroup is
 /// gone: `Err(None)`, not an error worth counting.
-pub fn read(dirs: &Dirs, plan: &Plan, buf: &mut String) -> Result<(Stats, Vec<ReadError>), Option<io::Error>> {
+pub fn read(opened: &Opened, plan: &Plan, buf: &mut String) -> Result<(Stats, Vec<ReadError>), Option<io::Error>> {
+    let dirs = &opened.dirs;
     let mut s = Stats::default();
     let mut errors = Vec::new();
-    let mut file = |dir: &Path, name: &'static str, buf: &mut String| -> bool {
-        match read_into(&dir.join(name), buf) {
+    let mut file = |dir: &Path, fd: &Option<DirFd>, name: &'static str, buf: &mut String| -> bool {
+        let result = match fd {
+            Some(fd) => fd.open_file(name).and_then(|f| read_file(f, buf)),
+            None => read_into(&dir.join(name), buf),
+        };
+        match result {
             Ok(()) => true,
             // Including files of a cgroup being removed: the caller tells
             // those from real failures (`ReadError::looks_removed`).
@@ -177,59 +306,62 @@ pub fn read(dirs: &Dirs, plan: &Plan, buf: &mut String) -> Result<(Stats, Vec<Re
     };
 
     if plan.cpu == Source::CgroupV2 || plan.throttling == Source::CgroupV2 {
-        if !file(&dirs.v2, "cpu.stat", buf) {
+        if !file(&dirs.v2, &opened.v2, "cpu.stat", buf) {
             // The one file every v2 cgroup has: gone, or unreadable.
             return Err(if dirs.v2.exists() { errors.pop().map(|e| e.error) } else { None });
         }
-        let kv = |k: &str| flat_keyed(buf, k);
+        let [usage, throttled, periods] = flat_keyed_all(buf, ["usage_usec", "throttled_usec", "nr_throttled"]);
         if plan.cpu == Source::CgroupV2 {
-            s.cpu_usage_seconds = kv("usage_usec").map(|us| us as f64 / 1e6);
+            s.cpu_usage_seconds = usage.map(|us| us as f64 / 1e6);
         }
         if plan.throttling == Source::CgroupV2 {
-            s.cpu_throttled_seconds = kv("throttled_usec").map(|us| us as f64 / 1e6);
-            s.cpu_throttled_periods = kv("nr_throttled");
+            s.cpu_throttled_seconds = throttled.map(|us| us as f64 / 1e6);
+            s.cpu_throttled_periods = periods;
         }
     }
     if plan.cpu == Source::CgroupV1
         && let Some(d) = &dirs.cpuacct
-        && file(d, "cpuacct.usage", buf)
+        && file(d, &opened.cpuacct, "cpuacct.usage", buf)
     {
         s.cpu_usage_seconds = buf.trim().parse::<u64>().ok().map(|ns| ns as f64 / 1e9);
     }
     if plan.throttling == Source::CgroupV1
         && let Some(d) = &dirs.cpu
-        && file(d, "cpu.stat", buf)
+        && file(d, &opened.cpu, "cpu.stat", buf)
     {
-        s.cpu_throttled_seconds = flat_keyed(buf, "throttled_time").map(|ns| ns as f64 / 1e9);
-        s.cpu_throttled_periods = flat_keyed(buf, "nr_throttled");
+        let [throttled, periods] = flat_keyed_all(buf, ["throttled_time", "nr_throttled"]);
+        s.cpu_throttled_seconds = throttled.map(|ns| ns as f64 / 1e9);
+        s.cpu_throttled_periods = periods;
     }
 
     match plan.memory {
         Source::CgroupV2 => {
-            if file(&dirs.v2, "memory.current", buf) {
+            if file(&dirs.v2, &opened.v2, "memory.current", buf) {
                 s.memory_usage_bytes = buf.trim().parse().ok();
             }
-            if file(&dirs.v2, "memory.stat", buf) {
-                let inactive = flat_keyed(buf, "inactive_file").unwrap_or(0);
-                s.memory_rss_bytes = flat_keyed(buf, "anon");
+            if file(&dirs.v2, &opened.v2, "memory.stat", buf) {
+                let [inactive, anon] = flat_keyed_all(buf, ["inactive_file", "anon"]);
+                let inactive = inactive.unwrap_or(0);
+                s.memory_rss_bytes = anon;
                 s.memory_working_set_bytes = s.memory_usage_bytes.map(|u| u.saturating_sub(inactive));
             }
-            if plan.oom == Source::CgroupV2 && file(&dirs.v2, "memory.events", buf) {
+            if plan.oom == Source::CgroupV2 && file(&dirs.v2, &opened.v2, "memory.events", buf) {
                 s.oom_kills = flat_keyed(buf, "oom_kill");
             }
         }
         Source::CgroupV1 => {
             if let Some(d) = &dirs.memory {
-                if file(d, "memory.usage_in_bytes", buf) {
+                if file(d, &opened.memory, "memory.usage_in_bytes", buf) {
                     s.memory_usage_bytes = buf.trim().parse().ok();
                 }
-                if file(d, "memory.stat", buf) {
+                if file(d, &opened.memory, "memory.stat", buf) {
                     // total_*: this cgroup and its descendants, as usage is.
-                    let inactive = flat_keyed(buf, "total_inactive_file").unwrap_or(0);
-                    s.memory_rss_bytes = flat_keyed(buf, "total_rss");
+                    let [inactive, rss] = flat_keyed_all(buf, ["total_inactive_file", "total_rss"]);
+                    let inactive = inactive.unwrap_or(0);
+                    s.memory_rss_bytes = rss;
                     s.memory_working_set_bytes = s.memory_usage_bytes.map(|u| u.saturating_sub(inactive));
                 }
-                if plan.oom == Source::CgroupV1 && file(d, "memory.oom_control", buf) {
+                if plan.oom == Source::CgroupV1 && file(d, &opened.memory, "memory.oom_control", buf) {
                     s.oom_kills = flat_keyed(buf, "oom_kill");
                 }
             }
@@ -239,7 +371,7 @@ pub fn read(dirs: &Dirs, plan: &Plan, buf: &mut String) -> Result<(Stats, Vec<Re
 
     match plan.fs {
         Source::CgroupV2 => {
-            if file(&dirs.v2, "io.stat", buf) {
+            if file(&dirs.v2, &opened.v2, "io.stat", buf) {
                 let (r, w) = io_stat(buf);
                 s.fs_read_bytes = Some(r);
                 s.fs_write_bytes = Some(w);
@@ -247,7 +379,7 @@ pub fn read(dirs: &Dirs, plan: &Plan, buf: &mut String) -> Result<(Stats, Vec<Re
         }
         Source::CgroupV1 => {
             if let Some(d) = &dirs.blkio
-                && file(d, "blkio.throttle.io_service_bytes_recursive", buf)
+                && file(d, &opened.blkio, "blkio.throttle.io_service_bytes_recursive", buf)
             {
                 let (r, w) = blkio_service_bytes(buf);
                 s.fs_read_bytes = Some(r);
@@ -257,7 +389,9 @@ pub fn read(dirs: &Dirs, plan: &Plan, buf: &mut String) -> Result<(Stats, Vec<Re
         Source::Ebpf | Source::None => {}
     }
 
-    if !dirs.v2.exists() {
+    // A file gone missing may be the cgroup going: then it is no error.
+    // (Every file read means it was there: no need to look otherwise.)
+    if errors.iter().any(ReadError::looks_removed) && !dirs.v2.exists() {
         return Err(None);
     }
     Ok((s, errors))
@@ -271,8 +405,12 @@ pub fn read(dirs: &Dirs, plan: &Plan, buf: &mut String) -> Result<(Stats, Vec<Re
 /// ends the file: cgroupfs, procfs and sysfs files produce their whole
 /// content in one read when the buffer is large enough.
 pub fn read_into(path: &Path, buf: &mut String) -> io::Result<()> {
+    read_file(fs::File::open(path)?, buf)
+}
+
+/// [`read_into`], of a file already open.
+fn read_file(mut f: fs::File, buf: &mut String) -> io::Result<()> {
     const CHUNK: usize = 8192;
-    let mut f = fs::File::open(path)?;
     let mut bytes = std::mem::take(buf).into_bytes();
     bytes.clear();
     let result = loop {
@@ -301,10 +439,30 @@ pub fn read_into(path: &Path, buf: &mut String) -> io::Result<()> {
 
 /// The value of `key` in a flat-keyed file (`key value` per line).
 pub fn flat_keyed(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
-    })
+    let [v] = flat_keyed_all(text, [key]);
+    v
+}
+
+/// The values of `keys` in a flat-keyed file, in one pass that stops once
+/// all are found (a v1 `memory.stat` has 36 lines, read for 4,400 cgroups
+/// a scrape on a large node). The first line of a key with a number wins.
+pub fn flat_keyed_all<const N: usize>(text: &str, keys: [&str; N]) -> [Option<u64>; N] {
+    let mut found = [None; N];
+    let mut left = N;
+    for line in text.as_bytes().split(|&b| b == b'\n') {
+        let Some(space) = line.iter().position(|&b| b == b' ') else { continue };
+        let (k, v) = (&line[..space], &line[space + 1..]);
+        for (want, slot) in keys.iter().zip(found.iter_mut()) {
+            if slot.is_none() && want.as_bytes() == k {
+                *slot = std::str::from_utf8(v).ok().and_then(|v| v.trim().parse().ok());
+                left -= usize::from(slot.is_some());
+            }
+        }
+        if left == 0 {
+            break;
+        }
+    }
+    found
 }
 
 /// Read and written bytes of `io.stat`, summed over devices
@@ -370,6 +528,13 @@ mod tests {
         assert_eq!(flat_keyed(cpu, "usage"), None, "no prefix matches");
         assert_eq!(flat_keyed("oom_control 0\nunder_oom 0\noom_kill 3\n", "oom_kill"), Some(3));
         assert_eq!(flat_keyed("garbage\n\nkey notanumber\n", "key"), None);
+        assert_eq!(flat_keyed("key x\nkey 4\n", "key"), Some(4), "the first line with a number");
+        assert_eq!(
+            flat_keyed_all(cpu, ["throttled_usec", "usage_usec", "absent", "nr_throttled"]),
+            [Some(123_456), Some(2_500_000), None, Some(7)],
+            "any order, in one pass"
+        );
+        assert_eq!(flat_keyed_all("a 1\na 2\nb 3\r\n", ["a", "b"]), [Some(1), Some(3)]);
     }
 
     #[test]
@@ -452,7 +617,7 @@ mod tests {
         let dirs = Dirs { v2, ..Dirs::default() };
         let plan = Plan::decide("cpuset cpu io memory hugetlb pids rdma misc", &dirs, false, true);
         assert_eq!(plan.fs, Source::CgroupV2, "io.stat beats the eBPF hook: it also charges writeback");
-        let (s, errors) = read(&dirs, &plan, &mut String::new()).unwrap();
+        let (s, errors) = read(&Opened::new(dirs, &plan), &plan, &mut String::new()).unwrap();
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(s.cpu_usage_seconds, Some(3.0));
         assert_eq!(s.cpu_throttled_seconds, Some(0.4));
@@ -462,6 +627,28 @@ mod tests {
         assert_eq!(s.memory_rss_bytes, Some(104_857_600));
         assert_eq!(s.oom_kills, Some(1));
         assert_eq!((s.fs_read_bytes, s.fs_write_bytes), (Some(4096), Some(20_971_520)));
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    /// Files are opened relative to the directory opened once, not by
+    /// path: a renamed directory is still read (and a path-only read of
+    /// the same cgroup is not).
+    #[test]
+    fn reads_through_the_directory_opened_once() {
+        let tmp = std::env::temp_dir().join(format!("pmoas-opened-{}", std::process::id()));
+        let v2 = tmp.join("cri-containerd-x.scope");
+        fs::create_dir_all(&v2).unwrap();
+        fs::write(v2.join("cpu.stat"), "usage_usec 2000000\n").unwrap();
+        let dirs = Dirs { v2: v2.clone(), ..Dirs::default() };
+        let plan = Plan::decide("", &dirs, false, false);
+        let opened = Opened::new(dirs.clone(), &plan);
+        assert!(Opened::held() >= 1);
+        fs::rename(&v2, tmp.join("moved")).unwrap();
+        let (s, errors) = read(&opened, &plan, &mut String::new()).unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(s.cpu_usage_seconds, Some(2.0));
+        let by_path = Opened { dirs, ..Opened::default() };
+        assert!(matches!(read(&by_path, &plan, &mut String::new()), Err(None)));
         fs::remove_dir_all(&tmp).unwrap();
     }
 
@@ -483,7 +670,8 @@ mod tests {
         let dirs = Dirs { v2: v2.clone(), cpu: Some(cpu), cpuacct: None, memory: Some(mem), blkio: None };
         let plan = Plan::decide("", &dirs, false, false);
         let mut buf = String::new();
-        let (s, errors) = read(&dirs, &plan, &mut buf).unwrap();
+        let opened = Opened::new(dirs, &plan);
+        let (s, errors) = read(&opened, &plan, &mut buf).unwrap();
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(s.cpu_usage_seconds, Some(1.5));
         assert_eq!(s.cpu_throttled_seconds, Some(0.25));
@@ -495,6 +683,6 @@ mod tests {
         assert_eq!(s.fs_read_bytes, None, "no block I/O source");
 
         fs::remove_dir_all(&tmp).unwrap();
-        assert!(matches!(read(&dirs, &plan, &mut buf), Err(None)), "a vanished cgroup is not an error");
+        assert!(matches!(read(&opened, &plan, &mut buf), Err(None)), "a vanished cgroup is not an error");
     }
 }
