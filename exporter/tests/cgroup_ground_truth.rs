@@ -442,3 +442,68 @@ fn a_container_that_exits_mid_scrape_leaves_after_the_grace_period() {
     assert!(left_after >= Duration::from_secs(2), "series left before the grace period: {left_after:?}");
     assert_eq!(m.sum("pmoas_cgroup_read_errors_total", &[]), errors_before, "a vanishing cgroup is not an error");
 }
+
+/// A kernel map too small for the node (`--collector.cgroup.max-cgroups
+/// 64`, 90 containers sending): the containers beyond it lose only their
+/// kernel-side counters (network), which is counted
+/// (`aggregation_map_full`) and announced at start (`cgroup_map_size`);
+/// what cgroupfs counts stays whole and exact for every container.
+#[test]
+fn a_full_cgroup_map_loses_only_kernel_counters_and_counts_it() {
+    let test = "a_full_cgroup_map_loses_only_kernel_counters_and_counts_it";
+    let _one = serialize();
+    if !can_run(test, &testbed_problems()) {
+        return;
+    }
+    const PODS: usize = 30;
+    const SENT: u64 = 1000;
+    let pods: Vec<LitePod> =
+        (0..PODS).map(|_| LitePod::create(&[Some("envoy"), Some("app"), Some("worker")]).expect("lite pod")).collect();
+    let containers: Vec<(&LitePod, usize)> = pods.iter().flat_map(|p| (0..3).map(move |i| (p, i))).collect();
+    let Some(e) = exporter(test, &["--collector.cgroup.max-cgroups", "64"]) else { return };
+    let m = e.eventually("every container's cpu series", Duration::from_secs(20), |m| {
+        containers.iter().all(|(p, i)| m.get("pmoas_container_cpu_usage_seconds_total", &lite_labels(p, *i)).is_some())
+    });
+    let degraded = [("component", "cgroup"), ("feature", "cgroup_map_size")];
+    assert_eq!(m.get("pmoas_feature_degraded", &degraded), Some(1.0), "the start-up check saw 120+ cgroups for 64");
+
+    // One connection from every container, SENT bytes each, to a peer
+    // that counts them.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let n = containers.len() as u64;
+    let peer = std::thread::spawn(move || traffic::tcp_server(listener, n, 0, false));
+    for (p, i) in &containers {
+        let out = p
+            .command(*i, testbed_bin())
+            .args(["tcp-client", "--connect", &addr, "--send", &SENT.to_string()])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("tcp-client");
+        assert!(out.status.success(), "tcp-client in container {i} of {}", p.uid);
+    }
+    assert_eq!(peer.join().unwrap().bytes_received, n * SENT, "the peer's count");
+
+    let m = e.scrape();
+    let lost = m.sum("pmoas_ebpf_events_lost_total", &[("collector", "cgroup"), ("reason", "aggregation_map_full")]);
+    let mut counted = 0;
+    for (p, i) in &containers {
+        let labels = lite_labels(p, *i);
+        let tx = m.get("pmoas_container_network_transmit_bytes_total", &labels).expect("a network series");
+        // In the map: at least the payload; beyond it: nothing at all.
+        assert!(tx == 0.0 || tx >= SENT as f64, "container {i} of {}: {tx} bytes", p.uid);
+        counted += usize::from(tx > 0.0);
+        // cgroupfs does not depend on the map: exact (nothing runs now
+        // in the container but an idle sleep).
+        let usage = m.get("pmoas_container_cpu_usage_seconds_total", &labels).unwrap();
+        let truth = keyed(&p.containers[*i].cgroups.dirs[0].join("cpu.stat"), "usage_usec") as f64 / 1e6;
+        assert!((usage - truth).abs() < 1e-9, "container {i} of {}: CPU {usage} s, cpu.stat {truth} s", p.uid);
+    }
+    let uncounted = containers.len() - counted;
+    eprintln!("{counted} containers counted, {uncounted} beyond the map; aggregation_map_full: {lost}");
+    assert!(counted <= 64, "{counted} containers in a map of 64");
+    assert!(uncounted > 0, "the map did not fill: the test proves nothing");
+    // Each uncounted container's packets (a SYN at least) each failed to
+    // find room.
+    assert!(lost >= uncounted as f64, "{uncounted} containers uncounted, {lost} losses counted");
+}
