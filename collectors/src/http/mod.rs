@@ -333,6 +333,7 @@ impl Collector for HttpCollector {
         }
         for (reason, n) in [
             ("connection_table_full", t.agg.connections_dropped),
+            ("connection_state_evicted", t.agg.connections_evicted),
             ("capture_part_lost", t.agg.capture_parts_lost),
             ("role_unknown", t.agg.role_unknown),
             ("grpc_method_overflow", t.agg.grpc_overflow),

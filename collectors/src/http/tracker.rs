@@ -116,6 +116,10 @@ pub struct Aggregates {
     pub role_unknown: u64,
     /// Connections dropped because `max_connections` were tracked.
     pub connections_dropped: u64,
+    /// Connections followed here whose kernel state was lost meanwhile
+    /// (pushed out of the full `http_conns` LRU table, or closed and
+    /// reopened on the same socket with the close lost).
+    pub connections_evicted: u64,
     /// HTTP/2 calls sent in several records (beyond one record's capture)
     /// of which a continuation record did not arrive: their bytes from the
     /// first missing one on were taken as not captured.
@@ -313,6 +317,13 @@ impl Tracker {
         let conn = self.conns.get_mut(&key).expect("inserted above");
         conn.tid = c.tid;
         let slot = usize::from(c.direction == Direction::Egress);
+        // Numbered from 0 again, and with the endpoints, which the kernel
+        // sends only until a fresh entry's first record is taken: the
+        // kernel forgot the connection while it was followed here. The
+        // bytes it missed meanwhile are a gap the parser is told of below.
+        if c.endpoints.is_some() && c.seq == 0 && c.part == 0 && conn.next_seq[slot].is_some_and(|n| n != 0) {
+            self.agg.connections_evicted += 1;
+        }
         if c.part == 0 && !c.more && conn.pending[slot].is_none() {
             // A call in one record (all of HTTP/1, most of HTTP/2): parsed
             // where it lies in the ring.
@@ -701,6 +712,40 @@ mod tests {
         // Record 1 of the ingress side never came.
         t.event(chunk(2, Direction::Ingress, req, 30), &names);
         assert_eq!(t.agg.losses.get(p::LossReason::DataGap), 1);
+    }
+
+    /// The kernel's table pushed a followed connection out (LRU): its
+    /// records are numbered from 0 again, the first with the endpoints.
+    /// Counted once, the gap told to the parser, and the connection's
+    /// next exchange counted again.
+    #[test]
+    fn a_connection_the_kernel_forgot_is_counted_and_followed_on() {
+        let mut t = Tracker::new(16);
+        let names = |_: u64| Some(Owner { pod_uid: None, is_sidecar: false });
+        let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let without_endpoints = |e: Event<'static>| match e {
+            Event::Data(c) => Event::Data(Chunk { endpoints: None, ..c }),
+            other => other,
+        };
+        t.event(chunk(0, Direction::Ingress, req, 10), &names);
+        t.event(without_endpoints(chunk(0, Direction::Egress, resp, 20)), &names);
+        t.event(without_endpoints(chunk(1, Direction::Ingress, req, 30)), &names);
+        t.event(without_endpoints(chunk(1, Direction::Egress, resp, 40)), &names);
+        assert_eq!(served(&t), 2);
+        assert_eq!(t.agg.connections_evicted, 0, "the first record's endpoints are no eviction");
+        // Evicted; found again at the next request (the kernel tells a
+        // request start from the middle of a stream).
+        t.event(chunk(0, Direction::Ingress, req, 50), &names);
+        t.event(without_endpoints(chunk(0, Direction::Egress, resp, 60)), &names);
+        assert_eq!(t.agg.connections_evicted, 1);
+        assert_eq!(t.agg.losses.get(p::LossReason::DataGap), 2, "each direction's numbering jumped");
+        t.event(without_endpoints(chunk(1, Direction::Ingress, req, 70)), &names);
+        t.event(without_endpoints(chunk(1, Direction::Egress, resp, 80)), &names);
+        assert_eq!(t.agg.connections_evicted, 1, "once per eviction");
+        // The request that found it again starts its record: measured, as
+        // is every exchange after it.
+        assert_eq!(served(&t), 4, "counted again after the gap: {:?}", t.agg.losses);
     }
 
     /// An HTTP/2 frame.
