@@ -710,29 +710,7 @@ impl Inner {
         sources: &BTreeMap<(Resource, Source), u64>,
         out: &mut MetricSet,
     ) {
-        for d in [
-            &CPU_USAGE,
-            &CPU_THROTTLED,
-            &CPU_THROTTLED_PERIODS,
-            &MEMORY_USAGE,
-            &MEMORY_WORKING_SET,
-            &MEMORY_RSS,
-            &OOM_KILLS,
-            &FS_READ,
-            &FS_WRITE,
-            &NET_RX,
-            &NET_TX,
-            &NET_RX_PACKETS,
-            &NET_TX_PACKETS,
-            &POD_RX,
-            &POD_TX,
-            &POD_RX_PACKETS,
-            &POD_TX_PACKETS,
-            &SOURCES,
-            &READ_ERRORS,
-        ] {
-            out.declare(d);
-        }
+        // A series per row at most in these: room for all up front.
         for d in [
             &CPU_USAGE,
             &CPU_THROTTLED,
@@ -745,6 +723,20 @@ impl Inner {
             &FS_WRITE,
         ] {
             out.reserve(d, rows.len());
+        }
+        for d in [
+            &NET_RX,
+            &NET_TX,
+            &NET_RX_PACKETS,
+            &NET_TX_PACKETS,
+            &POD_RX,
+            &POD_TX,
+            &POD_RX_PACKETS,
+            &POD_TX_PACKETS,
+            &SOURCES,
+            &READ_ERRORS,
+        ] {
+            out.declare(d);
         }
         for (w, row) in rows {
             let labels = Arc::new(w.labels());
