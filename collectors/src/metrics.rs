@@ -242,7 +242,7 @@ impl MetricSet {
 
     /// About the size of the rendered page, a little over rather than
     /// under: every series line is its name, its labels quoted, and a value.
-    fn page_size_estimate(&self) -> usize {
+    pub fn page_size_estimate(&self) -> usize {
         // " 1.2345678901234567e19\n" at most, and most are far shorter
         const VALUE: usize = 24;
         self.families
@@ -270,18 +270,52 @@ impl MetricSet {
 
     /// Renders the set.
     pub fn encode(self, format: Format) -> String {
-        use prometheus_client::encoding::{prometheus_text, text};
         // Room for the whole page up front: growing by doubling would copy
         // it, and hold two copies at once, several times (7 MiB at 1,100
         // pods).
-        let mut out = String::with_capacity(self.page_size_estimate());
-        // A family at a time, each freed once rendered, so that the set
-        // and the page are never both whole in memory.
+        let reserve = self.page_size_estimate();
+        self.render(format, usize::MAX, reserve).next().unwrap_or_default()
+    }
+
+    /// Renders the set in pieces of at least `piece` bytes (the last may
+    /// be shorter), a family at a time, each family freed once rendered:
+    /// a page sent as it is rendered is never whole in memory, and
+    /// neither is its set. `reserve`: room for the first piece.
+    pub fn render(self, format: Format, piece: usize, reserve: usize) -> Rendering {
+        Rendering { families: self.families.into_values(), format, piece, reserve, ended: false }
+    }
+}
+
+/// A set being rendered, piece by piece: see [`MetricSet::render`].
+pub struct Rendering {
+    families: std::collections::btree_map::IntoValues<&'static str, Family>,
+    format: Format,
+    piece: usize,
+    reserve: usize,
+    ended: bool,
+}
+
+impl Iterator for Rendering {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        use prometheus_client::encoding::{prometheus_text, text};
+        if self.ended {
+            return None;
+        }
+        let mut out = String::with_capacity(std::mem::replace(&mut self.reserve, self.piece.min(1 << 20)));
         let mut result = Ok(());
-        for family in self.families.into_values() {
+        while out.len() < self.piece {
+            let Some(family) = self.families.next() else {
+                self.ended = true;
+                if self.format == Format::OpenMetrics {
+                    result = text::encode_eof(&mut out);
+                }
+                break;
+            };
             let mut registry = prometheus_client::registry::Registry::default();
             registry.register_collector(Box::new(Encodable(vec![family])));
-            result = match format {
+            result = match self.format {
                 Format::PrometheusText => prometheus_text::encode(&mut out, &registry),
                 Format::OpenMetrics => text::encode_registry(&mut out, &registry),
             };
@@ -289,15 +323,12 @@ impl MetricSet {
                 break;
             }
         }
-        if format == Format::OpenMetrics && result.is_ok() {
-            result = text::encode_eof(&mut out);
-        }
         // Writing into a String cannot fail; an Err here would be a bug in
         // the encoder, and a partial page is still better than none.
         if let Err(e) = result {
             tracing::error!(error = %e, "encoding metrics failed");
         }
-        out
+        Some(out)
     }
 }
 
@@ -358,6 +389,28 @@ mod tests {
         assert!(text.contains("pmoas_test_latency_seconds_bucket{peer=\"app\",le=\"+Inf\"} 3"), "{text}");
         assert!(text.contains("pmoas_test_latency_seconds_count{peer=\"app\"} 3"), "{text}");
         assert!(!text.contains("# EOF"));
+    }
+
+    /// Pieces put together are the page, each but the last at least the
+    /// size asked, the end marker once at the very end.
+    #[test]
+    fn a_page_rendered_in_pieces_is_the_whole_page() {
+        let mut m = sample();
+        for i in 0..300 {
+            m.gauge(
+                &Desc::gauge(["pmoas_test_a", "pmoas_test_b", "pmoas_test_c"][i % 3], "A."),
+                vec![("i", i.to_string())],
+                1.0,
+            );
+        }
+        for format in [Format::PrometheusText, Format::OpenMetrics] {
+            let whole = m.clone().encode(format);
+            let pieces: Vec<String> = m.clone().render(format, 1000, 0).collect();
+            assert!(pieces.len() > 3, "{format:?}: {} pieces", pieces.len());
+            assert!(pieces[..pieces.len() - 1].iter().all(|p| p.len() >= 1000), "{format:?}");
+            assert_eq!(pieces.concat(), whole, "{format:?}");
+        }
+        assert_eq!(MetricSet::new().render(Format::OpenMetrics, 10, 0).collect::<Vec<_>>(), ["# EOF\n"]);
     }
 
     #[test]

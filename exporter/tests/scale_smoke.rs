@@ -76,6 +76,35 @@ fn keys_naming(e: &Exporter, name: &str, ids: &HashSet<u64>) -> usize {
         .count()
 }
 
+/// One GET of /metrics: the response head (lower case) and the body, its
+/// chunks put together.
+fn raw_get(e: &Exporter, headers: &[(&str, &str)]) -> (String, Vec<u8>) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(e.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: pmoas\r\nConnection: close\r\n{extra}\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let at = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..at]).to_ascii_lowercase();
+    let mut rest = &raw[at + 4..];
+    if !head.contains("transfer-encoding: chunked") {
+        return (head, rest.to_vec());
+    }
+    let mut body = Vec::new();
+    loop {
+        let eol = rest.windows(2).position(|w| w == b"\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16).expect("a chunk size");
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return (head, body);
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
 fn tracked_sockets(e: &Exporter) -> usize {
     bpfmaps::keys_of(e.child.id(), "socket_conns").expect("reading socket_conns").len()
 }
@@ -125,6 +154,20 @@ fn hundreds_of_pods_and_ten_thousand_connections_are_counted_exactly_and_leave_n
     let containers_known = during.sum("pmoas_discovery_workloads", &[("kind", "container")]);
     assert!(pods_known >= (PODS + 1) as f64, "discovery knows {pods_known} pods");
     eprintln!("all {} containers seen after {:?}", want.len(), t0.elapsed());
+
+    // A page this large is sent as it is rendered (in chunks, without a
+    // length), whole in every format and encoding.
+    let (head, plain) = raw_get(&e, &[]);
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let plain = String::from_utf8(plain).expect("text");
+    let openmetrics = [("Accept-Encoding", "gzip"), ("Accept", "application/openmetrics-text; version=1.0.0")];
+    let (head, zipped) = raw_get(&e, &openmetrics);
+    assert!(head.contains("content-encoding: gzip") && head.contains("transfer-encoding: chunked"), "{head}");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&zipped[..]).read_to_string(&mut text).expect("one whole gzip stream");
+    assert!(text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1, "OpenMetrics ends once, at the end");
+    let cpu = |t: &str| t.lines().filter(|l| l.starts_with("pmoas_container_cpu_usage_seconds_total{")).count();
+    assert!(cpu(&plain) >= want.len() && cpu(&text) == cpu(&plain), "{} and {} series", cpu(&plain), cpu(&text));
 
     // 10k connections held open at once between the conn pod's containers.
     let tracked_before = tracked_sockets(&e);
