@@ -236,7 +236,7 @@ fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
 /// so that an HA pair of Prometheus servers never wait on each other, or
 /// one on a single core. Not more on larger nodes: a scrape's collection
 /// is mostly one thread per collector, and each turn holds a metric set
-/// (about three times its page) in memory.
+/// in memory (a large page is rendered after the turn, as it is sent).
 fn scrape_turns() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).min(2)
 }

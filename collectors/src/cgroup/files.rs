@@ -246,7 +246,7 @@ impl Drop for DirFd {
 /// A cgroup's directories, each one its plan reads opened once: a scrape
 /// then opens a file by one name relative to it instead of walking its
 /// whole path (kubepods.slice/…/cri-containerd-….scope/, component by
-/// component), which was a third of the CPU of scraping 1,100 pods
+/// component), which was a quarter of the CPU of scraping 1,100 pods
 /// (BENCHMARKS.md). Holding file descriptors would save more, but each
 /// read cgroupfs file keeps a page of kernel memory, charged to the
 /// exporter's cgroup (70 MiB at 1,100 pods); an `O_PATH` directory keeps
