@@ -264,12 +264,17 @@ static __always_inline void set_busy(struct filter_slot *f, bool on)
 /* Takes a free way, else one whose object is no longer followed
  * (left-overs of packets that took a path without a last stage); when all
  * eight are followed, the way the address picks is taken and its packet
- * is no longer seen: it will end as an eviction. The way is written
- * before the set's bit goes on (see filter_remove). */
+ * is no longer seen: it will end as an eviction. The sets are shared by
+ * all CPUs, so a way is claimed with compare-and-swap: two CPUs taking the
+ * same free way at once would otherwise leave one packet unseen, its
+ * later stages uncounted (a CI run at sample rate 1 on two CPUs once
+ * counted one dev_queue more than dev_start_xmit in 63,153). The way is
+ * written before the set's bit goes on (see filter_remove). */
 static __always_inline void filter_add(struct pmoas_netstack_cpu *cpu, __u32 tag, __u64 obj)
 {
 	struct filter_slot f;
 	struct pmoas_netstack_filter_set *set;
+	__u64 old;
 	__u32 i;
 
 	if (!filter_find(cpu, tag, obj, &f))
@@ -278,15 +283,13 @@ static __always_inline void filter_add(struct pmoas_netstack_cpu *cpu, __u32 tag
 	if (set_holds(set, obj))
 		goto busy;
 	for (i = 0; i < PMOAS_NETSTACK_FILTER_WAYS; i++)
-		if (set->obj[i] == 0) {
-			set->obj[i] = obj;
+		if (set->obj[i] == 0 && __sync_val_compare_and_swap(&set->obj[i], 0, obj) == 0)
 			goto busy;
-		}
-	for (i = 0; i < PMOAS_NETSTACK_FILTER_WAYS; i++)
-		if (!still_followed(tag, set->obj[i])) {
-			set->obj[i] = obj;
+	for (i = 0; i < PMOAS_NETSTACK_FILTER_WAYS; i++) {
+		old = set->obj[i];
+		if (!still_followed(tag, old) && __sync_val_compare_and_swap(&set->obj[i], old, obj) == old)
 			goto busy;
-		}
+	}
 	set->obj[(address_bits(cpu, obj) >> 8) & (PMOAS_NETSTACK_FILTER_WAYS - 1)] = obj;
 busy:
 	set_busy(&f, true);
@@ -303,9 +306,10 @@ static __always_inline void filter_remove(struct pmoas_netstack_cpu *cpu, __u32 
 
 	if (!filter_find(cpu, tag, obj, &f))
 		return;
+	/* Only our own way: another CPU may have just taken one. */
 	for (i = 0; i < PMOAS_NETSTACK_FILTER_WAYS; i++)
 		if (f.set->obj[i] == obj)
-			f.set->obj[i] = 0;
+			__sync_val_compare_and_swap(&f.set->obj[i], obj, 0);
 	for (i = 0; i < PMOAS_NETSTACK_FILTER_WAYS; i++)
 		if (f.set->obj[i])
 			return;

@@ -267,7 +267,11 @@ fn stages_follow_every_packet_at_sample_rate_1() {
         ("dev_xmit", count("egress", "dev_xmit")),
     ]
     .into();
-    eprintln!("{n} requests; pod interfaces rx {rx} tx {tx} packets; samples {got:?}; skipped runs {skipped}");
+    let left_path = delta(&before, &after, "pmoas_netstack_followed_packets_total", &[("outcome", "left_path")]);
+    eprintln!(
+        "{n} requests; pod interfaces rx {rx} tx {tx} packets; samples {got:?}; skipped runs {skipped}; \
+         left their path {left_path}"
+    );
     for (stage, c) in &got {
         assert!(*c > 0.0, "no samples of stage {stage}");
     }
