@@ -16,17 +16,19 @@
 pub mod files;
 pub mod netdev;
 pub mod paths;
+pub mod reader;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
 
 use pmoas_bpf::types::{self as t, CgroupCounters};
-use pmoas_discovery::{Discovery, KnownCgroup, Lookup, cgroupfs, netns, process};
+use pmoas_discovery::{Discovery, Lookup};
 use serde::{Deserialize, Serialize};
 
-use self::files::{Opened, Plan, Resource, Source, Stats};
-use self::paths::PathMap;
+use self::files::{Resource, Source, Stats};
+use self::reader::{ReadConfig, Reader, Snapshot};
 use crate::ebpf::{self, Hook, Kernel, ProgramSpec, ProgramStatus};
 use crate::fold::{Names, PerCpuTable, SummedTable};
 use crate::metrics::{Desc, Labels, MetricSet, WorkloadLabels};
@@ -95,6 +97,15 @@ pub const READ_ERRORS: Desc = Desc::counter(
     "pmoas_cgroup_read_errors_total",
     "cgroupfs and procfs files of live cgroups and pods that could not be read, by file.",
 );
+pub const READ_DURATION: Desc = Desc::gauge(
+    "pmoas_cgroup_read_duration_seconds",
+    "Time the last read of every known cgroup's files and every pod's interface counters took.",
+);
+pub const READ_TIMESTAMP: Desc = Desc::gauge(
+    "pmoas_cgroup_read_timestamp_seconds",
+    "Unix time the cgroupfs and interface values served were read: the scrape's own, or with \
+     collector.cgroup.read_interval set, the background reader's last read.",
+);
 
 /// Settings of the cgroup collector (`[collector.cgroup]`).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -111,11 +122,22 @@ pub struct CgroupConfig {
     /// Count network bytes per container with cgroup_skb programs on the
     /// cgroup v2 root (one short program run per packet of the node).
     pub network_per_container: bool,
+    /// 0s: every scrape reads cgroupfs (values as of the scrape). Else a
+    /// thread reads it at this interval and scrapes serve its last
+    /// reading, at most this old: on a large node the scrape no longer
+    /// waits for thousands of files (kernel counters stay live).
+    #[serde(with = "humantime_serde")]
+    pub read_interval: Duration,
 }
 
 impl Default for CgroupConfig {
     fn default() -> Self {
-        CgroupConfig { enabled: None, max_cgroups: t::CGROUP_COUNTER_MAP_SIZE, network_per_container: true }
+        CgroupConfig {
+            enabled: None,
+            max_cgroups: t::CGROUP_COUNTER_MAP_SIZE,
+            network_per_container: true,
+            read_interval: Duration::ZERO,
+        }
     }
 }
 
@@ -166,6 +188,12 @@ pub const SETTINGS: &[Setting] = &[
         "BOOL",
         "Count network bytes per container with cgroup_skb programs on the cgroup v2 root (true), or not (false)",
     ),
+    Setting::duration(
+        "collector.cgroup.read_interval",
+        Duration::ZERO,
+        Duration::from_secs(3600),
+        "0s: each scrape reads cgroupfs; else a background thread reads it this often and scrapes serve its last reading (faster scrapes on large nodes, values up to this old)",
+    ),
 ];
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -178,37 +206,6 @@ pub const SPEC: CollectorSpec = CollectorSpec {
     build: |ctx| Ok(Arc::new(CgroupCollector::new(ctx)?)),
 };
 
-/// Threads that read cgroupfs at once, at most; and the fewest cgroups
-/// worth a thread of their own.
-const MAX_READ_THREADS: usize = 4;
-const MIN_CGROUPS_PER_THREAD: usize = 32;
-
-/// Attempts to find a cgroup's v1 directories before settling for what
-/// was found (a runtime that does not create every v1 directory).
-const DIR_ATTEMPTS: u8 = 5;
-
-/// One known cgroup: where its files are, what they feed, and its last
-/// good values (served after it vanished, for the grace period).
-struct Tracked {
-    opened: Opened,
-    plan: Plan,
-    attempts: u8,
-    complete: bool,
-    last: Stats,
-    /// Files that were missing on the last read: counted as read errors
-    /// only if the cgroup is still there now (a cgroup being removed loses
-    /// its files one by one before its directory goes).
-    missing: Vec<&'static str>,
-}
-
-/// A pod's interfaces, last read.
-struct PodInterfaces {
-    labels: (String, String),
-    interfaces: Vec<netdev::Interface>,
-    /// The process read through, and its network namespace inode.
-    reader: Option<(u32, u64)>,
-}
-
 /// The kernel side's maps, when its object loaded.
 struct KernelMaps {
     counters: Box<dyn SummedTable<u64, CgroupCounters>>,
@@ -216,27 +213,11 @@ struct KernelMaps {
 
 struct Inner {
     kernel: Option<KernelMaps>,
-    tracked: HashMap<u64, Tracked>,
-    paths: PathMap,
     /// What each kernel key last resolved to (a workload, or the node).
     key_owner: HashMap<u64, WorkloadLabels>,
     /// Counts of vanished cgroups outside any workload, kept in the node's
     /// series so it never goes backwards.
     node_carry: CgroupCounters,
-    pods: HashMap<String, PodInterfaces>,
-    read_errors: BTreeMap<&'static str, u64>,
-    /// This scrape's reads of `/proc/<pid>/cgroup`.
-    v1_lookups: V1Lookups,
-    buf: String,
-}
-
-/// What one scrape's look-ups of v1 paths through processes met.
-#[derive(Default)]
-struct V1Lookups {
-    /// A process whose cgroups could be read.
-    seen: bool,
-    /// The first refusal: the PID and the error.
-    denied: Option<(u32, String)>,
 }
 
 pub struct CgroupCollector {
@@ -247,8 +228,11 @@ pub struct CgroupCollector {
     kernel: Option<Kernel>,
     programs: Vec<ProgramStatus>,
     discovery: Arc<Discovery>,
-    v2_root: PathBuf,
-    v1_roots: BTreeMap<String, PathBuf>,
+    reader: Arc<Reader>,
+    /// Zero: cgroupfs is read by each scrape. Else by a thread of its own,
+    /// which stops when this sender drops with the collector.
+    read_interval: Duration,
+    _stop_reading: Option<Sender<()>>,
     network: bool,
     block_io: bool,
     oom: bool,
@@ -302,16 +286,33 @@ impl CgroupCollector {
                  (pmoas_ebpf_events_lost_total{reason=\"aggregation_map_full\"})",
             );
         }
+        let (block_io, oom) = (attached("cgroup_block_io"), attached("cgroup_oom_victim"));
+        let reader = Arc::new(Reader::new(ReadConfig {
+            discovery: ctx.discovery.clone(),
+            v2_root,
+            v1_roots: ctx.discovery.cgroupfs().v1_roots().clone(),
+            oom,
+            block_io,
+        }));
+        let stop_reading = if cfg.read_interval.is_zero() {
+            None
+        } else {
+            let (stop, stopped) = std::sync::mpsc::channel();
+            reader::spawn(reader.clone(), cfg.read_interval, stopped)
+                .map_err(|e| fail(format!("starting the cgroupfs reader thread: {e}"), programs.clone()))?;
+            Some(stop)
+        };
         Ok(CgroupCollector {
             inner: Mutex::new(Inner::new(maps)),
             kernel,
             network: attached("cgroup_skb_ingress") && attached("cgroup_skb_egress"),
-            block_io: attached("cgroup_block_io"),
-            oom: attached("cgroup_oom_victim"),
+            block_io,
+            oom,
             programs,
             discovery: ctx.discovery.clone(),
-            v2_root,
-            v1_roots: ctx.discovery.cgroupfs().v1_roots().clone(),
+            reader,
+            read_interval: cfg.read_interval,
+            _stop_reading: stop_reading,
         })
     }
 
@@ -413,47 +414,30 @@ impl Row {
 
 impl Inner {
     fn new(kernel: Option<KernelMaps>) -> Inner {
-        Inner {
-            kernel,
-            tracked: HashMap::new(),
-            paths: PathMap::default(),
-            key_owner: HashMap::new(),
-            node_carry: CgroupCounters::default(),
-            pods: HashMap::new(),
-            read_errors: BTreeMap::new(),
-            v1_lookups: V1Lookups::default(),
-            buf: String::with_capacity(4096),
-        }
+        Inner { kernel, key_owner: HashMap::new(), node_carry: CgroupCounters::default() }
     }
 
     fn collect(&mut self, c: &CgroupCollector, out: &mut MetricSet) -> anyhow::Result<()> {
         let discovery = &c.discovery;
         let filter = discovery.targets_enabled();
-        let known: Vec<KnownCgroup> =
-            discovery.cgroups().into_iter().filter(|k| !filter || k.workload.selected).collect();
-        let known_ids: HashSet<u64> = known.iter().map(|k| k.id).collect();
-        self.tracked.retain(|id, _| known_ids.contains(id));
+        let known = reader::known(discovery);
 
-        // 1. cgroupfs, once per cgroup.
+        // 1. cgroupfs, once per cgroup, and the pods' interfaces: read now,
+        // or the background reader's last reading.
+        let snapshot = if c.read_interval.is_zero() { c.reader.read(&known) } else { c.reader.last(&known) };
         let mut rows = Rows::default();
         let mut sources: BTreeMap<(Resource, Source), u64> = BTreeMap::new();
-        self.v1_lookups = V1Lookups::default();
         for k in &known {
-            self.prepare(c, k);
-        }
-        self.report_v1_lookups(discovery);
-        self.read_all(&known);
-        for k in &known {
-            let Some(tracked) = self.tracked.get(&k.id) else { continue };
-            let stats = tracked.last;
+            // Not read yet (found after the last background read).
+            let Some(reading) = snapshot.cgroups.get(&k.id) else { continue };
             if k.live {
                 for r in Resource::ALL {
-                    *sources.entry((r, tracked.plan.get(r))).or_default() += 1;
+                    *sources.entry((r, reading.plan.get(r))).or_default() += 1;
                 }
             }
             let row = rows.entry(WorkloadLabels::of(&k.workload));
-            row.add_cgroup(&k.relative_path, stats);
-            row.fs.get_or_insert(tracked.plan.fs);
+            row.add_cgroup(&k.relative_path, reading.stats);
+            row.fs.get_or_insert(reading.plan.fs);
             if k.workload.container.is_empty() {
                 row.pod_uid = k.workload.pod_uid.clone();
             }
@@ -462,10 +446,7 @@ impl Inner {
         // 2. Kernel counters, by the cgroup that owns the socket / the task.
         self.fold_kernel(discovery.as_ref(), filter, &mut rows)?;
 
-        // 3. Pod interfaces, from inside each pod's network namespace.
-        self.read_pods(c, &known);
-
-        self.emit(c, &rows, &sources, out);
+        self.emit(c, &rows, &sources, &snapshot, out);
         Ok(())
     }
 
@@ -521,234 +502,12 @@ impl Inner {
         Ok(())
     }
 
-    /// First sight of a cgroup (or another try at its v1 directories):
-    /// finds its directories and decides its sources.
-    fn prepare(&mut self, c: &CgroupCollector, k: &KnownCgroup) {
-        let retry = self.tracked.get(&k.id).is_none_or(|t| !t.complete && t.attempts < DIR_ATTEMPTS);
-        if !retry || !k.live {
-            return;
-        }
-        let v2_dir = c.v2_root.join(k.relative_path.trim_start_matches('/'));
-        let procfs = c.discovery.procfs();
-        // Only v1 directories are looked up through a process.
-        let pid = if c.v1_roots.is_empty() { None } else { process::cgroup_pids(&v2_dir).first().copied() };
-        let own = match pid {
-            Some(pid) => match cgroupfs::process_cgroups(procfs, pid) {
-                Ok(own) => {
-                    self.v1_lookups.seen = true;
-                    own
-                }
-                Err(e) => {
-                    if process::is_denied(procfs, &e) {
-                        self.v1_lookups.denied.get_or_insert_with(|| (pid, e.to_string()));
-                    }
-                    Vec::new()
-                }
-            },
-            None => Vec::new(),
-        };
-        let (dirs, complete) = self.paths.dirs(&c.v2_root, &c.v1_roots, &k.relative_path, &own);
-        let controllers = files::read_into(&dirs.v2.join("cgroup.controllers"), &mut self.buf)
-            .map(|()| self.buf.clone())
-            .unwrap_or_default();
-        let plan = Plan::decide(&controllers, &dirs, c.oom, c.block_io);
-        let t = self.tracked.entry(k.id).or_insert_with(|| Tracked {
-            opened: Opened::default(),
-            plan,
-            attempts: 0,
-            complete: false,
-            last: Stats::default(),
-            missing: Vec::new(),
-        });
-        t.opened = Opened::new(dirs, &plan);
-        t.plan = plan;
-        t.complete = complete;
-        t.attempts = t.attempts.saturating_add(1);
-    }
-
-    /// On a hybrid host a container's v1 directories are found through
-    /// `/proc/<pid>/cgroup` of its processes; where that was refused, the
-    /// cgroups whose v1 paths differ from their v2 path go without memory
-    /// and throttling series. Raised while refusals happen, cleared when a
-    /// process could be read and none was refused; a scrape that looked at
-    /// no process says nothing.
-    fn report_v1_lookups(&self, discovery: &Discovery) {
-        let health = discovery.health();
-        match &self.v1_lookups.denied {
-            Some((pid, e)) => health.raise(
-                INFO.name,
-                "cgroup_v1",
-                format!(
-                    "the v1 cgroups of containers cannot be found through their processes ({}/{pid}/cgroup: {e}); \
-                     where they differ from the v2 path, memory and CPU throttling series are missing; {}",
-                    discovery.procfs().display(),
-                    ebpf::grant(&["CAP_SYS_PTRACE"])
-                ),
-            ),
-            None if self.v1_lookups.seen => health.clear(INFO.name, "cgroup_v1"),
-            None => {}
-        }
-    }
-
-    /// Reads the files of every live known cgroup, spread over the CPUs
-    /// (each read is three system calls, tens of microseconds on a VM; see
-    /// BENCHMARKS.md), and keeps each one's whole reading as its last.
-    fn read_all(&mut self, known: &[KnownCgroup]) {
-        let jobs: Vec<(u64, &str, &Tracked)> = known
-            .iter()
-            .filter(|k| k.live)
-            .filter_map(|k| self.tracked.get(&k.id).map(|t| (k.id, k.relative_path.as_str(), t)))
-            .collect();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_READ_THREADS);
-        let per_thread = jobs.len().div_ceil(threads).max(MIN_CGROUPS_PER_THREAD);
-        let results: Vec<_> = if jobs.len() <= per_thread {
-            read_chunk(&jobs)
-        } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> =
-                    jobs.chunks(per_thread).map(|chunk| scope.spawn(move || read_chunk(chunk))).collect();
-                // A reader thread cannot panic on a file's content: the
-                // parsers take any text. Should one die, its cgroups keep
-                // their last values this scrape.
-                handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-            })
-        };
-        for (id, path, result) in results {
-            let Some(t) = self.tracked.get_mut(&id) else { continue };
-            // Still there after files went missing last time: that was no
-            // removal, it counts.
-            let missed_before = !t.missing.is_empty();
-            for file in t.missing.drain(..) {
-                if t.opened.dirs.v2.exists() {
-                    tracing::debug!(cgroup = %path, file, "cgroup file was missing");
-                    *self.read_errors.entry(file).or_default() += 1;
-                }
-            }
-            match result {
-                Ok((stats, errors)) => {
-                    let mut complete = true;
-                    for e in errors {
-                        if e.looks_removed() {
-                            t.missing.push(e.file);
-                            complete = false;
-                        } else {
-                            tracing::debug!(cgroup = %path, file = e.file, error = %e.error, "cgroup file unreadable");
-                            *self.read_errors.entry(e.file).or_default() += 1;
-                        }
-                    }
-                    // A partial reading of a cgroup on its way out would
-                    // drop series for a scrape: keep the last whole one,
-                    // once (a file that stays missing is no removal).
-                    if complete || missed_before {
-                        t.last = stats;
-                    }
-                }
-                // Vanished between discovery's walk and now: its last values.
-                Err(None) => {}
-                Err(Some(e)) if files::looks_removed(&e) => t.missing.push("cpu.stat"),
-                Err(Some(e)) => {
-                    tracing::debug!(cgroup = %path, error = %e, "cgroup unreadable");
-                    *self.read_errors.entry("cpu.stat").or_default() += 1;
-                }
-            }
-        }
-    }
-
-    /// Each pod's interface counters, through a process of the pod found
-    /// once and kept while it lives (looking again costs a read of
-    /// `cgroup.procs` per container). Without ptrace access to other
-    /// users' processes the pods' namespaces cannot be told apart: that is
-    /// raised as `cgroup`/`pod_network`, and cleared once they can.
-    fn read_pods(&mut self, c: &CgroupCollector, known: &[KnownCgroup]) {
-        let procfs = c.discovery.procfs();
-        let mut pods: HashMap<&str, ((String, String), Vec<&KnownCgroup>)> = HashMap::new();
-        for k in known.iter().filter(|k| k.live) {
-            if let Some(uid) = &k.workload.pod_uid {
-                let labels = (k.workload.namespace.clone(), k.workload.pod.clone());
-                pods.entry(uid).or_insert_with(|| (labels, Vec::new())).1.push(k);
-            }
-        }
-        // Pods gone past the grace period leave; the others keep their last
-        // counters until a process of theirs can be read again.
-        let known_pods: HashSet<&str> = known.iter().filter_map(|k| k.workload.pod_uid.as_deref()).collect();
-        self.pods.retain(|uid, _| known_pods.contains(uid.as_str()));
-        // The first refusal of a pod's process, as "path: error"; and
-        // whether any pod's namespace could be read (a scrape that looked
-        // at no process says nothing either way).
-        let mut denied: Option<String> = None;
-        let mut read_any = false;
-        // The node's namespace, to skip host-network pods. PID 1 is not
-        // evidence of a missing capability: some hosts' init may not be
-        // looked into even by root. Our own namespace is the node's when
-        // the exporter runs on the host network, as it should.
-        let host_netns = netns::inode(procfs, 1).or_else(|_| netns::own_inode(procfs)).ok();
-        for (uid, (labels, cgroups)) in pods {
-            let cached = self.pods.get(uid).and_then(|p| p.reader);
-            let reader = match cached {
-                Some((pid, ns)) if netns_of(procfs, pid, &mut denied) == Some(ns) => Some((pid, ns)),
-                _ => cgroups.iter().find_map(|k| {
-                    let dir = c.v2_root.join(k.relative_path.trim_start_matches('/'));
-                    let pid = *process::cgroup_pids(&dir).first()?;
-                    Some((pid, netns_of(procfs, pid, &mut denied)?))
-                }),
-            };
-            read_any |= reader.is_some();
-            // No process: nothing to read.
-            let Some((pid, netns)) = reader else {
-                if let Some(p) = self.pods.get_mut(uid) {
-                    p.reader = None;
-                }
-                continue;
-            };
-            // A host-network pod: its "interfaces" are the node's. Its
-            // process is kept all the same, so that the next scrape knows
-            // it from one readlink instead of reading its containers'
-            // cgroup.procs (about 4% of a scrape's CPU at 1,100 such pods).
-            if Some(netns) == host_netns {
-                self.pods.insert(uid.to_string(), PodInterfaces { labels, interfaces: Vec::new(), reader });
-                continue;
-            }
-            let path = procfs.join(pid.to_string()).join("net/dev");
-            match files::read_into(&path, &mut self.buf) {
-                Ok(()) => {
-                    let interfaces = netdev::parse(&self.buf);
-                    self.pods.insert(uid.to_string(), PodInterfaces { labels, interfaces, reader: Some((pid, netns)) });
-                }
-                Err(e) if process::is_denied(procfs, &e) => {
-                    denied.get_or_insert_with(|| format!("{}: {e}", path.display()));
-                    *self.read_errors.entry("net/dev").or_default() += 1;
-                }
-                // The process just exited: keep the last reading, look
-                // for another process next time.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    if let Some(p) = self.pods.get_mut(uid) {
-                        p.reader = None;
-                    }
-                }
-                Err(_) => *self.read_errors.entry("net/dev").or_default() += 1,
-            }
-        }
-        let health = c.discovery.health();
-        match denied {
-            Some(why) => health.raise(
-                INFO.name,
-                "pod_network",
-                format!(
-                    "the pods' network namespaces cannot be read ({why}), so the pmoas_pod_network_* series are \
-                     missing; {}",
-                    ebpf::grant(&["CAP_SYS_PTRACE"])
-                ),
-            ),
-            None if read_any => health.clear(INFO.name, "pod_network"),
-            None => {}
-        }
-    }
-
     fn emit(
         &self,
         c: &CgroupCollector,
         rows: &Rows,
         sources: &BTreeMap<(Resource, Source), u64>,
+        snapshot: &Snapshot,
         out: &mut MetricSet,
     ) {
         // A series per row at most in these: room for all up front.
@@ -814,7 +573,7 @@ impl Inner {
                 put(&NET_TX_PACKETS, from_kernel(k.net_tx_packets));
             }
         }
-        for pod in self.pods.values() {
+        for pod in &snapshot.pods {
             for i in &pod.interfaces {
                 let labels: Arc<Labels> = Arc::new(vec![
                     ("namespace", pod.labels.0.clone()),
@@ -838,32 +597,14 @@ impl Inner {
             vec![("resource", "network".to_string()), ("source", net_source.as_label().to_string())],
             live as f64,
         );
-        for (file, n) in &self.read_errors {
+        for (file, n) in &snapshot.read_errors {
             out.counter(&READ_ERRORS, vec![("file", file.to_string())], *n as f64);
         }
-    }
-}
-
-/// The network namespace of `pid`; a refusal (not a process that is gone)
-/// is kept in `denied`, the first one as "path: error".
-fn netns_of(procfs: &std::path::Path, pid: u32, denied: &mut Option<String>) -> Option<u64> {
-    match netns::inode(procfs, pid) {
-        Ok(ns) => Some(ns),
-        Err(e) => {
-            if denied.is_none() && process::is_denied(procfs, &e) {
-                *denied = Some(format!("{}/{pid}/ns/net: {e}", procfs.display()));
-            }
-            None
+        out.gauge(&READ_DURATION, vec![], snapshot.took.as_secs_f64());
+        if let Some(at) = snapshot.read_at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+            out.gauge(&READ_TIMESTAMP, vec![], at.as_secs_f64());
         }
     }
-}
-
-type Reading = Result<(Stats, Vec<files::ReadError>), Option<std::io::Error>>;
-
-/// Reads a share of the cgroups on one thread, with its own buffer.
-fn read_chunk<'a>(chunk: &[(u64, &'a str, &Tracked)]) -> Vec<(u64, &'a str, Reading)> {
-    let mut buf = String::with_capacity(4096);
-    chunk.iter().map(|(id, path, t)| (*id, *path, files::read(&t.opened, &t.plan, &mut buf))).collect()
 }
 
 /// Sums two readings field by field (`None` + x = x).
