@@ -507,3 +507,58 @@ fn a_full_cgroup_map_loses_only_kernel_counters_and_counts_it() {
     // find room.
     assert!(lost >= uncounted as f64, "{uncounted} containers uncounted, {lost} losses counted");
 }
+
+/// With `--collector.cgroup.read-interval`, cgroupfs is read by a thread
+/// of its own: scrapes in between serve one reading (the same read time),
+/// which is exact once it is newer than what it reads; a container that
+/// appears later gets its series from the next read.
+#[test]
+fn cgroupfs_read_in_the_background_serves_its_last_reading_exactly() {
+    let test = "cgroupfs_read_in_the_background_serves_its_last_reading_exactly";
+    let _one = serialize();
+    if !can_run(test, &testbed_problems()) {
+        return;
+    }
+    let interval = Duration::from_secs(2);
+    let pod = LitePod::create(&[None]).expect("lite pod");
+    let Some(e) = exporter(test, &["--collector.cgroup.read-interval", "2s", "--discovery.rescan-interval", "500ms"])
+    else {
+        return;
+    };
+    let labels = lite_labels(&pod, 0);
+    let cpu = "pmoas_container_cpu_usage_seconds_total";
+    let read_at = |m: &Metrics| m.get("pmoas_cgroup_read_timestamp_seconds", &[]).expect("a read time");
+    wait_for_container(&e, &labels);
+
+    // Back to back, the scrapes do not read: five of them see one read
+    // time, two if a read came in between.
+    let scrapes: Vec<Metrics> = (0..5).map(|_| e.scrape()).collect();
+    let mut times: Vec<f64> = scrapes.iter().map(read_at).collect();
+    times.dedup();
+    assert!(times.len() <= 2, "five scrapes back to back read cgroupfs themselves: read times {times:?}");
+    let b = scrapes.last().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(now - read_at(b) <= interval.as_secs_f64() + 1.0, "the last read is {} s old", now - read_at(b));
+    assert!(b.get("pmoas_cgroup_read_duration_seconds", &[]).is_some_and(|d| d > 0.0));
+
+    // CPU burnt now shows once a read comes after it, exactly as cgroupfs
+    // has it (the container is idle again by then).
+    let v2_stat = pod.containers[0].cgroups.v2().unwrap().join("cpu.stat");
+    let out = pod.command(0, testbed_bin()).args(["burn", "--cpu-ms", "300"]).output().expect("burn");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let burnt = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let truth = keyed(&v2_stat, "usage_usec") as f64 / 1e6;
+    let m = e.eventually("a read after the burn", interval * 3, |m| read_at(m) > burnt);
+    let ours = m.get(cpu, &labels).expect("cpu series");
+    eprintln!("after the burn: pmoas {ours:.6} s, cpu.stat {truth:.6} s; read {:.3} s after it", read_at(&m) - burnt);
+    assert!(within(ours, truth, 0.001), "pmoas {ours} vs cpu.stat {truth}");
+    assert!(ours > b.get(cpu, &labels).unwrap() + 0.2, "the burn is not in the reading");
+
+    // A container found after the exporter started: series from a later read.
+    let late = LitePod::create(&[None]).expect("second lite pod");
+    let late_labels = lite_labels(&late, 0);
+    let m = e.eventually("the late container's cpu series", Duration::from_secs(15), |m| {
+        m.get(cpu, &late_labels).is_some()
+    });
+    assert!(read_at(&m) > read_at(b), "the late container was served without a new read");
+}

@@ -204,6 +204,11 @@ impl ReadState {
             return;
         }
         let v2_dir = c.v2_root.join(k.relative_path.trim_start_matches('/'));
+        // Removed since discovery's walk: there is nothing to decide from
+        // (every source would say none); it keeps what it had.
+        if !v2_dir.is_dir() {
+            return;
+        }
         let procfs = c.discovery.procfs();
         // Only v1 directories are looked up through a process.
         let pid = if c.v1_roots.is_empty() { None } else { process::cgroup_pids(&v2_dir).first().copied() };
