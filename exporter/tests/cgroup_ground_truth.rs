@@ -557,8 +557,7 @@ fn cgroupfs_read_in_the_background_serves_its_last_reading_exactly() {
     // A container found after the exporter started: series from a later read.
     let late = LitePod::create(&[None]).expect("second lite pod");
     let late_labels = lite_labels(&late, 0);
-    let m = e.eventually("the late container's cpu series", Duration::from_secs(15), |m| {
-        m.get(cpu, &late_labels).is_some()
-    });
+    let m = e
+        .eventually("the late container's cpu series", Duration::from_secs(15), |m| m.get(cpu, &late_labels).is_some());
     assert!(read_at(&m) > read_at(b), "the late container was served without a new read");
 }

@@ -455,12 +455,7 @@ impl Inner {
     /// the sum of the pod's cgroups); a key gone past its grace period is
     /// deleted, and one that belonged to no workload goes on in the node's
     /// series, so that it never goes backwards.
-    fn fold_kernel(
-        &mut self,
-        names: &dyn Names,
-        filter: bool,
-        rows: &mut Rows,
-    ) -> anyhow::Result<()> {
+    fn fold_kernel(&mut self, names: &dyn Names, filter: bool, rows: &mut Rows) -> anyhow::Result<()> {
         let mut per_pod: HashMap<String, CgroupCounters> = HashMap::new();
         let entries = match &self.kernel {
             Some(k) => k.counters.entries()?,

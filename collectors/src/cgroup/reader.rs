@@ -446,4 +446,3 @@ fn read_chunk<'a>(chunk: &[(u64, &'a str, &Tracked)]) -> Vec<(u64, &'a str, Read
     let mut buf = String::with_capacity(4096);
     chunk.iter().map(|(id, path, t)| (*id, *path, files::read(&t.opened, &t.plan, &mut buf))).collect()
 }
-
