@@ -1037,6 +1037,17 @@ def cgroup():
                         'or label_replace(sum(0 * pmoas_cgroup_sources), "file", "none", "", "")', "{{file}}")],
                 unit="cps", w=6,
             ),
+            timeseries(
+                "cgroupfs reads: age and duration",
+                "How old the served cgroupfs values are (`time() - pmoas_cgroup_read_timestamp_seconds`: about "
+                "0 when each scrape reads, up to `--collector.cgroup.read-interval` when a thread reads in the "
+                "background) and how long one read of every cgroup took (`pmoas_cgroup_read_duration_seconds`).",
+                [
+                    target("max by (instance) (time() - pmoas_cgroup_read_timestamp_seconds)", "{{instance}} age"),
+                    target("max by (instance) (pmoas_cgroup_read_duration_seconds)", "{{instance}} one read took"),
+                ],
+                unit="s", w=12,
+            ),
         ],
         tags=("cgroup",),
     )

@@ -7,11 +7,13 @@
 //! victims). cgroupfs side: [`files`] (which file feeds which metric, v2
 //! first, v1 on hybrid hosts) and [`paths`] (a container's v1 directories).
 //!
-//! On every scrape each known container and pod cgroup is read once, with
-//! the sources decided when it was first seen (`pmoas_cgroup_sources` says
-//! which). A cgroup that vanishes keeps its last values for the discovery
-//! grace period, then its series go. State is bounded by what discovery
-//! knows; kernel keys of vanished cgroups are deleted.
+//! Each known container and pod cgroup is read once per scrape, or once
+//! per `read_interval` by a thread of its own ([`reader`]), with the
+//! sources decided when it was first seen (`pmoas_cgroup_sources` says
+//! which); the kernel's counters are read by every scrape. A cgroup that
+//! vanishes keeps its last values for the discovery grace period, then its
+//! series go. State is bounded by what discovery knows; kernel keys of
+//! vanished cgroups are deleted.
 
 pub mod files;
 pub mod netdev;
