@@ -321,3 +321,97 @@ fn istio_layout_inbound_and_outbound_through_the_sidecar() {
     assert_eq!(count(&m, "pmoas_http_client_request_duration_seconds", &app_client), out as f64);
     assert_eq!(m.sum("pmoas_sidecar_pairing_total", &[("outcome", "no_forward")]), 0.0);
 }
+
+/// One HTTP/1.1 request on a kept-alive connection; its status, once the
+/// whole answer (Content-Length bytes of body) is read.
+fn keep_alive_get(s: &mut std::net::TcpStream) -> u16 {
+    use std::io::{Read, Write};
+    s.write_all(b"GET / HTTP/1.1\r\nHost: pmoas\r\n\r\n").expect("request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).expect("answer");
+        assert!(n > 0, "closed mid-answer: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        let Some(end) = text.find("\r\n\r\n") else { continue };
+        let length: usize = text[..end]
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .expect("a Content-Length");
+        if got.len() >= end + 4 + length {
+            return text[9..12].parse().expect("a status");
+        }
+    }
+}
+
+/// A user-space connection table too small for the pod
+/// (`--collector.http.max-connections 16`): 24 kept-alive connections to
+/// the sidecar, opened one after another, one request each. The first
+/// request makes the sidecar's upstream connection and nginx's side of it
+/// (one, reused): with the first downstream one, 3 entries; 13 more
+/// downstream connections fill the table, and the last 10 are not
+/// followed, which is counted (`connection_table_full`, per record). The
+/// app's and the sidecar's client counts stay exact (their connection is
+/// followed); the sidecar's server side counts exactly the requests of the
+/// 14 it follows. Once the connections close, a new one is followed again.
+#[test]
+fn a_full_connection_table_counts_what_it_follows_and_the_rest_as_lost() {
+    let _one = serialize();
+    let test = "a_full_connection_table_counts_what_it_follows_and_the_rest_as_lost";
+    let args = ["--collector.http.max-connections", "16"];
+    let Some((pod, exp)) = setup_args(test, PodOptions::default(), &args) else { return };
+    let w = Workloads::of(&pod);
+    let server = "pmoas_http_server_request_duration_seconds";
+    let client = "pmoas_http_client_request_duration_seconds";
+    let lost = |m: &Metrics| {
+        m.get("pmoas_ebpf_events_lost_total", &[("collector", "http"), ("reason", "connection_table_full")])
+            .unwrap_or(0.0)
+    };
+    let before = exp.scrape();
+    assert_eq!(before.get("pmoas_http_connections_tracked", &[]), Some(0.0), "connections followed before the test");
+
+    let mut conns: Vec<std::net::TcpStream> = Vec::new();
+    for _ in 0..24 {
+        let mut s = std::net::TcpStream::connect_timeout(&pod.envoy_addr(), Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(keep_alive_get(&mut s), 200);
+        conns.push(s);
+        // Each connection's records reach user space before the next one's.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = settled(&exp, server, &with(w.app(), &[("status_code", "200")]), 24.0);
+    let followed_downstream = 16.0 - 2.0;
+    let (app, upstream, downstream) =
+        (count(&m, server, &w.app()), count(&m, client, &w.sidecar()), count(&m, server, &w.sidecar()));
+    eprintln!(
+        "app server {app}, sidecar client {upstream}, sidecar server {downstream}; followed {:?}; \
+         connection_table_full {}",
+        m.get("pmoas_http_connections_tracked", &[]),
+        lost(&m)
+    );
+    assert_eq!(m.get("pmoas_http_connections_tracked", &[]), Some(16.0), "the table holds 16");
+    assert_eq!(app, 24.0, "nginx's one connection is followed: every request");
+    assert_eq!(upstream, 24.0, "the sidecar's upstream connection is followed: every request");
+    assert_eq!(downstream, followed_downstream, "the sidecar's server side: the requests of its followed connections");
+    // Each connection not followed lost its request's read and its answer's
+    // write at least.
+    assert!(lost(&m) >= 2.0 * (24.0 - followed_downstream), "connection_table_full {}", lost(&m));
+    let losses: Vec<(String, f64)> =
+        http_losses(&m).into_iter().filter(|(r, _)| r != "connection_table_full").collect();
+    assert!(losses.iter().all(|(_, v)| *v == 0.0), "other losses: {losses:?}");
+
+    // Closed, the connections leave the table; a new one is followed.
+    drop(conns);
+    exp.eventually("the closed connections to leave the table", Duration::from_secs(10), |m| {
+        m.get("pmoas_http_connections_tracked", &[]).is_some_and(|n| n < 16.0)
+    });
+    let mut s = std::net::TcpStream::connect_timeout(&pod.envoy_addr(), Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(keep_alive_get(&mut s), 200);
+    let m = settled(&exp, server, &with(w.app(), &[("status_code", "200")]), 25.0);
+    assert_eq!(count(&m, server, &w.sidecar()), followed_downstream + 1.0, "a new connection is followed again");
+    drop(s);
+    let stats = pod.envoy_stats().unwrap();
+    assert_eq!(stats.get("http.inbound.downstream_rq_2xx").copied(), Some(25), "Envoy's own count");
+}
