@@ -55,6 +55,10 @@ impl WorkloadLabels {
         }
     }
 
+    pub fn as_ref(&self) -> WorkloadRef<'_> {
+        WorkloadRef { namespace: &self.namespace, pod: &self.pod, container: &self.container, role: self.role }
+    }
+
     /// The four labels, in contract order.
     pub fn labels(&self) -> Labels {
         vec![
@@ -63,6 +67,31 @@ impl WorkloadLabels {
             ("container", self.container.clone()),
             ("role", self.role.to_string()),
         ]
+    }
+}
+
+/// [`WorkloadLabels`] borrowed: to find a series' labels without copying
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WorkloadRef<'a> {
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub container: &'a str,
+    pub role: &'static str,
+}
+
+impl<'a> WorkloadRef<'a> {
+    pub fn of(w: &'a pmoas_discovery::Workload) -> WorkloadRef<'a> {
+        WorkloadRef { namespace: &w.namespace, pod: &w.pod, container: &w.container, role: w.role.as_label() }
+    }
+
+    pub fn to_owned(self) -> WorkloadLabels {
+        WorkloadLabels {
+            namespace: self.namespace.to_string(),
+            pod: self.pod.to_string(),
+            container: self.container.to_string(),
+            role: self.role,
+        }
     }
 }
 

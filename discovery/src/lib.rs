@@ -856,11 +856,11 @@ impl Discovery {
     pub fn stats(&self) -> Vec<(Source, usize, usize)> {
         let mut out = self.store.counts();
         let entries = self.lock();
-        let mut pods = HashSet::new();
+        let mut pods: HashSet<&str> = HashSet::new();
         let mut containers = 0;
         for e in entries.values().filter(|e| e.gone_since.is_none()) {
             if let Some(uid) = &e.workload.pod_uid {
-                pods.insert(uid.clone());
+                pods.insert(uid);
             }
             if e.container_cgroup {
                 containers += 1;
@@ -880,11 +880,11 @@ impl Discovery {
     /// Live containers (for `pmoas_container_info`).
     pub fn containers(&self) -> Vec<Arc<Workload>> {
         let entries = self.lock();
-        let mut seen = HashSet::new();
+        let mut seen: HashSet<&Workload> = HashSet::new();
         entries
             .values()
             .filter(|e| e.gone_since.is_none() && e.workload.is_container())
-            .filter(|e| seen.insert(e.workload.clone()))
+            .filter(|e| seen.insert(&e.workload))
             .map(|e| e.workload.clone())
             .collect()
     }

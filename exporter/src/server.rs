@@ -448,8 +448,21 @@ async fn metrics(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Page
         );
     };
     let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(request::MIN_SCRAPE_TIMEOUT);
+    // The exporter's own series are made beside the collectors' (at 1,100
+    // pods, 3,300 pmoas_container_info series: ~5 ms of a scrape).
+    let own = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut own = MetricSet::new();
+            exporter_metrics(&shared.app, &mut own);
+            own
+        })
+    };
     let mut set = state.registry.scrape(&filter, left).await;
-    exporter_metrics(state, &mut set);
+    match own.await {
+        Ok(own) => set.merge(own),
+        Err(_) => exporter_metrics(state, &mut set),
+    }
 
     let format = request::format(header(req, ACCEPT));
     let wants_gzip = request::wants_gzip(header(req, ACCEPT_ENCODING));

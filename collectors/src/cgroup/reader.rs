@@ -84,7 +84,10 @@ impl Reader {
 
     /// Reads everything known now and publishes it.
     pub fn read(&self, known: &[KnownCgroup]) -> Arc<Snapshot> {
-        let mut state = lock(&self.state);
+        self.read_locked(&mut lock(&self.state), known)
+    }
+
+    fn read_locked(&self, state: &mut ReadState, known: &[KnownCgroup]) -> Arc<Snapshot> {
         let started = Instant::now();
         state.read(&self.config, known);
         let snapshot = Arc::new(state.snapshot(started.elapsed()));
@@ -92,11 +95,16 @@ impl Reader {
         snapshot
     }
 
-    /// The last snapshot; the first read is made here if none ran yet (a
-    /// read already under way is waited for, then read again: once).
+    /// The last snapshot. Before the first one the caller reads, or waits
+    /// for the read under way and takes its snapshot.
     pub fn last(&self, known: &[KnownCgroup]) -> Arc<Snapshot> {
         let last = lock(&self.published).clone();
-        if last.read_at.is_some() { last } else { self.read(known) }
+        if last.read_at.is_some() {
+            return last;
+        }
+        let mut state = lock(&self.state);
+        let last = lock(&self.published).clone();
+        if last.read_at.is_some() { last } else { self.read_locked(&mut state, known) }
     }
 }
 
