@@ -461,7 +461,7 @@ async fn metrics(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Page
     let mut set = state.registry.scrape(&filter, left).await;
     match own.await {
         Ok(own) => set.merge(own),
-        Err(_) => exporter_metrics(state, &mut set),
+        Err(e) => tracing::warn!(error = %e, "the exporter's own series could not be made for this scrape"),
     }
 
     let format = request::format(header(req, ACCEPT));

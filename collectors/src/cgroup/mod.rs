@@ -538,7 +538,11 @@ impl Inner {
         let mut rows = std::mem::take(&mut self.rows);
         let folded = self.fold_kernel(discovery.as_ref(), filter, &mut rows);
         rows.finish();
-        self.emit(c, &rows, &sources, &snapshot, out);
+        // A scrape whose kernel counters could not be read fails whole, as
+        // before the rows were kept; they start over on the next one.
+        if folded.is_ok() {
+            self.emit(c, &rows, &sources, &snapshot, out);
+        }
         self.rows = rows;
         folded?;
         Ok(())
