@@ -278,6 +278,7 @@ impl Opened {
     }
 
     /// Directory descriptors held by every cgroup's [`Opened`].
+    #[cfg(test)]
     pub fn held() -> usize {
         HELD_DIRS.load(Ordering::Relaxed)
     }

@@ -348,29 +348,25 @@ impl Collector for CgroupCollector {
 /// scrape, with each series' labels made once: at 1,100 pods, building the
 /// 4,400 rows anew (their labels copied to key, to hash and to serve) was
 /// half of the collector's time once cgroupfs is read in the background.
-/// Found by borrowed labels and their hash; two labels of one hash (never
-/// seen, but possible) are looked up in `collided`.
+/// Found by borrowed labels ([`WorkloadRef`]), hashed as the owned ones.
 #[derive(Default)]
 struct Rows {
-    by_hash: HashMap<u64, usize>,
-    collided: Vec<usize>,
+    index: hashbrown::HashMap<WorkloadLabels, usize, std::hash::RandomState>,
     slots: Vec<Slot>,
 }
 
 struct Slot {
-    labels: WorkloadLabels,
-    /// `labels` as the series' label set, shared by its series.
+    /// `index`'s key, as the series' label set, shared by its series.
     series: Arc<Labels>,
     row: Row,
     /// Met this scrape.
     seen: bool,
 }
 
-fn hash_of(w: WorkloadRef<'_>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    w.hash(&mut h);
-    h.finish()
+impl hashbrown::Equivalent<WorkloadLabels> for WorkloadRef<'_> {
+    fn equivalent(&self, key: &WorkloadLabels) -> bool {
+        *self == key.as_ref()
+    }
 }
 
 impl Rows {
@@ -382,29 +378,13 @@ impl Rows {
         }
     }
 
-    fn find(&self, hash: u64, w: WorkloadRef<'_>) -> Option<usize> {
-        let is = |at: &usize| self.slots[*at].labels.as_ref() == w;
-        self.by_hash.get(&hash).filter(|at| is(at)).or_else(|| self.collided.iter().find(|at| is(at))).copied()
-    }
-
-    fn index(&mut self, at: usize) {
-        let hash = hash_of(self.slots[at].labels.as_ref());
-        match self.by_hash.entry(hash) {
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(at);
-            }
-            std::collections::hash_map::Entry::Occupied(_) => self.collided.push(at),
-        }
-    }
-
     fn entry(&mut self, w: WorkloadRef<'_>) -> &mut Row {
-        let at = match self.find(hash_of(w), w) {
-            Some(at) => at,
+        let at = match self.index.get(&w) {
+            Some(&at) => at,
             None => {
                 let labels = w.to_owned();
-                let series = Arc::new(labels.labels());
-                self.slots.push(Slot { labels, series, row: Row::default(), seen: false });
-                self.index(self.slots.len() - 1);
+                self.slots.push(Slot { series: Arc::new(labels.labels()), row: Row::default(), seen: false });
+                self.index.insert(labels, self.slots.len() - 1);
                 self.slots.len() - 1
             }
         };
@@ -413,31 +393,42 @@ impl Rows {
         &mut slot.row
     }
 
-    /// The scrape's rows are all in: those not met leave.
+    /// The scrape's rows are all in: those not met leave, the others keep
+    /// their order.
     fn finish(&mut self) {
         if self.slots.iter().all(|s| s.seen) {
             return;
         }
+        let mut kept = 0;
+        let moved: Vec<Option<usize>> = self
+            .slots
+            .iter()
+            .map(|s| {
+                kept += usize::from(s.seen);
+                s.seen.then(|| kept - 1)
+            })
+            .collect();
+        self.index.retain(|_, at| match moved[*at] {
+            Some(to) => {
+                *at = to;
+                true
+            }
+            None => false,
+        });
         self.slots.retain(|s| s.seen);
-        self.by_hash.clear();
-        self.collided.clear();
-        for at in 0..self.slots.len() {
-            self.index(at);
-        }
     }
 
     #[cfg(test)]
     fn get(&self, labels: &WorkloadLabels) -> Option<&Row> {
-        let w = labels.as_ref();
-        self.find(hash_of(w), w).filter(|at| self.slots[*at].seen).map(|at| &self.slots[at].row)
+        self.index.get(labels).map(|&at| &self.slots[at]).filter(|s| s.seen).map(|s| &s.row)
     }
 
     fn len(&self) -> usize {
         self.slots.len()
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&WorkloadLabels, &Arc<Labels>, &Row)> {
-        self.slots.iter().filter(|s| s.seen).map(|s| (&s.labels, &s.series, &s.row))
+    fn iter(&self) -> impl Iterator<Item = (&Arc<Labels>, &Row)> {
+        self.slots.iter().filter(|s| s.seen).map(|s| (&s.series, &s.row))
     }
 
     fn values_mut(&mut self) -> impl Iterator<Item = &mut Row> {
@@ -514,7 +505,8 @@ impl Inner {
         // 1. cgroupfs, once per cgroup, and the pods' interfaces: read now,
         // or the background reader's last reading.
         let snapshot = if c.read_interval.is_zero() { c.reader.read(&known) } else { c.reader.last(&known) };
-        let rows = &mut self.rows;
+        // Taken out while filled: fold_kernel borrows the rest of self.
+        let mut rows = std::mem::take(&mut self.rows);
         rows.begin();
         let mut sources: BTreeMap<(Resource, Source), u64> = BTreeMap::new();
         let path_of = |at: usize| known[at].relative_path.as_str();
@@ -535,7 +527,6 @@ impl Inner {
         }
 
         // 2. Kernel counters, by the cgroup that owns the socket / the task.
-        let mut rows = std::mem::take(&mut self.rows);
         let folded = self.fold_kernel(discovery.as_ref(), filter, &mut rows);
         rows.finish();
         // A scrape whose kernel counters could not be read fails whole, as
@@ -633,7 +624,7 @@ impl Inner {
         ] {
             out.declare(d);
         }
-        for (_, labels, row) in rows.iter() {
+        for (labels, row) in rows.iter() {
             let s = &row.stats();
             let k = &row.kernel;
             let mut put = |d: &Desc, v: Option<f64>| {
@@ -799,7 +790,10 @@ mod tests {
         assert_eq!(bytes(&rows, &WorkloadLabels::of(&w("old", Role::App))), 5, "gone, within its grace period");
         assert_eq!(bytes(&rows, &pod_row), 100 + 30 + 7 + 5, "the pod's row: all its cgroups");
         assert_eq!(bytes(&rows, &WorkloadLabels::default()), 2);
-        assert!(!rows.iter().any(|(l, _, _)| l.container == "other"), "outside the target selection");
+        assert!(
+            !rows.iter().any(|(l, _)| l.contains(&("container", "other".to_string()))),
+            "outside the target selection"
+        );
 
         // Next scrape: host cgroup 5 and container 4 are past their grace
         // period (unknown now); 5's counts go on in the node's series.
@@ -819,6 +813,42 @@ mod tests {
         let entries = inner.kernel.as_ref().unwrap().counters.entries().unwrap();
         let ids: Vec<u64> = entries.iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, vec![1, 2, 3, 6], "keys of cgroups past their grace period are deleted");
+    }
+
+    /// Rows kept between scrapes: a row not met in a scrape leaves, the
+    /// others keep their order and are found again, and no row is made
+    /// twice.
+    #[test]
+    fn rows_kept_between_scrapes_leave_when_not_met() {
+        use pmoas_discovery::{Role, Workload};
+        let w = |c: &str| Workload { container: c.into(), role: Role::App, ..Workload::node() };
+        let (a, b, c) = (w("a"), w("b"), w("c"));
+        let mut rows = Rows::default();
+        for x in [&a, &b, &c] {
+            rows.entry(WorkloadRef::of(x)).fs = Some(Source::CgroupV2);
+        }
+        rows.finish();
+        assert_eq!(rows.len(), 3);
+
+        rows.begin();
+        rows.entry(WorkloadRef::of(&a));
+        rows.entry(WorkloadRef::of(&c)).fs = Some(Source::CgroupV1);
+        rows.finish();
+        assert_eq!(rows.len(), 2, "b was not met");
+        assert!(rows.get(&WorkloadLabels::of(&b)).is_none());
+        let containers: Vec<&str> = rows
+            .iter()
+            .map(|(l, _)| l.iter().find(|(k, _)| *k == "container").map(|(_, v)| v.as_str()).unwrap())
+            .collect();
+        assert_eq!(containers, ["a", "c"], "first-met order kept");
+        assert_eq!(rows.get(&WorkloadLabels::of(&c)).unwrap().fs, Some(Source::CgroupV1), "c found where it moved");
+        assert_eq!(rows.get(&WorkloadLabels::of(&a)).unwrap().fs, None, "a new scrape starts each row empty");
+
+        rows.begin();
+        rows.entry(WorkloadRef::of(&c));
+        rows.entry(WorkloadRef::of(&b));
+        rows.finish();
+        assert_eq!(rows.len(), 2, "c found again after it moved, b made anew");
     }
 
     #[test]
