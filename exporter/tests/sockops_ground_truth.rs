@@ -312,9 +312,22 @@ fn through_envoy_under_wrk(test: &str, layout: Layout) {
     let answered = wrk_done(load);
     let report = fetch_done(checked, FETCHES);
     // Every open upstream connection, both ends, is in the socket map
-    // (they stay open, idle, for the next 2 s).
-    let (m, stats) = (exporter.scrape(), envoy(&pod));
-    let open = stats.get("cluster.app.upstream_cx_active").copied().unwrap_or(0) as f64;
+    // (they stay open, idle, for the next 2 s). Envoy may still be closing
+    // the upstream connections of requests wrk left cancelled: the scrape
+    // is taken between two equal readings of Envoy's count (a CI run
+    // once scraped 15 sockets, then read 10 from Envoy).
+    let active = || envoy(&pod).get("cluster.app.upstream_cx_active").copied().unwrap_or(0);
+    let (m, open) = (0..20)
+        .find_map(|_| {
+            let (before, m, after) = (active(), exporter.scrape(), active());
+            if before == after {
+                return Some((m, after as f64));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            None
+        })
+        .expect("Envoy's upstream connection count settled within a second");
+    let stats = envoy(&pod);
     assert!(open > 0.0, "Envoy holds no upstream connection");
     assert_eq!(m.sum("pmoas_sockops_active_sockets", &w.sidecar()), open);
     assert_eq!(m.sum("pmoas_sockops_active_sockets", &w.app()), open);
